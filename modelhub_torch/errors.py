@@ -1,0 +1,53 @@
+"""One root error for everything the package raises on bad input or bad data.
+
+Subclasses also inherit the matching builtin, so ``except KeyError`` around a ref
+lookup keeps working for users who do not know our types.
+"""
+
+from __future__ import annotations
+
+
+class ModelHubError(Exception):
+    """Root of every error modelhub_torch raises on bad input or bad data."""
+
+
+class RepositoryNotFoundError(ModelHubError, FileNotFoundError):
+    """No repository at the given path or URL."""
+
+
+class RepositoryExistsError(ModelHubError, FileExistsError):
+    """``init`` was asked to create a repository where one already is."""
+
+
+class RefNotFoundError(ModelHubError, KeyError):
+    """A ref (``model@vN``, ``model@alias``, id prefix) names no version."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else ""
+
+
+class AmbiguousRefError(ModelHubError, KeyError):
+    """An id prefix matches more than one version."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class CorruptObjectError(ModelHubError, IOError):
+    """A stored object is missing, truncated, or fails its checksum."""
+
+
+class UnsupportedDtypeError(ModelHubError, TypeError):
+    """A tensor dtype the codec cannot store bit-exactly."""
+
+
+class PickleRequiredError(ModelHubError, TypeError):
+    """A checkpoint holds objects that only pickle can store or restore."""
+
+
+class FormatError(ModelHubError, ValueError):
+    """A manifest, ref or codec config that this version cannot read."""
+
+
+class LockTimeoutError(ModelHubError, TimeoutError):
+    """Another process held the repository lock for too long."""

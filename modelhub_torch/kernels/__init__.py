@@ -1,0 +1,28 @@
+"""Numba kernels on contiguous arrays; each has a NumPy twin used as the test oracle.
+
+Only this package imports numba. Everything here is a pure function of its arrays.
+"""
+
+from modelhub_torch.kernels.planes import (
+    OP_NONE,
+    OP_SUB,
+    OP_XOR,
+    decode_planes,
+    decode_planes_numpy,
+    encode_planes,
+    encode_planes_numpy,
+    group_permutation,
+    group_permutation_numpy,
+)
+
+__all__ = [
+    "OP_NONE",
+    "OP_SUB",
+    "OP_XOR",
+    "decode_planes",
+    "decode_planes_numpy",
+    "encode_planes",
+    "encode_planes_numpy",
+    "group_permutation",
+    "group_permutation_numpy",
+]

@@ -1,0 +1,98 @@
+"""One manifest per version: what it is (identity, metadata, skeleton, tensor list)
+and where its bytes are (per-tensor records pointing into plane packs).
+
+A version's identity never changes; ``archive`` and the commit of a child may replace
+its manifest with one that stores the same tensors differently (see FORMAT.md).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from modelhub_torch.errors import FormatError
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Manifest:
+    id: str
+    model: str
+    number: int
+    parent: str | None
+    created_at: str
+    metrics: dict[str, Any]
+    hparams: dict[str, Any]
+    message: str
+    skeleton: Any
+    tensors: list[dict[str, Any]]
+    packs: list[str | None] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.model}@v{self.number}"
+
+    @property
+    def raw_bytes(self) -> int:
+        return sum(int(t["nbytes"]) for t in self.tensors)
+
+    def plane_bytes(self) -> list[int]:
+        """Bytes this manifest's own packs hold, per plane."""
+        sizes = [0] * len(self.packs)
+        for t in self.tensors:
+            data = t["data"]
+            if data["kind"] == "planes":
+                for chunk in data["chunks"]:
+                    for p, frame in enumerate(chunk["frames"]):
+                        sizes[p] += int(frame[1])
+        return sizes
+
+    def to_bytes(self) -> bytes:
+        doc = {
+            "format": FORMAT_VERSION,
+            "id": self.id,
+            "model": self.model,
+            "number": self.number,
+            "parent": self.parent,
+            "created_at": self.created_at,
+            "metrics": self.metrics,
+            "hparams": self.hparams,
+            "message": self.message,
+            "skeleton": self.skeleton,
+            "tensors": self.tensors,
+            "packs": self.packs,
+            "extra": self.extra,
+        }
+        return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, where: str = "manifest") -> Manifest:
+        try:
+            doc = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise FormatError(f"{where} is not valid JSON: {exc}") from exc
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT_VERSION:
+            raise FormatError(
+                f"{where} has format {doc.get('format') if isinstance(doc, dict) else '?'}; "
+                f"this modelhub_torch reads format {FORMAT_VERSION} — upgrade the package"
+            )
+        try:
+            return cls(
+                id=doc["id"],
+                model=doc["model"],
+                number=int(doc["number"]),
+                parent=doc["parent"],
+                created_at=doc["created_at"],
+                metrics=doc["metrics"],
+                hparams=doc["hparams"],
+                message=doc["message"],
+                skeleton=doc["skeleton"],
+                tensors=doc["tensors"],
+                packs=doc["packs"],
+                extra=doc.get("extra", {}),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise FormatError(f"{where} lacks a field: {exc}") from exc

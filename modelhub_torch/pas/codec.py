@@ -1,0 +1,178 @@
+"""Tensor codec: delta against a base, split into byte planes, entropy-code each plane.
+
+A tensor is cut into chunks of ``chunk_elems`` elements so both cores work on one
+tensor and memory stays bounded; each chunk yields one frame per plane. The codec's
+settings are data (:class:`CodecConfig`), stored with every tensor so any version
+decodes without guessing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+
+from modelhub_torch.errors import FormatError
+from modelhub_torch.pas import entropy
+
+OPS = {"none": 0, "xor": 1, "sub": 2}
+DEFAULT_CHUNK_ELEMS = 1 << 20
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class CodecConfig:
+    """How one tensor is coded. ``lane`` only matters for ``sub``; ``group_from`` >= the
+    element width means no plane is regrouped."""
+
+    op: str = "none"
+    lane: int = 4
+    group_from: int = 8
+    level: int = 1
+    chunk_elems: int = DEFAULT_CHUNK_ELEMS
+
+    def __post_init__(self) -> None:
+        if self.op not in OPS:
+            raise FormatError(f"unknown delta op {self.op!r}; expected one of {sorted(OPS)}")
+        if self.lane not in (1, 2, 4, 8):
+            raise FormatError(f"lane must be 1, 2, 4 or 8 bytes, got {self.lane}")
+
+    def for_width(self, width: int) -> CodecConfig:
+        """The same settings clipped to an element width (lanes never exceed it)."""
+        lane = min(self.lane, width)
+        group = min(self.group_from, width)
+        if lane == self.lane and group == self.group_from:
+            return self
+        return CodecConfig(self.op, lane, group, self.level, self.chunk_elems)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CodecConfig:
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise FormatError(f"bad codec config {data!r}: {exc}") from exc
+
+
+Frame = tuple[str, bytes]  # (plane codec, payload)
+
+
+def default_workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def shared_pool() -> ThreadPoolExecutor:
+    """One process-wide pool: numba kernels, zstd and blake3 all release the GIL."""
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(default_workers(), thread_name_prefix="modelhub-codec")
+    return _POOL
+
+
+def ordered_map(fn: Callable[[T], R], items: Iterable[T], pool: Executor, window: int) -> Iterator[R]:
+    """``map`` over a pool keeping at most ``window`` results in flight (bounded memory)."""
+    pending: list[Future[R]] = []
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= window:
+            yield pending.pop(0).result()
+    for fut in pending:
+        yield fut.result()
+
+
+def chunk_bounds(n: int, chunk_elems: int) -> list[tuple[int, int]]:
+    if n == 0:
+        return [(0, 0)]
+    return [(s, min(n, s + chunk_elems)) for s in range(0, n, chunk_elems)]
+
+
+def _kernels():
+    # Imported lazily: numba is heavy and only needed when data is coded.
+    from modelhub_torch import kernels
+
+    return kernels
+
+
+def encode_chunk(target: np.ndarray, base: np.ndarray | None, cfg: CodecConfig) -> list[Frame]:
+    """Code one chunk into one frame per plane."""
+    k = _kernels()
+    width = target.itemsize
+    planes = np.empty((width, target.shape[0]), np.uint8)
+    op = OPS[cfg.op] if base is not None else k.OP_NONE
+    empty = target[:0]
+    k.encode_planes(target, empty if base is None else base, op, cfg.lane, cfg.group_from, planes)
+    return [entropy.encode_plane(memoryview(planes[p]), cfg.level) for p in range(width)]
+
+
+def decode_chunk(
+    frames: Sequence[Frame],
+    n: int,
+    out: np.ndarray,
+    base: np.ndarray | None,
+    cfg: CodecConfig,
+    where: str,
+) -> None:
+    """Rebuild ``out`` (``n`` elements) from the frames of its leading planes."""
+    k = _kernels()
+    planes = np.empty((len(frames), n), np.uint8)
+    for p, (codec, payload) in enumerate(frames):
+        data = entropy.decode_plane(codec, payload, n, f"{where} plane {p}")
+        planes[p] = np.frombuffer(data, np.uint8)
+    op = OPS[cfg.op] if base is not None else k.OP_NONE
+    empty = out[:0]
+    k.decode_planes(planes, empty if base is None else base, op, cfg.lane, cfg.group_from, out)
+
+
+def encode_tensor(
+    bits: np.ndarray, base: np.ndarray | None, cfg: CodecConfig, pool: Executor | None = None
+) -> Iterator[tuple[int, list[Frame]]]:
+    """Yield ``(n_elems, frames)`` per chunk, in order, coding chunks in parallel."""
+    pool = pool or shared_pool()
+    bounds = chunk_bounds(bits.shape[0], cfg.chunk_elems)
+
+    def work(b: tuple[int, int]) -> tuple[int, list[Frame]]:
+        s, e = b
+        return e - s, encode_chunk(bits[s:e], None if base is None else base[s:e], cfg)
+
+    if len(bounds) == 1:
+        yield work(bounds[0])
+        return
+    yield from ordered_map(work, bounds, pool, window=2 * default_workers())
+
+
+def decode_tensor(
+    chunks: Sequence[tuple[int, Sequence[Frame]]],
+    out: np.ndarray,
+    base: np.ndarray | None,
+    cfg: CodecConfig,
+    where: str,
+    pool: Executor | None = None,
+) -> np.ndarray:
+    """Decode all chunks into ``out`` (a flat uint array), in parallel; returns ``out``."""
+    starts = np.cumsum([0] + [n for n, _ in chunks])
+    if starts[-1] != out.shape[0]:
+        raise FormatError(f"{where}: chunks hold {starts[-1]} elements, expected {out.shape[0]}")
+
+    def work(i: int) -> None:
+        s, e = int(starts[i]), int(starts[i + 1])
+        n, frames = chunks[i]
+        decode_chunk(frames, n, out[s:e], None if base is None else base[s:e], cfg, where)
+
+    if len(chunks) == 1:
+        work(0)
+    else:
+        pool = pool or shared_pool()
+        for _ in pool.map(work, range(len(chunks))):
+            pass
+    return out

@@ -1,0 +1,683 @@
+"""Repository: versions of models stored compactly, loaded back bit for bit.
+
+Storage policy at commit (see ARCHITECTURE.md): the newest version of a model is
+stored whole (so restoring the latest costs one decode) and its parent is re-encoded
+as a delta against it — git's reverse deltas. Every ``keyframe_interval``-th version
+stays whole, which bounds every delta chain. A version whose parent belongs to another
+model (a fine-tune) is stored as forward deltas where they are smaller.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import difflib
+import json
+import threading
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from modelhub_torch.errors import (
+    AmbiguousRefError,
+    CorruptObjectError,
+    FormatError,
+    ModelHubError,
+    RefNotFoundError,
+    RepositoryExistsError,
+    RepositoryNotFoundError,
+)
+from modelhub_torch.manifest import Manifest
+from modelhub_torch.pas.codec import CodecConfig
+from modelhub_torch.pas.dtypes import bits_to_tensor, dtype_name, tensor_bits
+from modelhub_torch.reader import TensorReader, digest_bits
+from modelhub_torch.skeleton import flatten, state_dict_paths, unflatten
+from modelhub_torch.store.catalog import Catalog, catalog_path
+from modelhub_torch.store.location import Location
+from modelhub_torch.store.lock import RepoLock
+from modelhub_torch.store.objects import ObjectStore
+from modelhub_torch.store.refs import RefStore, check_name
+from modelhub_torch.writer import PackSet, encode_all, encoded_size, record_size
+
+CONFIG_FILE = "modelhub.json"
+REPO_FORMAT = 1
+
+DEFAULT_SETTINGS: dict[str, Any] = {
+    "format": REPO_FORMAT,
+    "keyframe_interval": 16,
+    "materialize": CodecConfig(op="none", group_from=1).to_json(),
+    "delta": CodecConfig(op="sub", lane=4, group_from=0).to_json(),
+}
+
+
+@dataclass(frozen=True)
+class Version:
+    """One stored version of a model (immutable metadata; weights via ``load``)."""
+
+    model: str
+    number: int
+    id: str
+    ref: str
+    parent: str | None
+    created_at: str
+    metrics: dict[str, Any]
+    hparams: dict[str, Any]
+    message: str
+    raw_bytes: int
+    stored_bytes: int
+
+    @property
+    def ratio(self) -> float:
+        return self.raw_bytes / self.stored_bytes if self.stored_bytes else float("inf")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding of :meth:`Repository.verify`."""
+
+    kind: str
+    subject: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.subject}: {self.detail}"
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
+
+
+def _jsonable(d: dict[str, Any] | None, what: str) -> dict[str, Any]:
+    if d is None:
+        return {}
+    out = {}
+    for k, v in dict(d).items():
+        if isinstance(v, torch.Tensor) and v.numel() == 1:
+            v = v.item()
+        elif hasattr(v, "item") and callable(v.item):
+            try:
+                v = v.item()
+            except (TypeError, ValueError):
+                pass
+        out[str(k)] = v
+    try:
+        json.dumps(out, allow_nan=True)
+    except TypeError as exc:
+        raise ModelHubError(f"{what} must be JSON-serialisable (numbers, strings, lists): {exc}") from exc
+    return out
+
+
+class Repository:
+    """A model repository on a local path or any fsspec URL."""
+
+    def __init__(self, path_or_url: str | Any):
+        self.loc = Location(path_or_url)
+        if not self.loc.exists(CONFIG_FILE):
+            raise RepositoryNotFoundError(
+                f"no modelhub repository at {self.loc.url}; create one with "
+                f"Repository.init({str(path_or_url)!r}) or 'modelhub init'"
+            )
+        try:
+            self.settings = {**DEFAULT_SETTINGS, **json.loads(self.loc.read(CONFIG_FILE))}
+        except json.JSONDecodeError as exc:
+            raise FormatError(f"{self.loc.path(CONFIG_FILE)} is not valid JSON: {exc}") from exc
+        if self.settings.get("format") != REPO_FORMAT:
+            raise FormatError(
+                f"repository format {self.settings.get('format')} is not supported by this "
+                f"modelhub_torch (reads {REPO_FORMAT})"
+            )
+        self.objects = ObjectStore(self.loc)
+        self.refs = RefStore(self.loc)
+        self._lock = RepoLock(self.loc)
+        self._manifests: dict[str, tuple[str, Manifest]] = {}
+        self._mlock = threading.Lock()
+        self.catalog = Catalog(catalog_path(self.loc))
+        self._sync_index()
+
+    # ---------------------------------------------------------------- creation
+    @classmethod
+    def init(cls, path_or_url: str | Any, *, exist_ok: bool = False, **settings: Any) -> Repository:
+        """Create a repository (``settings`` override codec defaults, see FORMAT.md)."""
+        loc = Location(path_or_url)
+        if loc.exists(CONFIG_FILE):
+            if exist_ok:
+                return cls(path_or_url)
+            raise RepositoryExistsError(f"a modelhub repository already exists at {loc.url}")
+        for part in ("objects", "refs", "tmp"):
+            loc.makedirs(part)
+        for key in ("materialize", "delta"):
+            if key in settings and isinstance(settings[key], CodecConfig):
+                settings[key] = settings[key].to_json()
+        unknown = set(settings) - set(DEFAULT_SETTINGS)
+        if unknown:
+            raise ModelHubError(f"unknown repository settings {sorted(unknown)}; known: {sorted(DEFAULT_SETTINGS)}")
+        config = {**DEFAULT_SETTINGS, **settings}
+        loc.write_atomic(CONFIG_FILE, json.dumps(config, indent=2).encode())
+        return cls(path_or_url)
+
+    @property
+    def url(self) -> str:
+        return self.loc.url
+
+    def __repr__(self) -> str:
+        return f"Repository({self.loc.url!r})"
+
+    # --------------------------------------------------------------- manifests
+    def manifest(self, version_id: str) -> Manifest:
+        moid = self.refs.manifest_of(version_id)
+        if moid is None:
+            raise RefNotFoundError(f"version {version_id} has no manifest ref")
+        with self._mlock:
+            hit = self._manifests.get(version_id)
+            if hit is not None and hit[0] == moid:
+                return hit[1]
+        m = Manifest.from_bytes(self.objects.get(moid), where=f"manifest {moid}")
+        with self._mlock:
+            self._manifests[version_id] = (moid, m)
+        return m
+
+    def _cached_manifest(self, version_id: str) -> Manifest:
+        with self._mlock:
+            hit = self._manifests.get(version_id)
+        return hit[1] if hit is not None else self.manifest(version_id)
+
+    def _invalidate(self, version_id: str) -> None:
+        with self._mlock:
+            self._manifests.pop(version_id, None)
+
+    def reader(self) -> TensorReader:
+        """A fresh decoder (its base cache lives as long as it does)."""
+        return TensorReader(self.objects, self._cached_manifest, self._invalidate)
+
+    # --------------------------------------------------------------- the index
+    def _sync_index(self) -> None:
+        """Index versions that refs know and the catalog does not (after a crash or a
+        concurrent commit), and drop rows whose versions are gone."""
+        live = {vid for m in self.refs.models() for vid in self.refs.numbers(m).values()}
+        known = self.catalog.ids()
+        for vid in live - known:
+            self._index(vid)
+        stale = known - live
+        if stale:
+            self.catalog.remove(stale)
+
+    def _index(self, vid: str) -> None:
+        m = self.manifest(vid)
+        moid = self.refs.manifest_of(vid)
+        self.catalog.upsert(m, moid or "", self._stored_bytes(m, moid))
+
+    def _stored_bytes(self, m: Manifest, moid: str | None) -> int:
+        size = sum(m.plane_bytes())
+        if moid:
+            try:
+                size += self.objects.size(moid)
+            except CorruptObjectError:
+                pass
+        return size
+
+    # -------------------------------------------------------------------- refs
+    def models(self) -> list[str]:
+        return sorted({r["model"] for r in self.catalog.rows()})
+
+    def versions(self, model: str | None = None) -> list[Version]:
+        self._sync_index()
+        return [self._version(r) for r in self.catalog.rows(model)]
+
+    def _version(self, row: Any) -> Version:
+        d = Catalog.decode_row(row)
+        parent = None
+        if d["parent"]:
+            prow = self.catalog.row(d["parent"])
+            parent = f"{prow['model']}@v{prow['number']}" if prow else d["parent"]
+        return Version(
+            model=d["model"],
+            number=d["number"],
+            id=d["id"],
+            ref=f"{d['model']}@v{d['number']}",
+            parent=parent,
+            created_at=d["created_at"],
+            metrics=d["metrics"],
+            hparams=d["hparams"],
+            message=d["message"],
+            raw_bytes=d["raw_bytes"],
+            stored_bytes=d["stored_bytes"],
+        )
+
+    def version(self, ref: str) -> Version:
+        vid = self.resolve(ref)
+        row = self.catalog.row(vid)
+        if row is None:
+            self._index(vid)
+            row = self.catalog.row(vid)
+        return self._version(row)
+
+    def resolve(self, ref: str | Version) -> str:
+        """Version id of ``model@vN``, ``model@latest``, ``model@<alias>``, ``model@<id
+        prefix>``, a bare model name (its latest) or a bare id prefix."""
+        if isinstance(ref, Version):
+            return ref.id
+        if not isinstance(ref, str) or not ref:
+            raise RefNotFoundError(f"a ref must be a non-empty string like 'model@v3', got {ref!r}")
+        model, sep, which = ref.partition("@")
+        if not sep:
+            if model in self.refs.models():
+                which = "latest"
+            else:
+                return self._by_prefix(ref, ref)
+        numbers = self.refs.numbers(model)
+        if not numbers and model not in self.refs.models():
+            self._no_such(ref, model, None)
+        if which == "latest":
+            if not numbers:
+                self._no_such(ref, model, None)
+            return numbers[max(numbers)]
+        if which[:1] in ("v", "V") and which[1:].isdigit():
+            n = int(which[1:])
+            if n in numbers:
+                return numbers[n]
+            self._no_such(ref, model, [f"{model}@v{k}" for k in sorted(numbers)])
+        tags = self.refs.tags(model)
+        if which in tags:
+            return tags[which]
+        ids = {vid for vid in numbers.values() if vid.startswith(which.lower())}
+        if len(ids) == 1:
+            return ids.pop()
+        if len(ids) > 1:
+            raise AmbiguousRefError(f"{ref!r} matches {len(ids)} versions; give more of the id")
+        self._no_such(
+            ref, model, [f"{model}@{t}" for t in tags] + [f"{model}@v{k}" for k in sorted(numbers)] + [f"{model}@latest"]
+        )
+        raise AssertionError("unreachable")
+
+    def _by_prefix(self, ref: str, prefix: str) -> str:
+        ids = self.catalog.ids_with_prefix(prefix.lower()) if len(prefix) >= 4 else []
+        if len(ids) == 1:
+            return ids[0]
+        if len(ids) > 1:
+            raise AmbiguousRefError(f"{ref!r} matches {len(ids)} versions; give more of the id")
+        self._no_such(ref, None, None)
+        raise AssertionError("unreachable")
+
+    def _no_such(self, ref: str, model: str | None, candidates: list[str] | None) -> None:
+        if candidates is None:
+            candidates = list(self.refs.models())
+            for m in candidates[:]:
+                candidates += [f"{m}@latest"] + [f"{m}@{t}" for t in self.refs.tags(m)]
+        close = difflib.get_close_matches(ref, candidates, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        what = f"model {model!r} has no version {ref!r}" if model and model in self.refs.models() else f"no version matches {ref!r}"
+        raise RefNotFoundError(f"{what}{hint} (see 'modelhub list')")
+
+    def tag(self, ref: str | Version, alias: str) -> Version:
+        """Point ``model@alias`` at a version (moves an existing alias)."""
+        vid = self.resolve(ref)
+        model = self._cached_manifest(vid).model
+        check_name("alias", alias)
+        if alias.startswith(("v", "V")) and alias[1:].isdigit():
+            raise ModelHubError(f"alias {alias!r} would shadow version numbers; pick another name")
+        with self._lock:
+            self.refs.set_tag(model, alias, vid)
+        return self.version(vid)
+
+    def tags(self, model: str) -> dict[str, str]:
+        """Aliases of one model and the refs they point at."""
+        out = {}
+        for alias, vid in self.refs.tags(model).items():
+            row = self.catalog.row(vid)
+            out[alias] = f"{row['model']}@v{row['number']}" if row else vid
+        return out
+
+    # ------------------------------------------------------------------ commit
+    def commit(
+        self,
+        obj: Any,
+        model: str,
+        *,
+        parent: str | Version | None = None,
+        metrics: dict[str, Any] | None = None,
+        hparams: dict[str, Any] | None = None,
+        message: str = "",
+        allow_pickle: bool = False,
+    ) -> Version:
+        """Store ``obj`` (state_dict, checkpoint dict or nn.Module) as a new version."""
+        check_name("model", model)
+        if isinstance(obj, torch.nn.Module):
+            obj = obj.state_dict()
+        flat = flatten(obj, allow_pickle=allow_pickle)
+        metrics = _jsonable(metrics, "metrics")
+        hparams = _jsonable(hparams, "hparams")
+        with self._lock:
+            numbers = self.refs.numbers(model)
+            number = max(numbers, default=0) + 1
+            if parent is not None:
+                parent_vid: str | None = self.resolve(parent)
+            else:
+                parent_vid = numbers[max(numbers)] if numbers else None
+            created = _now()
+            vid = digest_bits_text(f"{model}\0{number}\0{created}\0{uuid.uuid4().hex}")[:32]
+            job = _CommitJob(self, flat, model, number, vid, parent_vid)
+            manifest, parent_manifest = job.run(metrics, hparams, message, created)
+            return self._publish(manifest, parent_manifest, job.parent)
+
+    def _publish(self, m: Manifest, new_parent: Manifest | None, old_parent: Manifest | None) -> Version:
+        moid = self.objects.put(m.to_bytes())
+        pmoid = self.objects.put(new_parent.to_bytes()) if new_parent is not None else None
+        self.refs.set_manifest(m.id, moid)
+        self.refs.set_number(m.model, m.number, m.id)  # the commit point
+        self.catalog.upsert(m, moid, self._stored_bytes(m, moid))
+        if new_parent is not None and old_parent is not None and pmoid is not None:
+            old_moid = self.refs.manifest_of(old_parent.id)
+            self.refs.set_manifest(new_parent.id, pmoid)
+            self._invalidate(new_parent.id)
+            keep = set(new_parent.packs) | {pmoid}
+            for oid in [*old_parent.packs, old_moid]:
+                if oid and oid not in keep:
+                    self.objects.delete(oid)
+            self.catalog.upsert(new_parent, pmoid, self._stored_bytes(new_parent, pmoid))
+        return self.version(m.id)
+
+    # -------------------------------------------------------------------- load
+    def load(
+        self,
+        ref: str | Version,
+        map_location: Any = None,
+        weights_only: bool = True,
+    ) -> Any:
+        """What ``torch.load`` of the committed object would return, bit for bit."""
+        vid = self.resolve(ref)
+        m = self.manifest(vid)
+        tensors = self._decode_all(vid, m, range(len(m.tensors)), map_location)
+        return unflatten(m.skeleton, tensors, weights_only=weights_only)
+
+    def load_state_dict(self, ref: str | Version, map_location: Any = None) -> dict[str, torch.Tensor]:
+        """Only the model weights of a version (``state_dict`` of a checkpoint)."""
+        vid = self.resolve(ref)
+        m = self.manifest(vid)
+        paths = state_dict_paths(m.skeleton)
+        if not paths:
+            raise ModelHubError(f"{m.ref} holds no state_dict (it is not a model checkpoint)")
+        wanted = sorted(set(paths.values()))
+        decoded = dict(zip(wanted, self._decode_all(vid, m, wanted, map_location)))
+        return {k: decoded[i] for k, i in paths.items()}
+
+    def _decode_all(self, vid: str, m: Manifest, indices: Iterable[int], map_location: Any) -> list[torch.Tensor]:
+        from modelhub_torch.pas.codec import shared_pool
+
+        reader = self.reader()
+        indices = list(indices)
+        big = [i for i in indices if _numel(m.tensors[i]) >= (1 << 20)]
+        small = [i for i in indices if i not in set(big)]
+        bits = {i: reader.decode(vid, i) for i in big}
+        # small tensors are one chunk each: decode several at once
+        for i, b in zip(small, shared_pool().map(lambda i: reader.decode(vid, i), small)):
+            bits[i] = b
+        out, used = [], set()
+        for i in indices:
+            b = bits[i]
+            if id(b) in used:  # two records resolved to the same data: give each its own
+                b = b.copy()
+            used.add(id(b))
+            rec = m.tensors[i]
+            t = bits_to_tensor(b, rec["dtype"], rec["shape"])
+            out.append(_map_location(t, map_location))
+        return out
+
+    # ------------------------------------------------------------ maintenance
+    def stats(self) -> dict[str, Any]:
+        """Raw vs stored bytes for the whole repository, per model and per plane."""
+        self._sync_index()
+        rows = [Catalog.decode_row(r) for r in self.catalog.rows()]
+        per_model: dict[str, dict[str, int]] = {}
+        for r in rows:
+            pm = per_model.setdefault(r["model"], {"versions": 0, "raw_bytes": 0, "stored_bytes": 0})
+            pm["versions"] += 1
+            pm["raw_bytes"] += r["raw_bytes"]
+            pm["stored_bytes"] += r["stored_bytes"]
+        raw = sum(r["raw_bytes"] for r in rows)
+        stored = sum(r["stored_bytes"] for r in rows)
+        return {
+            "versions": len(rows),
+            "models": len(per_model),
+            "raw_bytes": raw,
+            "stored_bytes": stored,
+            "ratio": raw / stored if stored else None,
+            "planes": self.catalog.plane_totals(),
+            "per_model": per_model,
+        }
+
+    def verify(self, rebuild_index: bool = False, progress: bool = False) -> list[Problem]:
+        """Re-hash every object and decode every version; optionally rebuild the index."""
+        problems: list[Problem] = []
+        from tqdm.auto import tqdm
+
+        live: dict[str, str] = {}
+        for model in self.refs.models():
+            for n, vid in self.refs.numbers(model).items():
+                live[vid] = f"{model}@v{n}"
+        referenced: set[str] = set()
+        for vid in live:
+            moid = self.refs.manifest_of(vid)
+            if moid is None:
+                problems.append(Problem("missing-manifest-ref", live[vid], "refs/versions entry missing"))
+                continue
+            referenced.add(moid)
+            try:
+                referenced.update(p for p in self.manifest(vid).packs if p)
+            except ModelHubError as exc:
+                problems.append(Problem("bad-manifest", live[vid], str(exc)))
+        for oid in tqdm(sorted(referenced), desc="objects", disable=not progress, unit="obj"):
+            if not self.objects.exists(oid):
+                problems.append(Problem("missing-object", oid, "referenced but absent"))
+            elif not self.objects.check(oid):
+                problems.append(Problem("corrupt-object", oid, "bytes do not hash to the name"))
+        for vid, ref in tqdm(sorted(live.items(), key=lambda kv: kv[1]), desc="versions", disable=not progress, unit="ver"):
+            try:
+                m = self.manifest(vid)
+                reader = self.reader()
+                for i in range(len(m.tensors)):
+                    reader.decode(vid, i)
+            except ModelHubError as exc:
+                problems.append(Problem("undecodable-version", ref, str(exc)))
+        if rebuild_index:
+            self.catalog.clear()
+            for vid in live:
+                try:
+                    self._index(vid)
+                except ModelHubError as exc:
+                    problems.append(Problem("unindexable-version", live[vid], str(exc)))
+        return problems
+
+    def gc(self, dry_run: bool = False) -> dict[str, int]:
+        """Delete objects no live version references, temp files and orphan version refs."""
+        with self._lock:
+            live = {vid for m in self.refs.models() for vid in self.refs.numbers(m).values()}
+            keep: set[str] = set()
+            for vid in live:
+                moid = self.refs.manifest_of(vid)
+                if moid:
+                    keep.add(moid)
+                    keep.update(p for p in self.manifest(vid).packs if p)
+            removed = freed = 0
+            for oid in list(self.objects):
+                if oid not in keep:
+                    freed += self.objects.size(oid)
+                    removed += 1
+                    if not dry_run:
+                        self.objects.delete(oid)
+            orphans = [v for v in self.refs.version_ids() if v not in live]
+            temps = self.loc.listdir("tmp")
+            if not dry_run:
+                for v in orphans:
+                    self.loc.delete(f"refs/versions/{v}")
+                for t in temps:
+                    self.loc.delete(f"tmp/{t}")
+            return {"objects_removed": removed, "bytes_freed": freed, "orphan_refs": len(orphans), "temp_files": len(temps)}
+
+
+def digest_bits_text(text: str) -> str:
+    import blake3
+
+    return blake3.blake3(text.encode()).hexdigest()
+
+
+def _numel(rec: dict[str, Any]) -> int:
+    n = 1
+    for s in rec["shape"]:
+        n *= int(s)
+    return n
+
+
+def _map_location(t: torch.Tensor, map_location: Any) -> torch.Tensor:
+    if map_location is None:
+        return t
+    if isinstance(map_location, dict):
+        target = map_location.get("cpu")
+        return t if target is None else t.to(target)
+    if callable(map_location):
+        result = map_location(t, "cpu")
+        return t if result is None else result
+    return t.to(map_location)
+
+
+class _CommitJob:
+    """Encodes one commit: the new version whole (or as forward deltas for a
+    cross-model parent) and, for a same-model parent, the parent re-encoded as
+    reverse deltas against the new version."""
+
+    def __init__(self, repo: Repository, flat: Any, model: str, number: int, vid: str, parent_vid: str | None):
+        self.repo = repo
+        self.flat = flat
+        self.model = model
+        self.number = number
+        self.vid = vid
+        self.parent_vid = parent_vid
+        self.parent = repo.manifest(parent_vid) if parent_vid else None
+        self.reader = repo.reader()
+        s = repo.settings
+        self.mat_cfg = CodecConfig.from_json(s["materialize"])
+        self.delta_cfg = CodecConfig.from_json(s["delta"])
+        self.keyframe_interval = max(1, int(s["keyframe_interval"]))
+
+    def run(self, metrics: dict, hparams: dict, message: str, created: str) -> tuple[Manifest, Manifest | None]:
+        p = self.parent
+        rewrite = p is not None and p.model == self.model
+        keyframe = rewrite and (p.number - 1) % self.keyframe_interval == 0
+        parent_paths = {t["path"]: i for i, t in enumerate(p.tensors)} if p else {}
+        packs = PackSet(self.repo.objects)
+        parent_packs = PackSet(self.repo.objects)
+        parent_recs = copy.deepcopy(p.tensors) if rewrite else []
+        changed: set[int] = set()
+        records: list[dict[str, Any]] = []
+        seen: dict[tuple, int] = {}
+        try:
+            for i, (t, path) in enumerate(zip(self.flat.tensors, self.flat.paths)):
+                bits = tensor_bits(t)
+                rec = {
+                    "path": path,
+                    "dtype": dtype_name(t.dtype),
+                    "shape": list(t.shape),
+                    "nbytes": int(bits.nbytes),
+                    "digest": digest_bits(bits),
+                }
+                key = (rec["digest"], rec["dtype"], tuple(rec["shape"]))
+                pi = parent_paths.get(path)
+                prec = p.tensors[pi] if pi is not None else None
+                compatible = prec is not None and prec["dtype"] == rec["dtype"] and prec["shape"] == rec["shape"]
+                holder = seen.get(key)
+                if holder is not None:
+                    rec["data"] = {"kind": "same", "version": self.vid, "index": holder}
+                else:
+                    seen[key] = i
+                    rec["data"] = self._encode_new(bits, rec, prec if compatible else None, pi, rewrite, packs)
+                    holder = i
+                records.append(rec)
+                if rewrite and compatible:
+                    if prec["digest"] == rec["digest"]:
+                        if prec["data"]["kind"] != "same" or prec["data"].get("version") != self.vid:
+                            parent_recs[pi]["data"] = {"kind": "same", "version": self.vid, "index": holder}
+                            changed.add(pi)
+                    elif not keyframe and prec["data"]["kind"] == "planes":
+                        pbits = self.reader.decode(p.id, pi)
+                        chunks = encode_all(pbits, bits, self.delta_cfg.for_width(bits.itemsize))
+                        if encoded_size(chunks) < record_size(prec):
+                            parent_recs[pi]["data"] = {
+                                "kind": "planes",
+                                "codec": self.delta_cfg.for_width(bits.itemsize).to_json(),
+                                "base": {"version": self.vid, "index": holder},
+                                "chunks": parent_packs.add(chunks),
+                            }
+                            changed.add(pi)
+            new_parent = None
+            if rewrite and changed:
+                self._copy_unchanged(p, parent_recs, changed, parent_packs)
+                new_parent = Manifest(**{**p.__dict__, "tensors": parent_recs, "packs": parent_packs.commit()})
+            else:
+                parent_packs.abort()
+            m = Manifest(
+                id=self.vid,
+                model=self.model,
+                number=self.number,
+                parent=self.parent_vid,
+                created_at=created,
+                metrics=metrics,
+                hparams=hparams,
+                message=message,
+                skeleton=self.flat.skeleton,
+                tensors=records,
+                packs=packs.commit(),
+                extra={"pickle": self.flat.uses_pickle} if self.flat.uses_pickle else {},
+            )
+            return m, new_parent
+        except BaseException:
+            packs.abort()
+            parent_packs.abort()
+            raise
+
+    def _encode_new(self, bits, rec, prec, pi, rewrite, packs) -> dict[str, Any]:
+        width = bits.itemsize
+        if prec is not None and not rewrite:
+            # cross-model parent (fine-tune): forward delta where it is smaller
+            if prec["digest"] == rec["digest"]:
+                return {"kind": "same", "version": self.parent_vid, "index": pi}
+            base = self.reader.decode(self.parent_vid, pi)
+            dcfg = self.delta_cfg.for_width(width)
+            delta = encode_all(bits, base, dcfg)
+            whole = encode_all(bits, None, self.mat_cfg.for_width(width))
+            if encoded_size(delta) < encoded_size(whole):
+                return {"kind": "planes", "codec": dcfg.to_json(), "base": {"version": self.parent_vid, "index": pi}, "chunks": packs.add(delta)}
+            return {"kind": "planes", "codec": self.mat_cfg.for_width(width).to_json(), "base": None, "chunks": packs.add(whole)}
+        hit = self._dedup(rec, rewrite)
+        if hit is not None:
+            return {"kind": "same", "version": hit[0], "index": hit[1]}
+        cfg = self.mat_cfg.for_width(width)
+        return {"kind": "planes", "codec": cfg.to_json(), "base": None, "chunks": packs.add(encode_all(bits, None, cfg))}
+
+    def _dedup(self, rec: dict[str, Any], rewrite: bool) -> tuple[str, int] | None:
+        """An identical tensor stored whole elsewhere (never in the parent being re-encoded:
+        that one's data moves into the new version instead)."""
+        hit = self.repo.catalog.find_digest(rec["digest"])
+        if hit is None:
+            return None
+        try:
+            hv, hi = self.reader.resolve(*hit)
+            hrec = self.reader.record(hv, hi)
+        except ModelHubError:
+            return None
+        if rewrite and hv == self.parent_vid:
+            return None
+        if hrec["data"].get("base") is not None or hrec["dtype"] != rec["dtype"] or hrec["shape"] != rec["shape"]:
+            return None
+        if hrec["digest"] != rec["digest"]:
+            return None
+        return hv, hi
+
+    def _copy_unchanged(self, p: Manifest, recs: list[dict], changed: set[int], out: PackSet) -> None:
+        """Move the parent's untouched frames into its new packs (packs stay owned by one manifest)."""
+        for i, rec in enumerate(recs):
+            if i in changed or rec["data"]["kind"] != "planes":
+                continue
+            chunks = self.reader.fetch(p, rec["data"]["chunks"], None)
+            rec["data"]["chunks"] = out.add(chunks)

@@ -1,0 +1,247 @@
+"""Split a checkpoint into tensor leaves and a typed-JSON skeleton, and join them back.
+
+The skeleton keeps everything torch.load would return besides tensor data — nesting,
+key types and order, tuples vs lists, ints vs floats (bit-exact), torch.Size/dtype/
+device — as JSON, so loading never needs pickle. Values only pickle can hold are
+refused unless ``allow_pickle=True``; they are then stored as tagged pickle bytes
+and only unpickled when the loader passes ``weights_only=False``.
+
+Tensors that are the same view of the same storage (tied weights) become one leaf,
+referenced twice, so the tie is restored on load.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import enum
+import math
+import pickle
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from modelhub_torch.errors import FormatError, PickleRequiredError
+
+# dict subclasses rebuilt by name without pickle (the key/value content is typed JSON)
+_SAFE_DICTS: dict[str, type] = {"collections.OrderedDict": collections.OrderedDict}
+
+
+def _attribute_dict() -> type | None:
+    for mod in ("lightning.fabric.utilities.data", "lightning_fabric.utilities.data"):
+        try:
+            module = __import__(mod, fromlist=["AttributeDict"])
+            return module.AttributeDict
+        except ImportError:
+            continue
+    return None
+
+
+def _class_path(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+@dataclass
+class Flattened:
+    skeleton: Any
+    tensors: list[torch.Tensor] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    uses_pickle: bool = False
+
+
+class _Flattener:
+    def __init__(self, allow_pickle: bool):
+        self.allow_pickle = allow_pickle
+        self.out = Flattened(skeleton=None)
+        self._seen: dict[tuple, int] = {}
+
+    def tensor(self, t: torch.Tensor, path: str, numpy_array: bool = False) -> dict[str, Any]:
+        if t.is_sparse or t.layout != torch.strided:
+            return self.opaque(t, path, f"{t.layout} tensor")
+        if t.device.type == "meta":
+            return self.opaque(t, path, "meta tensor")
+        key = (
+            t.untyped_storage().data_ptr() if t.numel() else id(t),
+            t.storage_offset(),
+            tuple(t.shape),
+            tuple(t.stride()),
+            t.dtype,
+        )
+        idx = self._seen.get(key)
+        if idx is None:
+            idx = len(self.out.tensors)
+            self._seen[key] = idx
+            self.out.tensors.append(t)
+            self.out.paths.append(path)
+        node: dict[str, Any] = {"$t": idx}
+        if numpy_array:
+            node["np"] = True
+        if isinstance(t, torch.nn.Parameter):
+            node["param"] = bool(t.requires_grad)
+        return node
+
+    def opaque(self, value: Any, path: str, what: str) -> dict[str, Any]:
+        if not self.allow_pickle:
+            raise PickleRequiredError(
+                f"{path or '<root>'} holds a {what} that can only be stored with pickle; "
+                "pass allow_pickle=True to commit it (loading it will then need "
+                "weights_only=False), or convert it to plain types"
+            )
+        try:
+            data = pickle.dumps(value, protocol=4)
+        except Exception as exc:
+            raise PickleRequiredError(f"{path or '<root>'}: {what} cannot be pickled: {exc}") from exc
+        self.out.uses_pickle = True
+        return {"$pickle": base64.b64encode(data).decode()}
+
+    def walk(self, obj: Any, path: str) -> Any:
+        if obj is None or isinstance(obj, (bool, str)):
+            return obj
+        if isinstance(obj, int) and type(obj) is int:
+            return obj
+        if type(obj) is float:
+            if math.isfinite(obj):
+                return obj
+            return {"$float": repr(obj)}  # 'nan', 'inf', '-inf'
+        if isinstance(obj, torch.Tensor):
+            return self.tensor(obj, path)
+        if isinstance(obj, np.ndarray) and obj.dtype.kind in "biufc" and obj.dtype.byteorder in "=|<":
+            return self.tensor(torch.from_numpy(np.ascontiguousarray(obj)), path, numpy_array=True)
+        if isinstance(obj, np.generic) and obj.dtype.kind in "biufc":
+            return {"$np": obj.dtype.str, "v": base64.b64encode(obj.tobytes()).decode()}
+        if isinstance(obj, torch.Size):
+            return {"$size": list(obj)}
+        if isinstance(obj, torch.dtype):
+            return {"$dtype": str(obj).removeprefix("torch.")}
+        if isinstance(obj, torch.device):
+            return {"$device": str(obj)}
+        if isinstance(obj, (bytes, bytearray)):
+            return {"$bytes": base64.b64encode(bytes(obj)).decode(), "mutable": isinstance(obj, bytearray)}
+        if isinstance(obj, enum.Enum) or (isinstance(obj, (set, frozenset)) and not self._plain_set(obj)):
+            return self.opaque(obj, path, type(obj).__name__)
+        if isinstance(obj, (set, frozenset)):
+            items = [self.walk(v, f"{path}/*") for v in sorted(obj, key=repr)]
+            return {"$set": items, "frozen": isinstance(obj, frozenset)}
+        if isinstance(obj, dict):
+            return self.mapping(obj, path)
+        if type(obj) is list:
+            return [self.walk(v, f"{path}/{i}") for i, v in enumerate(obj)]
+        if type(obj) is tuple:
+            return {"$tuple": [self.walk(v, f"{path}/{i}") for i, v in enumerate(obj)]}
+        return self.opaque(obj, path, f"{_class_path(type(obj))} object")
+
+    @staticmethod
+    def _plain_set(obj: Any) -> bool:
+        return all(v is None or type(v) in (bool, int, float, str) for v in obj)
+
+    def mapping(self, obj: dict, path: str) -> Any:
+        cls = type(obj)
+        tag = None
+        if cls is not dict:
+            name = _class_path(cls)
+            attr = _attribute_dict()
+            if name in _SAFE_DICTS or (attr is not None and cls is attr):
+                tag = "AttributeDict" if attr is not None and cls is attr else name
+            else:
+                return self.opaque(obj, path, f"{name} mapping")
+        items = []
+        for k, v in obj.items():
+            items.append([self.walk(k, f"{path}/<key>"), self.walk(v, f"{path}/{k}")])
+        node: dict[str, Any] = {"$dict": items}
+        if tag:
+            node["cls"] = tag
+        return node
+
+
+def flatten(obj: Any, allow_pickle: bool = False) -> Flattened:
+    """Pull every tensor out of ``obj``; the rest becomes a typed-JSON skeleton."""
+    f = _Flattener(allow_pickle)
+    f.out.skeleton = f.walk(obj, "")
+    return f.out
+
+
+def unflatten(skeleton: Any, tensors: list[torch.Tensor], weights_only: bool = True) -> Any:
+    """Rebuild the object from its skeleton and decoded tensors (ties restored)."""
+
+    def build(node: Any) -> Any:
+        if node is None or isinstance(node, (bool, int, float, str)):
+            return node
+        if isinstance(node, list):
+            return [build(v) for v in node]
+        if not isinstance(node, dict) or len(node) == 0:
+            raise FormatError(f"malformed skeleton node {node!r}")
+        if "$t" in node:
+            t = tensors[node["$t"]]
+            if node.get("np"):
+                return t.numpy()
+            if "param" in node:
+                return torch.nn.Parameter(t, requires_grad=node["param"])
+            return t
+        if "$dict" in node:
+            cls_name = node.get("cls")
+            if cls_name is None:
+                cls = dict
+            elif cls_name == "AttributeDict":
+                cls = _attribute_dict() or dict
+            else:
+                cls = _SAFE_DICTS.get(cls_name, dict)
+            return cls((build(k), build(v)) for k, v in node["$dict"])
+        if "$tuple" in node:
+            return tuple(build(v) for v in node["$tuple"])
+        if "$float" in node:
+            return float(node["$float"])
+        if "$np" in node:
+            return np.frombuffer(base64.b64decode(node["v"]), dtype=np.dtype(node["$np"]))[0]
+        if "$size" in node:
+            return torch.Size(node["$size"])
+        if "$dtype" in node:
+            return getattr(torch, node["$dtype"])
+        if "$device" in node:
+            return torch.device(node["$device"])
+        if "$bytes" in node:
+            data = base64.b64decode(node["$bytes"])
+            return bytearray(data) if node.get("mutable") else data
+        if "$set" in node:
+            items = [build(v) for v in node["$set"]]
+            return frozenset(items) if node.get("frozen") else set(items)
+        if "$pickle" in node:
+            if weights_only:
+                raise PickleRequiredError(
+                    "this version holds pickled objects; load it with weights_only=False "
+                    "only if you trust the repository it came from"
+                )
+            return pickle.loads(base64.b64decode(node["$pickle"]))
+        raise FormatError(f"unknown skeleton tag in {sorted(node)!r}")
+
+    return build(skeleton)
+
+
+def state_dict_paths(skeleton: Any) -> dict[str, int]:
+    """Map ``state_dict`` keys to tensor indices: the model weights of a checkpoint.
+
+    A plain state_dict is its own weights; a Lightning/PyTorch checkpoint keeps them
+    under ``"state_dict"`` (or ``"model"`` / ``"model_state_dict"``).
+    """
+
+    def entries(node: Any) -> dict[str, Any] | None:
+        if isinstance(node, dict) and "$dict" in node:
+            out = {}
+            for k, v in node["$dict"]:
+                if not isinstance(k, str):
+                    return None
+                out[k] = v
+            return out
+        return None
+
+    top = entries(skeleton)
+    if top is None:
+        return {}
+    for key in ("state_dict", "model_state_dict", "model"):
+        inner = entries(top.get(key))
+        if inner and all(isinstance(v, dict) and "$t" in v for v in inner.values()):
+            return {k: v["$t"] for k, v in inner.items()}
+    if top and all(isinstance(v, dict) and "$t" in v for v in top.values()):
+        return {k: v["$t"] for k, v in top.items()}
+    return {}

@@ -1,0 +1,190 @@
+"""SQLite index over the versions of a repository: fast listing, lookup and dedup.
+
+It is an index, never the source of truth: every row can be rebuilt from refs and
+manifests (``Repository.verify(rebuild_index=True)``). Local repositories keep it in
+``<root>/index/catalog.sqlite``; remote ones in a per-user cache directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import tempfile
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from modelhub_torch.manifest import Manifest
+from modelhub_torch.store.location import Location
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS versions (
+    id TEXT PRIMARY KEY,
+    model TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    parent TEXT,
+    created_at TEXT NOT NULL,
+    message TEXT NOT NULL,
+    metrics TEXT NOT NULL,
+    hparams TEXT NOT NULL,
+    raw_bytes INTEGER NOT NULL,
+    stored_bytes INTEGER NOT NULL,
+    params INTEGER NOT NULL,
+    manifest TEXT NOT NULL,
+    UNIQUE (model, number)
+);
+CREATE INDEX IF NOT EXISTS versions_model ON versions(model, number);
+CREATE INDEX IF NOT EXISTS versions_parent ON versions(parent);
+CREATE TABLE IF NOT EXISTS plane_bytes (
+    version TEXT NOT NULL, plane INTEGER NOT NULL, bytes INTEGER NOT NULL,
+    PRIMARY KEY (version, plane)
+);
+CREATE TABLE IF NOT EXISTS tensors (
+    digest TEXT NOT NULL, version TEXT NOT NULL, idx INTEGER NOT NULL,
+    PRIMARY KEY (version, idx)
+);
+CREATE INDEX IF NOT EXISTS tensors_digest ON tensors(digest);
+"""
+
+
+def catalog_path(loc: Location) -> str:
+    if loc.local is not None:
+        os.makedirs(loc.path("index"), exist_ok=True)
+        return loc.path("index", "catalog.sqlite")
+    key = hashlib.sha256(loc.url.encode()).hexdigest()[:24]
+    base = Path(os.environ.get("MODELHUB_CACHE", Path(tempfile.gettempdir()) / "modelhub-cache"))
+    base.mkdir(parents=True, exist_ok=True)
+    return str(base / f"catalog-{key}.sqlite")
+
+
+class Catalog:
+    def __init__(self, path: str):
+        self.path = path
+        self._local = threading.local()
+        with self._conn() as c:
+            c.executescript(SCHEMA)
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.row_factory = sqlite3.Row
+            self._local.conn = conn
+        return conn
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # ------------------------------------------------------------------ writes
+    def upsert(self, m: Manifest, manifest_oid: str, stored_bytes: int) -> None:
+        params = sum(
+            _numel(t["shape"]) for t in m.tensors if t["dtype"] not in ("bool",)
+        )
+        c = self._conn()
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            c.execute("DELETE FROM versions WHERE id=? OR (model=? AND number=?)", (m.id, m.model, m.number))
+            c.execute(
+                "INSERT INTO versions VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    m.id, m.model, m.number, m.parent, m.created_at, m.message,
+                    json.dumps(m.metrics), json.dumps(m.hparams), m.raw_bytes,
+                    stored_bytes, params, manifest_oid,
+                ),
+            )
+            c.execute("DELETE FROM plane_bytes WHERE version=?", (m.id,))
+            c.executemany(
+                "INSERT INTO plane_bytes VALUES (?,?,?)",
+                [(m.id, p, b) for p, b in enumerate(m.plane_bytes())],
+            )
+            c.execute("DELETE FROM tensors WHERE version=?", (m.id,))
+            c.executemany(
+                "INSERT INTO tensors VALUES (?,?,?)",
+                [(t["digest"], m.id, i) for i, t in enumerate(m.tensors)],
+            )
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+
+    def clear(self) -> None:
+        c = self._conn()
+        c.executescript("DELETE FROM versions; DELETE FROM plane_bytes; DELETE FROM tensors;")
+
+    def remove(self, version_ids: Iterable[str]) -> None:
+        c = self._conn()
+        for vid in version_ids:
+            for table, col in (("versions", "id"), ("plane_bytes", "version"), ("tensors", "version")):
+                c.execute(f"DELETE FROM {table} WHERE {col}=?", (vid,))
+
+    # ----------------------------------------------------------------- queries
+    def rows(self, model: str | None = None) -> list[sqlite3.Row]:
+        c = self._conn()
+        if model is None:
+            return c.execute("SELECT * FROM versions ORDER BY model, number").fetchall()
+        return c.execute(
+            "SELECT * FROM versions WHERE model=? ORDER BY number", (model,)
+        ).fetchall()
+
+    def row(self, version_id: str) -> sqlite3.Row | None:
+        return self._conn().execute("SELECT * FROM versions WHERE id=?", (version_id,)).fetchone()
+
+    def ids(self) -> set[str]:
+        return {r[0] for r in self._conn().execute("SELECT id FROM versions")}
+
+    def ids_with_prefix(self, prefix: str) -> list[str]:
+        return [
+            r[0]
+            for r in self._conn().execute(
+                "SELECT id FROM versions WHERE id >= ? AND id < ? ORDER BY id",
+                (prefix, prefix + "\uffff"),
+            )
+        ]
+
+    def find_digest(self, digest: str) -> tuple[str, int] | None:
+        r = self._conn().execute(
+            "SELECT version, idx FROM tensors WHERE digest=? LIMIT 1", (digest,)
+        ).fetchone()
+        return (r[0], r[1]) if r else None
+
+    def plane_totals(self) -> dict[int, int]:
+        return {
+            r[0]: r[1]
+            for r in self._conn().execute(
+                "SELECT plane, SUM(bytes) FROM plane_bytes GROUP BY plane ORDER BY plane"
+            )
+        }
+
+    def plane_bytes(self, version_id: str) -> list[int]:
+        return [
+            r[0]
+            for r in self._conn().execute(
+                "SELECT bytes FROM plane_bytes WHERE version=? ORDER BY plane", (version_id,)
+            )
+        ]
+
+    def stored_bytes(self, version_id: str) -> int:
+        r = self.row(version_id)
+        return int(r["stored_bytes"]) if r else 0
+
+    @staticmethod
+    def decode_row(row: sqlite3.Row) -> dict[str, Any]:
+        d = dict(row)
+        d["metrics"] = json.loads(d["metrics"])
+        d["hparams"] = json.loads(d["hparams"])
+        return d
+
+
+def _numel(shape: list[int]) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n

@@ -1,0 +1,138 @@
+"""Immutable, content-addressed objects named by the BLAKE3 hash of their bytes.
+
+Written under a temporary name while streaming, then moved to ``objects/ab/cdef..``;
+an object therefore exists whole or not at all. ``check`` re-hashes (dulwich style).
+BLAKE3 rather than SHA-256: cryptographic and ~6 GB/s on one core here, so hashing
+never bounds commit throughput (SHA-256 ran at 1.2 GB/s).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import blake3
+
+from modelhub_torch.errors import CorruptObjectError
+from modelhub_torch.store.location import Location
+
+OBJECTS = "objects"
+
+
+def hash_bytes(data: bytes | memoryview) -> str:
+    return blake3.blake3(data, max_threads=1).hexdigest()
+
+
+class ObjectWriter:
+    """Streams one object to a temp file, hashing as it goes; ``commit`` names it."""
+
+    def __init__(self, store: ObjectStore):
+        self._store = store
+        self._tmp = store.loc.temp_name()
+        self._fh = store.loc.open_write(self._tmp)
+        self._hash = blake3.blake3(max_threads=1)
+        self.size = 0
+        self.object_id: str | None = None
+
+    def write(self, data: bytes | memoryview) -> int:
+        """Append bytes; returns the offset where they start."""
+        offset = self.size
+        self._fh.write(data)
+        self._hash.update(data)
+        self.size += len(data)
+        return offset
+
+    def commit(self) -> str:
+        if self.object_id is None:
+            if self._store.loc.is_local:
+                self._fh.flush()
+                os.fsync(self._fh.fileno())
+            self._fh.close()
+            oid = self._hash.hexdigest()
+            if self._store.exists(oid):
+                self._store.loc.delete(self._tmp)
+            else:
+                self._store.loc.move(self._tmp, self._store.rel(oid))
+            self.object_id = oid
+        return self.object_id
+
+    def abort(self) -> None:
+        if self.object_id is None:
+            self._fh.close()
+            self._store.loc.delete(self._tmp)
+
+
+class ObjectStore:
+    """Content-addressed blobs under ``<root>/objects``."""
+
+    def __init__(self, loc: Location):
+        self.loc = loc
+
+    @staticmethod
+    def rel(oid: str) -> str:
+        return os.path.join(OBJECTS, oid[:2], oid[2:])
+
+    def writer(self) -> ObjectWriter:
+        return ObjectWriter(self)
+
+    def put(self, data: bytes) -> str:
+        w = self.writer()
+        w.write(data)
+        return w.commit()
+
+    def exists(self, oid: str) -> bool:
+        return self.loc.exists(self.rel(oid))
+
+    def size(self, oid: str) -> int:
+        try:
+            return self.loc.size(self.rel(oid))
+        except FileNotFoundError:
+            raise self._missing(oid) from None
+
+    def get(self, oid: str, verify: bool = True) -> bytes:
+        try:
+            data = self.loc.read(self.rel(oid))
+        except FileNotFoundError:
+            raise self._missing(oid) from None
+        if verify and hash_bytes(data) != oid:
+            raise CorruptObjectError(
+                f"object {oid} is corrupt (its bytes no longer hash to its name); "
+                "restore it from a copy of the repository or run 'modelhub verify'"
+            )
+        return data
+
+    def get_ranges(self, oid: str, ranges: list[tuple[int, int]]) -> list[bytes]:
+        """Byte ranges of one object; callers verify what they decode (tensor digests)."""
+        try:
+            parts = self.loc.read_ranges(self.rel(oid), ranges)
+        except FileNotFoundError:
+            raise self._missing(oid) from None
+        for (off, n), part in zip(ranges, parts):
+            if len(part) != n:
+                raise CorruptObjectError(
+                    f"object {oid} is truncated: wanted {n} bytes at offset {off}, got {len(part)}"
+                )
+        return parts
+
+    def check(self, oid: str) -> bool:
+        try:
+            self.get(oid, verify=True)
+        except CorruptObjectError:
+            return False
+        return True
+
+    def delete(self, oid: str) -> None:
+        self.loc.delete(self.rel(oid))
+
+    def __iter__(self) -> Iterator[str]:
+        for rel in self.loc.walk_files(OBJECTS):
+            parts = rel.replace("\\", "/").split("/")
+            if len(parts) == 3 and len(parts[1]) == 2:
+                yield parts[1] + parts[2]
+
+    @staticmethod
+    def _missing(oid: str) -> CorruptObjectError:
+        return CorruptObjectError(
+            f"object {oid} is missing from the repository; restore it from a copy "
+            "or run 'modelhub verify' to list every affected version"
+        )

@@ -1,0 +1,64 @@
+"""Commit-side encoding: tensors into plane packs, one pack object per plane.
+
+Plane p of every tensor a manifest owns goes to pack p, so a reader wanting the high
+planes of a version reads one contiguous object and never touches the low ones.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from modelhub_torch.pas import codec
+from modelhub_torch.store.objects import ObjectStore, ObjectWriter
+
+
+class PackSet:
+    """Lazily opened streaming writers, one per plane."""
+
+    def __init__(self, objects: ObjectStore):
+        self.objects = objects
+        self.writers: list[ObjectWriter | None] = []
+
+    def _writer(self, plane: int) -> ObjectWriter:
+        while len(self.writers) <= plane:
+            self.writers.append(None)
+        w = self.writers[plane]
+        if w is None:
+            w = self.writers[plane] = self.objects.writer()
+        return w
+
+    def add(self, chunks: list[tuple[int, list[codec.Frame]]]) -> list[dict[str, Any]]:
+        """Append coded chunks; returns their manifest records ``{n, frames}``."""
+        out = []
+        for n, frames in chunks:
+            refs = []
+            for p, (kind, payload) in enumerate(frames):
+                off = self._writer(p).write(payload)
+                refs.append([off, len(payload), kind])
+            out.append({"n": n, "frames": refs})
+        return out
+
+    def commit(self) -> list[str | None]:
+        return [w.commit() if w is not None else None for w in self.writers]
+
+    def abort(self) -> None:
+        for w in self.writers:
+            if w is not None:
+                w.abort()
+
+
+def encoded_size(chunks: list[tuple[int, list[codec.Frame]]]) -> int:
+    return sum(len(payload) for _, frames in chunks for _, payload in frames)
+
+
+def encode_all(bits: np.ndarray, base: np.ndarray | None, cfg: codec.CodecConfig) -> list[tuple[int, list[codec.Frame]]]:
+    return list(codec.encode_tensor(bits, base, cfg))
+
+
+def record_size(rec: dict[str, Any]) -> int:
+    data = rec["data"]
+    if data["kind"] != "planes":
+        return 0
+    return sum(int(f[1]) for c in data["chunks"] for f in c["frames"])
