@@ -4,6 +4,7 @@ frames from plane packs, decode in parallel, and verify every tensor's digest.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -39,6 +40,7 @@ class TensorReader:
         self.cache_bytes = cache_bytes
         self._cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
         self._cached = 0
+        self._lock = threading.Lock()
         self.bytes_read = 0
 
     def record(self, vid: str, idx: int) -> dict[str, Any]:
@@ -68,17 +70,21 @@ class TensorReader:
             # A child's commit may have just re-encoded this version and dropped the old
             # packs: reload the manifests once and retry before reporting corruption.
             self.invalidate(vid)
-            self._cache.clear()
-            self._cached = 0
+            with self._lock:
+                self._cache.clear()
+                self._cached = 0
             return self._decode(vid, idx, planes)
 
     def _decode(self, vid: str, idx: int, planes: int | None) -> np.ndarray:
         want = self.record(vid, idx)
         hvid, hidx = self.resolve(vid, idx)
         key = (hvid, hidx)
-        if planes is None and key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
+        if planes is None:
+            with self._lock:
+                hit = self._cache.get(key)
+                if hit is not None:
+                    self._cache.move_to_end(key)
+                    return hit
         rec = self.record(hvid, hidx)
         if rec["digest"] != want["digest"]:
             raise CorruptObjectError(
@@ -98,11 +104,14 @@ class TensorReader:
     def _remember(self, key: tuple[str, int], bits: np.ndarray) -> None:
         if bits.nbytes > self.cache_bytes:
             return
-        self._cache[key] = bits
-        self._cached += bits.nbytes
-        while self._cached > self.cache_bytes:
-            _, old = self._cache.popitem(last=False)
-            self._cached -= old.nbytes
+        with self._lock:
+            if key in self._cache:
+                return
+            self._cache[key] = bits
+            self._cached += bits.nbytes
+            while self._cached > self.cache_bytes:
+                _, old = self._cache.popitem(last=False)
+                self._cached -= old.nbytes
 
     def _decode_planes(self, vid: str, rec: dict[str, Any], planes: int | None) -> np.ndarray:
         data = rec["data"]
@@ -134,7 +143,8 @@ class TensorReader:
             if oid is None:
                 raise FormatError(f"{m.ref} references plane pack {p}, which it does not list")
             payloads[p] = self.objects.get_ranges(oid, ranges)
-            self.bytes_read += sum(n for _, n in ranges)
+            with self._lock:
+                self.bytes_read += sum(n for _, n in ranges)
         out = []
         for c, chunk in enumerate(chunks):
             frames = [

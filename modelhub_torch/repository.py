@@ -48,7 +48,7 @@ REPO_FORMAT = 1
 DEFAULT_SETTINGS: dict[str, Any] = {
     "format": REPO_FORMAT,
     "keyframe_interval": 16,
-    "materialize": CodecConfig(op="none", group_from=1).to_json(),
+    "materialize": CodecConfig(op="none", group_from=8, exp_bits=1).to_json(),
     "delta": CodecConfig(op="sub", lane=4, group_from=0).to_json(),
 }
 
@@ -372,7 +372,9 @@ class Repository:
             old_moid = self.refs.manifest_of(old_parent.id)
             self.refs.set_manifest(new_parent.id, pmoid)
             self._invalidate(new_parent.id)
-            keep = set(new_parent.packs) | {pmoid}
+            # objects are content-addressed: the new version's packs can be byte-identical
+            # to the parent's old ones (same tensors, same codec) and must survive
+            keep = set(new_parent.packs) | {pmoid} | set(m.packs) | {moid}
             for oid in [*old_parent.packs, old_moid]:
                 if oid and oid not in keep:
                     self.objects.delete(oid)
@@ -412,7 +414,7 @@ class Repository:
         small = [i for i in indices if i not in set(big)]
         bits = {i: reader.decode(vid, i) for i in big}
         # small tensors are one chunk each: decode several at once
-        for i, b in zip(small, shared_pool().map(lambda i: reader.decode(vid, i), small)):
+        for i, b in zip(small, shared_pool("tensor").map(lambda i: reader.decode(vid, i), small)):
             bits[i] = b
         out, used = [], set()
         for i in indices:
@@ -542,10 +544,24 @@ def _map_location(t: torch.Tensor, map_location: Any) -> torch.Tensor:
     return t.to(map_location)
 
 
+@dataclass
+class _Prepared:
+    """What one tensor's encoding job computed (no I/O to packs yet)."""
+
+    rec: dict[str, Any]
+    data: dict[str, Any]  # record data for the new version, "chunks" still to be written
+    chunks: list | None  # coded chunks for the new version's packs
+    parent_delta: tuple[CodecConfig, list] | None  # reverse delta for the parent
+    raw: int
+
+
 class _CommitJob:
     """Encodes one commit: the new version whole (or as forward deltas for a
     cross-model parent) and, for a same-model parent, the parent re-encoded as
-    reverse deltas against the new version."""
+    reverse deltas against the new version. Tensors are coded by parallel jobs while
+    this thread writes their frames to the packs in order (bounded bytes in flight)."""
+
+    IN_FLIGHT_BYTES = 256 << 20
 
     def __init__(self, repo: Repository, flat: Any, model: str, number: int, vid: str, parent_vid: str | None):
         self.repo = repo
@@ -560,58 +576,68 @@ class _CommitJob:
         self.mat_cfg = CodecConfig.from_json(s["materialize"])
         self.delta_cfg = CodecConfig.from_json(s["delta"])
         self.keyframe_interval = max(1, int(s["keyframe_interval"]))
+        p = self.parent
+        self.rewrite = p is not None and p.model == model
+        self.keyframe = self.rewrite and (p.number - 1) % self.keyframe_interval == 0
+        self.parent_paths = {t["path"]: i for i, t in enumerate(p.tensors)} if p else {}
+
+    def _jobs(self) -> Any:
+        """Yield prepared tensors in order, computing up to IN_FLIGHT_BYTES ahead."""
+        from modelhub_torch.pas.codec import shared_pool
+
+        pool = shared_pool("tensor")
+        pending: list[Any] = []
+        inflight = 0
+        for i, t in enumerate(self.flat.tensors):
+            size = t.numel() * t.element_size()
+            while pending and inflight + size > self.IN_FLIGHT_BYTES:
+                done = pending.pop(0).result()
+                inflight -= done.raw
+                yield done
+            pending.append(pool.submit(self._prepare, i))
+            inflight += size
+        for fut in pending:
+            yield fut.result()
 
     def run(self, metrics: dict, hparams: dict, message: str, created: str) -> tuple[Manifest, Manifest | None]:
         p = self.parent
-        rewrite = p is not None and p.model == self.model
-        keyframe = rewrite and (p.number - 1) % self.keyframe_interval == 0
-        parent_paths = {t["path"]: i for i, t in enumerate(p.tensors)} if p else {}
         packs = PackSet(self.repo.objects)
         parent_packs = PackSet(self.repo.objects)
-        parent_recs = copy.deepcopy(p.tensors) if rewrite else []
+        parent_recs = copy.deepcopy(p.tensors) if self.rewrite else []
         changed: set[int] = set()
         records: list[dict[str, Any]] = []
         seen: dict[tuple, int] = {}
         try:
-            for i, (t, path) in enumerate(zip(self.flat.tensors, self.flat.paths)):
-                bits = tensor_bits(t)
-                rec = {
-                    "path": path,
-                    "dtype": dtype_name(t.dtype),
-                    "shape": list(t.shape),
-                    "nbytes": int(bits.nbytes),
-                    "digest": digest_bits(bits),
-                }
+            for i, prep in enumerate(self._jobs()):
+                rec = prep.rec
                 key = (rec["digest"], rec["dtype"], tuple(rec["shape"]))
-                pi = parent_paths.get(path)
-                prec = p.tensors[pi] if pi is not None else None
-                compatible = prec is not None and prec["dtype"] == rec["dtype"] and prec["shape"] == rec["shape"]
                 holder = seen.get(key)
-                if holder is not None:
+                if holder is not None:  # equal content earlier in this commit
                     rec["data"] = {"kind": "same", "version": self.vid, "index": holder}
                 else:
-                    seen[key] = i
-                    rec["data"] = self._encode_new(bits, rec, prec if compatible else None, pi, rewrite, packs)
-                    holder = i
+                    seen[key] = holder = i
+                    rec["data"] = prep.data
+                    if prep.chunks is not None:
+                        rec["data"]["chunks"] = packs.add(prep.chunks)
                 records.append(rec)
-                if rewrite and compatible:
-                    if prec["digest"] == rec["digest"]:
-                        if prec["data"]["kind"] != "same" or prec["data"].get("version") != self.vid:
-                            parent_recs[pi]["data"] = {"kind": "same", "version": self.vid, "index": holder}
-                            changed.add(pi)
-                    elif not keyframe and prec["data"]["kind"] == "planes":
-                        pbits = self.reader.decode(p.id, pi)
-                        chunks = encode_all(pbits, bits, self.delta_cfg.for_width(bits.itemsize))
-                        if encoded_size(chunks) < record_size(prec):
-                            parent_recs[pi]["data"] = {
-                                "kind": "planes",
-                                "codec": self.delta_cfg.for_width(bits.itemsize).to_json(),
-                                "base": {"version": self.vid, "index": holder},
-                                "chunks": parent_packs.add(chunks),
-                            }
-                            changed.add(pi)
+                pi = self.parent_paths.get(rec["path"])
+                if not self.rewrite or pi is None:
+                    continue
+                prec = p.tensors[pi]
+                if prec["digest"] == rec["digest"] and prec["dtype"] == rec["dtype"] and prec["shape"] == rec["shape"]:
+                    parent_recs[pi]["data"] = {"kind": "same", "version": self.vid, "index": holder}
+                    changed.add(pi)
+                elif prep.parent_delta is not None:
+                    dcfg, chunks = prep.parent_delta
+                    parent_recs[pi]["data"] = {
+                        "kind": "planes",
+                        "codec": dcfg.to_json(),
+                        "base": {"version": self.vid, "index": holder},
+                        "chunks": parent_packs.add(chunks),
+                    }
+                    changed.add(pi)
             new_parent = None
-            if rewrite and changed:
+            if self.rewrite and changed:
                 self._copy_unchanged(p, parent_recs, changed, parent_packs)
                 new_parent = Manifest(**{**p.__dict__, "tensors": parent_recs, "packs": parent_packs.commit()})
             else:
@@ -636,26 +662,54 @@ class _CommitJob:
             parent_packs.abort()
             raise
 
-    def _encode_new(self, bits, rec, prec, pi, rewrite, packs) -> dict[str, Any]:
+    def _prepare(self, i: int) -> _Prepared:
+        t, path = self.flat.tensors[i], self.flat.paths[i]
+        bits = tensor_bits(t)
+        rec = {
+            "path": path,
+            "dtype": dtype_name(t.dtype),
+            "shape": list(t.shape),
+            "nbytes": int(bits.nbytes),
+            "digest": digest_bits(bits),
+        }
         width = bits.itemsize
-        if prec is not None and not rewrite:
+        mcfg = self.mat_cfg.for_dtype(rec["dtype"], width)
+        dcfg = self.delta_cfg.for_dtype(rec["dtype"], width)
+        pi = self.parent_paths.get(path)
+        prec = self.parent.tensors[pi] if pi is not None else None
+        compatible = prec is not None and prec["dtype"] == rec["dtype"] and prec["shape"] == rec["shape"]
+        whole = {"kind": "planes", "codec": mcfg.to_json(), "base": None}
+        parent_delta = None
+        if compatible and not self.rewrite:
             # cross-model parent (fine-tune): forward delta where it is smaller
             if prec["digest"] == rec["digest"]:
-                return {"kind": "same", "version": self.parent_vid, "index": pi}
+                return _Prepared(rec, {"kind": "same", "version": self.parent_vid, "index": pi}, None, None, bits.nbytes)
             base = self.reader.decode(self.parent_vid, pi)
-            dcfg = self.delta_cfg.for_width(width)
             delta = encode_all(bits, base, dcfg)
-            whole = encode_all(bits, None, self.mat_cfg.for_width(width))
-            if encoded_size(delta) < encoded_size(whole):
-                return {"kind": "planes", "codec": dcfg.to_json(), "base": {"version": self.parent_vid, "index": pi}, "chunks": packs.add(delta)}
-            return {"kind": "planes", "codec": self.mat_cfg.for_width(width).to_json(), "base": None, "chunks": packs.add(whole)}
-        hit = self._dedup(rec, rewrite)
+            chunks = encode_all(bits, None, mcfg)
+            if encoded_size(delta) < encoded_size(chunks):
+                data = {"kind": "planes", "codec": dcfg.to_json(), "base": {"version": self.parent_vid, "index": pi}}
+                return _Prepared(rec, data, delta, None, bits.nbytes)
+            return _Prepared(rec, whole, chunks, None, bits.nbytes)
+        hit = self._dedup(rec)
         if hit is not None:
-            return {"kind": "same", "version": hit[0], "index": hit[1]}
-        cfg = self.mat_cfg.for_width(width)
-        return {"kind": "planes", "codec": cfg.to_json(), "base": None, "chunks": packs.add(encode_all(bits, None, cfg))}
+            data, chunks = {"kind": "same", "version": hit[0], "index": hit[1]}, None
+        else:
+            data, chunks = whole, encode_all(bits, None, mcfg)
+        if (
+            compatible
+            and self.rewrite
+            and not self.keyframe
+            and prec["digest"] != rec["digest"]
+            and prec["data"]["kind"] == "planes"
+        ):
+            pbits = self.reader.decode(self.parent_vid, pi)
+            delta = encode_all(pbits, bits, dcfg)
+            if encoded_size(delta) < record_size(prec):
+                parent_delta = (dcfg, delta)
+        return _Prepared(rec, data, chunks, parent_delta, bits.nbytes)
 
-    def _dedup(self, rec: dict[str, Any], rewrite: bool) -> tuple[str, int] | None:
+    def _dedup(self, rec: dict[str, Any]) -> tuple[str, int] | None:
         """An identical tensor stored whole elsewhere (never in the parent being re-encoded:
         that one's data moves into the new version instead)."""
         hit = self.repo.catalog.find_digest(rec["digest"])
@@ -666,7 +720,7 @@ class _CommitJob:
             hrec = self.reader.record(hv, hi)
         except ModelHubError:
             return None
-        if rewrite and hv == self.parent_vid:
+        if self.rewrite and hv == self.parent_vid:
             return None
         if hrec["data"].get("base") is not None or hrec["dtype"] != rec["dtype"] or hrec["shape"] != rec["shape"]:
             return None

@@ -3,6 +3,12 @@
 Only this package imports numba. Everything here is a pure function of its arrays.
 """
 
+from modelhub_torch.kernels.layout import (
+    from_exp_first,
+    from_exp_first_numpy,
+    to_exp_first,
+    to_exp_first_numpy,
+)
 from modelhub_torch.kernels.planes import (
     OP_NONE,
     OP_SUB,
@@ -23,6 +29,10 @@ __all__ = [
     "decode_planes_numpy",
     "encode_planes",
     "encode_planes_numpy",
+    "from_exp_first",
+    "from_exp_first_numpy",
     "group_permutation",
     "group_permutation_numpy",
+    "to_exp_first",
+    "to_exp_first_numpy",
 ]

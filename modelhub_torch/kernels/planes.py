@@ -134,6 +134,8 @@ def encode_planes(target, base, op, lane, group_from, out):
     """
     n = target.shape[0]
     nbytes = out.shape[0]
+    if op == OP_NONE and group_from < 1:
+        group_from = 1  # without a base, plane 0 carries the keys: never grouped
     if op == OP_NONE:
         d = target
     else:
@@ -169,6 +171,8 @@ def decode_planes(planes, base, op, lane, group_from, out):
     n = out.shape[0]
     nplanes = planes.shape[0]
     nbytes = out.itemsize
+    if op == OP_NONE and group_from < 1:
+        group_from = 1  # plane 0 is stored ungrouped: it carries the keys
     grouped = group_from < nplanes
     for i in range(n):
         out[i] = 0
@@ -226,6 +230,8 @@ def group_permutation_numpy(keys: np.ndarray) -> np.ndarray:
 def encode_planes_numpy(target, base, op, lane, group_from, out) -> None:
     """NumPy twin of :func:`encode_planes` (same arguments, same output)."""
     nbytes = out.shape[0]
+    if op == OP_NONE:
+        group_from = max(group_from, 1)
     t = target.astype(np.uint64)
     if op == OP_NONE:
         d = t
@@ -252,6 +258,8 @@ def decode_planes_numpy(planes, base, op, lane, group_from, out) -> None:
     """NumPy twin of :func:`decode_planes`."""
     nplanes = planes.shape[0]
     nbytes = out.itemsize
+    if op == OP_NONE:
+        group_from = max(group_from, 1)
     pos = None
     if group_from < nplanes:
         if op == OP_NONE:

@@ -20,6 +20,11 @@ from modelhub_torch.errors import FormatError
 from modelhub_torch.pas import entropy
 
 OPS = {"none": 0, "xor": 1, "sub": 2}
+# exponent width per float dtype (complex: of its components); used by the exp-first layout
+EXP_BITS = {
+    "float64": 11, "complex128": 11, "float32": 8, "complex64": 8, "bfloat16": 8,
+    "float16": 5, "float8_e5m2": 5, "float8_e4m3fn": 4,
+}
 DEFAULT_CHUNK_ELEMS = 1 << 20
 
 T = TypeVar("T")
@@ -36,6 +41,7 @@ class CodecConfig:
     group_from: int = 8
     level: int = 1
     chunk_elems: int = DEFAULT_CHUNK_ELEMS
+    exp_bits: int = 0  # >0: whole floats coded in exponent-first layout (kernels/layout.py)
 
     def __post_init__(self) -> None:
         if self.op not in OPS:
@@ -49,7 +55,15 @@ class CodecConfig:
         group = min(self.group_from, width)
         if lane == self.lane and group == self.group_from:
             return self
-        return CodecConfig(self.op, lane, group, self.level, self.chunk_elems)
+        return CodecConfig(self.op, lane, group, self.level, self.chunk_elems, self.exp_bits)
+
+    def for_dtype(self, dtype_name: str, width: int) -> CodecConfig:
+        """Clip to the element width; exponent-first layout only for whole floats."""
+        cfg = self.for_width(width)
+        exp_bits = EXP_BITS.get(dtype_name, 0) if cfg.op == "none" and self.exp_bits else 0
+        if exp_bits == cfg.exp_bits:
+            return cfg
+        return CodecConfig(cfg.op, cfg.lane, cfg.group_from, cfg.level, cfg.chunk_elems, exp_bits)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,15 +83,22 @@ def default_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
-_POOL: ThreadPoolExecutor | None = None
+_POOLS: dict[str, ThreadPoolExecutor] = {}
 
 
-def shared_pool() -> ThreadPoolExecutor:
-    """One process-wide pool: numba kernels, zstd and blake3 all release the GIL."""
-    global _POOL
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(default_workers(), thread_name_prefix="modelhub-codec")
-    return _POOL
+def shared_pool(kind: str = "chunk") -> ThreadPoolExecutor:
+    """Process-wide pools (numba kernels, zstd and blake3 all release the GIL).
+
+    ``"chunk"`` runs leaf work that never waits on other tasks; ``"tensor"`` runs
+    per-tensor jobs, which may wait on chunk tasks — two pools, so no job can block
+    the very workers it is waiting for.
+    """
+    pool = _POOLS.get(kind)
+    if pool is None:
+        pool = _POOLS.setdefault(
+            kind, ThreadPoolExecutor(default_workers(), thread_name_prefix=f"modelhub-{kind}")
+        )
+    return pool
 
 
 def ordered_map(fn: Callable[[T], R], items: Iterable[T], pool: Executor, window: int) -> Iterator[R]:
@@ -110,6 +131,10 @@ def encode_chunk(target: np.ndarray, base: np.ndarray | None, cfg: CodecConfig) 
     width = target.itemsize
     planes = np.empty((width, target.shape[0]), np.uint8)
     op = OPS[cfg.op] if base is not None else k.OP_NONE
+    if cfg.exp_bits and base is None:
+        swapped = np.empty_like(target)
+        k.to_exp_first(target, cfg.exp_bits, swapped)
+        target = swapped
     empty = target[:0]
     k.encode_planes(target, empty if base is None else base, op, cfg.lane, cfg.group_from, planes)
     return [entropy.encode_plane(memoryview(planes[p]), cfg.level) for p in range(width)]
@@ -132,6 +157,8 @@ def decode_chunk(
     op = OPS[cfg.op] if base is not None else k.OP_NONE
     empty = out[:0]
     k.decode_planes(planes, empty if base is None else base, op, cfg.lane, cfg.group_from, out)
+    if cfg.exp_bits and base is None:
+        k.from_exp_first(out, cfg.exp_bits, out)
 
 
 def encode_tensor(

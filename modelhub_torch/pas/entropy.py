@@ -1,21 +1,30 @@
-"""Entropy coding of one byte plane: zstd, or raw when coding does not pay.
+"""Entropy coding of one byte plane: zstd, order-0 rANS, or raw when coding does not pay.
 
 zstd rather than the paper's zlib: it decodes 3-5x faster at the same ratio on byte
 planes, and its Huffman literal coder is what captures the low entropy of exponent
 planes (float data has almost no LZ matches). Level 1 is the default: on exponent
 planes it matched level 3's ratio at twice the speed (see benchmarks/storage.py).
+Where a plane has no LZ structure but a skewed byte distribution (the exponent plane
+of whole weights), Huffman wastes a fraction of a bit per byte; rANS (kernels/rans.py)
+is then chosen, frame by frame, from the measured order-0 entropy.
 """
 
 from __future__ import annotations
 
 import threading
 
+import numpy as np
 import zstandard
 
 from modelhub_torch.errors import CorruptObjectError
+from modelhub_torch.kernels import rans
 
 RAW = "raw"
 ZSTD = "zstd"
+RANS = "rans0"
+
+# Try rANS when the plane's order-0 entropy promises this much over zstd's output.
+RANS_GAIN = 0.03
 
 # Store raw unless zstd saves at least this share: a near-random plane decodes for free raw.
 MIN_SAVING = 0.02
@@ -41,20 +50,66 @@ def _decompressor() -> zstandard.ZstdDecompressor:
 
 
 def encode_plane(plane: memoryview | bytes, level: int) -> tuple[str, bytes]:
-    """Code one plane; returns ``(codec, payload)`` with codec ``"zstd"`` or ``"raw"``."""
+    """Code one plane; returns ``(codec, payload)``, codec one of raw/zstd/rans0.
+
+    The choice is measured, not guessed: the plane's order-0 entropy and zstd's result on
+    a sample decide which coder runs on the whole plane, so near-random planes cost one
+    histogram and no full compression.
+    """
     n = len(plane)
     if n == 0:
         return RAW, b""
+    arr = np.frombuffer(plane, np.uint8)
+    counts = rans.histogram(arr)
+    h = _entropy_bytes(counts, n)
+    sample = _sample(plane, n)
+    z_sample = len(_compressor(level).compress(sample))
+    h_sample = _entropy_bytes(rans.histogram(np.frombuffer(sample, np.uint8)), len(sample))
+    if z_sample > len(sample) * (1.0 - MIN_SAVING) and h > n * (1.0 - MIN_SAVING):
+        return RAW, bytes(plane)  # neither LZ nor order-0 coding pays
+    if z_sample > (h_sample + rans.HEADER_BYTES * len(sample) / n) * (1.0 + RANS_GAIN):
+        coded = _rans_encode(arr, counts)
+        if len(coded) <= n * (1.0 - MIN_SAVING):
+            return RANS, coded
+        return RAW, bytes(plane)
     packed = _compressor(level).compress(plane)
     if len(packed) <= n * (1.0 - MIN_SAVING):
         return ZSTD, packed
     return RAW, bytes(plane)
 
 
+SAMPLE_BYTES = 1 << 16
+
+
+def _sample(plane: memoryview | bytes, n: int) -> memoryview | bytes:
+    if n <= SAMPLE_BYTES:
+        return plane
+    start = (n - SAMPLE_BYTES) // 2
+    return memoryview(plane)[start : start + SAMPLE_BYTES]
+
+
+def _entropy_bytes(counts: np.ndarray, n: int) -> float:
+    p = counts[counts > 0] / n
+    return float(-(p * np.log2(p)).sum() * n / 8)
+
+
+def _rans_encode(arr: np.ndarray, counts: np.ndarray) -> bytes:
+    freqs = rans.normalize_freqs(counts)
+    out = np.empty(rans.HEADER_BYTES + 2 * arr.shape[0] + 16, np.uint8)
+    used = rans.rans_encode(arr, freqs, out)
+    return out[:used].tobytes()
+
+
 def decode_plane(codec: str, payload: bytes | memoryview, size: int, where: str) -> bytes | memoryview:
     """Inverse of :func:`encode_plane`; ``where`` names the data in error messages."""
     if codec == RAW:
         data = payload
+    elif codec == RANS:
+        out = np.empty(size, np.uint8)
+        used = rans.rans_decode(np.frombuffer(payload, np.uint8), out)
+        if used != len(payload):
+            raise CorruptObjectError(f"{where}: rANS frame does not decode")
+        data = out.data
     elif codec == ZSTD:
         try:
             data = _decompressor().decompress(payload, max_output_size=size)
