@@ -350,6 +350,7 @@ class Repository:
         metrics = _jsonable(metrics, "metrics")
         hparams = _jsonable(hparams, "hparams")
         with self._lock:
+            self._sync_index()  # deletions below trust the index to know every version
             numbers = self.refs.numbers(model)
             number = max(numbers, default=0) + 1
             if parent is not None:
@@ -410,12 +411,10 @@ class Repository:
 
         reader = self.reader()
         indices = list(indices)
-        big = [i for i in indices if _numel(m.tensors[i]) >= (1 << 20)]
-        small = [i for i in indices if i not in set(big)]
-        bits = {i: reader.decode(vid, i) for i in big}
-        # small tensors are one chunk each: decode several at once
-        for i, b in zip(small, shared_pool("tensor").map(lambda i: reader.decode(vid, i), small)):
-            bits[i] = b
+        # every tensor is a job on the tensor pool (reads, decode and checksum overlap);
+        # a big tensor's chunks additionally spread over the chunk pool
+        order = sorted(indices, key=lambda i: -_numel(m.tensors[i]))
+        bits = dict(zip(order, shared_pool("tensor").map(lambda i: reader.decode(vid, i), order)))
         out, used = [], set()
         for i in indices:
             b = bits[i]
@@ -578,7 +577,8 @@ class _CommitJob:
         self.keyframe_interval = max(1, int(s["keyframe_interval"]))
         p = self.parent
         self.rewrite = p is not None and p.model == model
-        self.keyframe = self.rewrite and (p.number - 1) % self.keyframe_interval == 0
+        # keyframes sit at multiples of the interval: v1..vK-1 chain to vK (stored whole)
+        self.keyframe = self.rewrite and p.number % self.keyframe_interval == 0
         self.parent_paths = {t["path"]: i for i, t in enumerate(p.tensors)} if p else {}
 
     def _jobs(self) -> Any:

@@ -47,6 +47,10 @@ CREATE TABLE IF NOT EXISTS tensors (
     PRIMARY KEY (version, idx)
 );
 CREATE INDEX IF NOT EXISTS tensors_digest ON tensors(digest);
+CREATE TABLE IF NOT EXISTS version_objects (
+    version TEXT NOT NULL, oid TEXT NOT NULL, PRIMARY KEY (version, oid)
+);
+CREATE INDEX IF NOT EXISTS version_objects_oid ON version_objects(oid);
 """
 
 
@@ -105,6 +109,11 @@ class Catalog:
                 "INSERT INTO plane_bytes VALUES (?,?,?)",
                 [(m.id, p, b) for p, b in enumerate(m.plane_bytes())],
             )
+            c.execute("DELETE FROM version_objects WHERE version=?", (m.id,))
+            c.executemany(
+                "INSERT OR IGNORE INTO version_objects VALUES (?,?)",
+                [(m.id, oid) for oid in {*m.packs, manifest_oid} if oid],
+            )
             c.execute("DELETE FROM tensors WHERE version=?", (m.id,))
             c.executemany(
                 "INSERT INTO tensors VALUES (?,?,?)",
@@ -117,12 +126,20 @@ class Catalog:
 
     def clear(self) -> None:
         c = self._conn()
-        c.executescript("DELETE FROM versions; DELETE FROM plane_bytes; DELETE FROM tensors;")
+        c.executescript(
+            "DELETE FROM versions; DELETE FROM plane_bytes; DELETE FROM tensors; "
+            "DELETE FROM version_objects;"
+        )
 
     def remove(self, version_ids: Iterable[str]) -> None:
         c = self._conn()
         for vid in version_ids:
-            for table, col in (("versions", "id"), ("plane_bytes", "version"), ("tensors", "version")):
+            for table, col in (
+                ("versions", "id"),
+                ("plane_bytes", "version"),
+                ("tensors", "version"),
+                ("version_objects", "version"),
+            ):
                 c.execute(f"DELETE FROM {table} WHERE {col}=?", (vid,))
 
     # ----------------------------------------------------------------- queries
@@ -154,6 +171,13 @@ class Catalog:
             "SELECT version, idx FROM tensors WHERE digest=? LIMIT 1", (digest,)
         ).fetchone()
         return (r[0], r[1]) if r else None
+
+    def object_users(self, oid: str) -> set[str]:
+        """Versions whose current manifest references object ``oid``."""
+        return {
+            r[0]
+            for r in self._conn().execute("SELECT version FROM version_objects WHERE oid=?", (oid,))
+        }
 
     def plane_totals(self) -> dict[int, int]:
         return {

@@ -1,0 +1,181 @@
+"""Storage benchmark: modelhub_torch against the anchors, all measured in one run.
+
+Data (benchmarks/trajectories.py): (a) a digits CNN trained with Lightning, one full
+checkpoint per epoch (optimizer state included); (b) a MiniLM fine-tune trajectory,
+versions 25 AdamW steps apart; (c) the pretrained MiniLM alone.
+
+    python benchmarks/storage.py            # the tables
+    python benchmarks/storage.py --sweep    # also keyframe / codec choices
+
+Ratios are raw tensor bytes / stored bytes unless a column says otherwise. "ours" counts
+every object, ref and config file of the repository (not the SQLite index, which is
+rebuildable and lives beside it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import anchors  # noqa: E402
+import trajectories  # noqa: E402
+
+from modelhub_torch import Repository  # noqa: E402
+from modelhub_torch.pas.codec import CodecConfig  # noqa: E402
+
+
+def repo_bytes(root: Path) -> int:
+    total = 0
+    for dirpath, _, files in os.walk(root):
+        if os.path.basename(dirpath) == "index":
+            continue
+        total += sum(os.path.getsize(os.path.join(dirpath, f)) for f in files)
+    return total
+
+
+def raw_tensor_bytes(objs: list[Any]) -> int:
+    return sum(t.numel() * t.element_size() for o in objs for _, t in anchors.iter_tensors(o))
+
+
+def median_time(fn, repeats: int = 5) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def run_ours(objs: list[Any], model: str, **settings: Any) -> dict[str, Any]:
+    """Commit every version into a fresh repository; time commits and loads."""
+    with tempfile.TemporaryDirectory() as d:
+        repo = Repository.init(Path(d) / "repo", **settings)
+        raw = raw_tensor_bytes(objs)
+        t0 = time.perf_counter()
+        for o in objs:
+            repo.commit(o, model)
+        commit_s = time.perf_counter() - t0
+        stored = repo_bytes(Path(d) / "repo")
+        t0 = time.perf_counter()
+        for v in repo.versions(model):
+            repo.load(v.ref)
+        load_all_s = time.perf_counter() - t0
+        latest = median_time(lambda: repo.load(f"{model}@latest"))
+        planes = repo.stats()["planes"]
+        return {
+            "stored": stored,
+            "ratio": raw / stored,
+            "encode_mb_s": raw / commit_s / 1e6,
+            "decode_mb_s": raw / load_all_s / 1e6,
+            "latest_s": latest,
+            "planes": planes,
+        }
+
+
+def torch_load_latest(obj: Any) -> float:
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "latest.pt"
+        torch.save(obj, path)
+        return median_time(lambda: torch.load(path, weights_only=False))
+
+
+def fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:,.1f} {unit}" if unit != "B" else f"{n:,.0f} B"
+        n /= 1024
+    return str(n)
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
+    sep = "  ".join("-" * w for w in widths)
+    body = ["  ".join(str(x).rjust(w) if i else str(x).ljust(w) for i, (x, w) in enumerate(zip(r, widths))) for r in rows]
+    return "\n".join([line, sep, *body])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sweep", action="store_true", help="also sweep keyframe interval and codec choices")
+    ap.add_argument("--versions", type=int, default=8, help="MiniLM fine-tune versions (>= 6)")
+    args = ap.parse_args(argv)
+
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs; building data sets ...", flush=True)
+    digits, ckpt_dir = trajectories.digits_trajectory(epochs=12)
+    mc_bytes = sum(p.stat().st_size for p in ckpt_dir.glob("*.ckpt"))
+    minilm = trajectories.minilm_finetune_trajectory(versions=args.versions)
+    pretrained = [trajectories.minilm_pretrained()]
+    datasets = [
+        ("(a) digits CNN, 12 ckpts + Adam", digits, "digits"),
+        (f"(b) MiniLM fine-tune, {len(minilm)} versions", minilm, "minilm"),
+        ("(c) MiniLM pretrained", pretrained, "minilm"),
+    ]
+
+    rows, speed_rows, results = [], [], {}
+    for name, objs, model in datasets:
+        raw = raw_tensor_bytes(objs)
+        ts = anchors.torch_save_bytes(objs)
+        zs = anchors.zstd_per_file_bytes(objs)
+        zp = anchors.zipnn_per_version(objs)
+        zx = anchors.zipnn_xor_delta(objs) if len(objs) > 1 else zp
+        ours = run_ours(objs, model)
+        results[name] = ours
+        rows.append([
+            name, fmt_bytes(raw), f"{ts / 1e6:,.2f} MB", f"{raw / zs:.3f}x", f"{raw / zp['bytes']:.3f}x",
+            f"{raw / zx['bytes']:.3f}x", f"{ours['ratio']:.3f}x", f"{ours['stored'] / 1e6:,.2f} MB",
+        ])
+        tl = torch_load_latest(objs[-1])
+        speed_rows.append([
+            name, f"{ours['encode_mb_s']:,.0f}", f"{ours['decode_mb_s']:,.0f}", f"{zp['encode_mb_s']:,.0f}",
+            f"{zp['decode_mb_s']:,.0f}", f"{ours['latest_s'] * 1e3:.1f}", f"{tl * 1e3:.1f}",
+            f"{ours['latest_s'] / tl:.2f}x",
+        ])
+    print("\nStorage (ratio = raw tensor bytes / stored bytes; all lossless)")
+    print(table(rows, ["data", "raw tensors", "torch.save", "zstd/file", "zipnn", "zipnn XOR-delta", "ours", "ours stored"]))
+    print("\nSpeed (MB/s of raw tensor bytes; commit = whole Repository.commit incl. hashing and I/O;")
+    print("load = Repository.load of every version; restore = load of the latest, median of 5)")
+    print(table(speed_rows, ["data", "ours commit", "ours load", "zipnn enc", "zipnn dec", "restore ms", "torch.load ms", "restore/torch.load"]))
+    a = results[datasets[0][0]]
+    print(f"\n(a) vs ModelCheckpoint(save_top_k=-1): {fmt_bytes(mc_bytes)} written -> ours {fmt_bytes(a['stored'])}"
+          f" = {mc_bytes / a['stored']:.2f}x smaller")
+    b = results[datasets[1][0]]
+    print("(b) stored bytes per plane:", {k: fmt_bytes(v) for k, v in b["planes"].items()})
+
+    if args.sweep:
+        sweep_rows = []
+        variants = [
+            ("default", {}),
+            ("keyframe 4", {"keyframe_interval": 4}),
+            ("keyframe 8", {"keyframe_interval": 8}),
+            ("keyframe 1 (no deltas)", {"keyframe_interval": 1}),
+            ("delta xor", {"delta": CodecConfig(op="xor", group_from=0).to_json()}),
+            ("delta sub, no grouping", {"delta": CodecConfig(op="sub", lane=4, group_from=8).to_json()}),
+            ("delta sub lane 1 (plane-separable)", {"delta": CodecConfig(op="sub", lane=1, group_from=0).to_json()}),
+            ("delta sub, zstd level 3", {"delta": CodecConfig(op="sub", lane=4, group_from=0, level=3).to_json()}),
+            ("whole: IEEE layout", {"materialize": CodecConfig(op="none", group_from=8, exp_bits=0).to_json()}),
+        ]
+        for vname, settings in variants:
+            cells = [vname]
+            for name, objs, model in datasets[:2]:
+                r = run_ours(objs, model, **settings)
+                cells += [f"{r['ratio']:.3f}x", f"{r['encode_mb_s']:,.0f}", f"{r['decode_mb_s']:,.0f}"]
+            sweep_rows.append(cells)
+        print("\nSweep (ratio, commit MB/s, load-all MB/s) on (a) and (b)")
+        print(table(sweep_rows, ["variant", "(a) ratio", "(a) enc", "(a) dec", "(b) ratio", "(b) enc", "(b) dec"]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
