@@ -374,10 +374,12 @@ class Repository:
             self.refs.set_manifest(new_parent.id, pmoid)
             self._invalidate(new_parent.id)
             # objects are content-addressed: the new version's packs can be byte-identical
-            # to the parent's old ones (same tensors, same codec) and must survive
+            # to the parent's old ones (same tensors, same codec) and must survive, and so
+            # must a pack that any other version's current manifest shares (the index
+            # was synced under this lock; gc reclaims whatever is kept needlessly)
             keep = set(new_parent.packs) | {pmoid} | set(m.packs) | {moid}
             for oid in [*old_parent.packs, old_moid]:
-                if oid and oid not in keep:
+                if oid and oid not in keep and not (self.catalog.object_users(oid) - {old_parent.id}):
                     self.objects.delete(oid)
             self.catalog.upsert(new_parent, pmoid, self._stored_bytes(new_parent, pmoid))
         return self.version(m.id)

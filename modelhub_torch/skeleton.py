@@ -39,6 +39,10 @@ def _attribute_dict() -> type | None:
     return None
 
 
+def _join(path: str, key: object) -> str:
+    return f"{path}/{key}" if path else str(key)
+
+
 def _class_path(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
@@ -122,14 +126,14 @@ class _Flattener:
         if isinstance(obj, enum.Enum) or (isinstance(obj, (set, frozenset)) and not self._plain_set(obj)):
             return self.opaque(obj, path, type(obj).__name__)
         if isinstance(obj, (set, frozenset)):
-            items = [self.walk(v, f"{path}/*") for v in sorted(obj, key=repr)]
+            items = [self.walk(v, _join(path, "*")) for v in sorted(obj, key=repr)]
             return {"$set": items, "frozen": isinstance(obj, frozenset)}
         if isinstance(obj, dict):
             return self.mapping(obj, path)
         if type(obj) is list:
-            return [self.walk(v, f"{path}/{i}") for i, v in enumerate(obj)]
+            return [self.walk(v, _join(path, i)) for i, v in enumerate(obj)]
         if type(obj) is tuple:
-            return {"$tuple": [self.walk(v, f"{path}/{i}") for i, v in enumerate(obj)]}
+            return {"$tuple": [self.walk(v, _join(path, i)) for i, v in enumerate(obj)]}
         return self.opaque(obj, path, f"{_class_path(type(obj))} object")
 
     @staticmethod
@@ -148,7 +152,7 @@ class _Flattener:
                 return self.opaque(obj, path, f"{name} mapping")
         items = []
         for k, v in obj.items():
-            items.append([self.walk(k, f"{path}/<key>"), self.walk(v, f"{path}/{k}")])
+            items.append([self.walk(k, _join(path, "<key>")), self.walk(v, _join(path, k))])
         node: dict[str, Any] = {"$dict": items}
         if tag:
             node["cls"] = tag

@@ -3,7 +3,7 @@
 zstd codes literals with Huffman, which wastes a fraction of a bit per symbol on
 skewed byte distributions such as the exponent plane of trained weights (0.364
 B/elem against an order-0 entropy of 0.327 on MiniLM); rANS codes close to the
-entropy. Design after ryg's rans_word: 32-bit states renormalised 16 bits at a time
+entropy. Design after ryg's rans_word: 31-bit states renormalised 16 bits at a time
 (at most one read per symbol), probabilities in 12 bits, and four interleaved states
 (symbol i uses state i % 4) so the decoder runs four independent dependency chains.
 The encoder divides by multiplying with per-symbol reciprocals.
@@ -19,7 +19,9 @@ from numba import njit
 
 SCALE_BITS = 12
 M = 1 << SCALE_BITS
-RANS_L = 1 << 16
+# States stay in [2^15, 2^31): the encoder's reciprocal division (exact below 2^31)
+# then never errs, and one 16-bit renormalisation step always suffices.
+RANS_L = 1 << 15
 HEADER_BYTES = 512
 STATES = 4
 
