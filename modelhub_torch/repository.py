@@ -49,7 +49,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "format": REPO_FORMAT,
     "keyframe_interval": 16,
     "materialize": CodecConfig(op="none", group_from=8, exp_bits=1).to_json(),
-    "delta": CodecConfig(op="sub", lane=4, group_from=0).to_json(),
+    "delta": CodecConfig(op="sub", lane=4, group_from=8).to_json(),
 }
 
 

@@ -170,30 +170,35 @@ def rans_decode(frame, out):
     lo = np.uint32(RANS_L)
     i = 0
     while i + 4 <= n and o + 8 <= end:
+        # branchless renormalisation: the reads stay inside the frame (o + 8 <= end)
         slot = x0 & mask
         out[i] = sym[slot]
         x0 = freq_of[slot] * (x0 >> sb) + bias_of[slot]
-        if x0 < lo:
-            x0 = (x0 << np.uint32(16)) | np.uint32(frame[o]) | (np.uint32(frame[o + 1]) << np.uint32(8))
-            o += 2
+        w = np.uint32(frame[o]) | (np.uint32(frame[o + 1]) << np.uint32(8))
+        c = x0 < lo
+        x0 = ((x0 << np.uint32(16)) | w) if c else x0
+        o += 2 * c
         slot = x1 & mask
         out[i + 1] = sym[slot]
         x1 = freq_of[slot] * (x1 >> sb) + bias_of[slot]
-        if x1 < lo:
-            x1 = (x1 << np.uint32(16)) | np.uint32(frame[o]) | (np.uint32(frame[o + 1]) << np.uint32(8))
-            o += 2
+        w = np.uint32(frame[o]) | (np.uint32(frame[o + 1]) << np.uint32(8))
+        c = x1 < lo
+        x1 = ((x1 << np.uint32(16)) | w) if c else x1
+        o += 2 * c
         slot = x2 & mask
         out[i + 2] = sym[slot]
         x2 = freq_of[slot] * (x2 >> sb) + bias_of[slot]
-        if x2 < lo:
-            x2 = (x2 << np.uint32(16)) | np.uint32(frame[o]) | (np.uint32(frame[o + 1]) << np.uint32(8))
-            o += 2
+        w = np.uint32(frame[o]) | (np.uint32(frame[o + 1]) << np.uint32(8))
+        c = x2 < lo
+        x2 = ((x2 << np.uint32(16)) | w) if c else x2
+        o += 2 * c
         slot = x3 & mask
         out[i + 3] = sym[slot]
         x3 = freq_of[slot] * (x3 >> sb) + bias_of[slot]
-        if x3 < lo:
-            x3 = (x3 << np.uint32(16)) | np.uint32(frame[o]) | (np.uint32(frame[o + 1]) << np.uint32(8))
-            o += 2
+        w = np.uint32(frame[o]) | (np.uint32(frame[o + 1]) << np.uint32(8))
+        c = x3 < lo
+        x3 = ((x3 << np.uint32(16)) | w) if c else x3
+        o += 2 * c
         i += 4
     x[0], x[1], x[2], x[3] = x0, x1, x2, x3
     while i < n:

@@ -71,7 +71,8 @@ def tensor_bits(tensor: torch.Tensor) -> np.ndarray:
     t = tensor.detach()
     if t.device.type != "cpu":
         t = t.cpu()
-    t = t.contiguous().reshape(-1)
+    # conjugate/negative views carry a lazy bit that .view(uint8) refuses: materialise it
+    t = t.resolve_conj().resolve_neg().contiguous().reshape(-1)
     raw = t.view(torch.uint8).numpy() if t.numel() else np.empty(0, np.uint8)
     return raw.view(_UINT_BY_WIDTH[element_width(name)])
 

@@ -1,0 +1,862 @@
+"""The ``modelhub`` command: a thin shell over :class:`modelhub_torch.Repository`.
+
+Every command parses its arguments, calls the Python API and prints either aligned
+tables for people or, with ``--json``, one JSON document on stdout for programs.
+Errors the package raises on bad input or bad data become one line on stderr,
+``modelhub: error: <message>``, and exit status 2 (``verify`` exits 1 when it finds
+problems). torch and the repository are imported only when a command runs, so
+``modelhub --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import json
+import math
+import os
+import re
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from modelhub_torch import __version__
+from modelhub_torch.errors import ModelHubError
+
+if TYPE_CHECKING:
+    from modelhub_torch.repository import Repository, Version
+
+PROG = "modelhub"
+TORCH_EXTS = (".ckpt", ".pt", ".pth")
+SAFETENSORS_EXTS = (".safetensors",)
+CHECKPOINT_EXTS = TORCH_EXTS + SAFETENSORS_EXTS
+
+
+class CliError(ModelHubError):
+    """Bad command-line input found after parsing (reported like any ModelHubError)."""
+
+
+# ===================================================================== formatting
+def human_size(n: int | float | None) -> str:
+    """``512 B``, ``1.5 KiB``, ``3.2 MiB`` ... (binary units)."""
+    if n is None:
+        return "-"
+    n = float(n)
+    if abs(n) < 1024:
+        return f"{int(n)} B"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        n /= 1024.0
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}"
+    raise AssertionError("unreachable")
+
+
+def human_ratio(r: float | None) -> str:
+    if r is None or (isinstance(r, float) and not math.isfinite(r)):
+        return "-"
+    return f"{r:.2f}x"
+
+
+def fmt_value(v: Any) -> str:
+    """A metric / hparam value, compact."""
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, (dict, list)):
+        return json.dumps(v, separators=(",", ":"))
+    return str(v)
+
+
+def fmt_num(v: float | None) -> str:
+    if v is None:
+        return "-"
+    if v == 0:
+        return "0"
+    if not math.isfinite(v):
+        return str(v)
+    return f"{v:.4g}" if 1e-3 <= abs(v) < 1e5 else f"{v:.3e}"
+
+
+def fmt_shape(shape: list[int]) -> str:
+    return "x".join(str(s) for s in shape) if shape else "scalar"
+
+
+def fmt_kv(d: dict[str, Any], limit: int | None = None) -> str:
+    items = list(d.items())
+    text = "  ".join(f"{k}={fmt_value(v)}" for k, v in items[:limit])
+    if limit is not None and len(items) > limit:
+        text += f"  (+{len(items) - limit})"
+    return text
+
+
+def table(headers: list[str], rows: list[list[str]], right: set[int] | frozenset[int] = frozenset()) -> str:
+    """Columns padded to their widest cell; ``right`` columns are right-aligned."""
+    cells = [headers, *rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = []
+    for r in cells:
+        parts = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))]
+        lines.append("  ".join(parts).rstrip())
+    return "\n".join(lines)
+
+
+def _json_safe(obj: Any) -> Any:
+    """Strict JSON: non-finite floats become null, tuples lists, keys strings."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+class Output:
+    """Where a command's results go: human text or one JSON document on stdout."""
+
+    def __init__(self, as_json: bool):
+        self.json = as_json
+
+    def emit(self, doc: Any, text: str | None = None) -> None:
+        if self.json:
+            print(json.dumps(_json_safe(doc), indent=2, allow_nan=False))
+        elif text is not None:
+            print(text)
+
+    def progress(self) -> bool:
+        """Progress bars only for a person watching a terminal."""
+        return not self.json and sys.stderr.isatty()
+
+
+def version_doc(v: Version, aliases: list[str] | None = None) -> dict[str, Any]:
+    d = dataclasses.asdict(v)
+    d["ratio"] = v.ratio if v.stored_bytes else None
+    if aliases is not None:
+        d["aliases"] = aliases
+    return d
+
+
+# ================================================================== arguments
+def _kv(text: str) -> tuple[str, Any]:
+    """``key=value``; the value is read as JSON (numbers, true/false) or else kept as text."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        value: Any = json.loads(raw)
+    except ValueError:
+        try:
+            value = float(raw)  # nan, inf
+        except ValueError:
+            value = raw
+    return key, value
+
+
+def _default_repo() -> str:
+    return os.environ.get("MODELHUB_REPO") or os.getcwd()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # global options are accepted before and after the command name
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--repo",
+        metavar="PATH_OR_URL",
+        default=argparse.SUPPRESS,
+        help="repository (default: $MODELHUB_REPO, else the current directory)",
+    )
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
+
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Compact, versioned checkpoint store for PyTorch.",
+        parents=[common],
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def cmd(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, parents=[common])
+
+    c = cmd("init", "create a repository")
+    c.add_argument("path", nargs="?", metavar="PATH", help="where (default: --repo)")
+
+    c = cmd("commit", "store a checkpoint file as a new version")
+    c.add_argument("file", metavar="FILE", help=".ckpt/.pt/.pth (torch.save) or .safetensors")
+    c.add_argument("--model", required=True, help="model name")
+    c.add_argument("--parent", metavar="REF", help="parent version (default: the model's latest)")
+    c.add_argument("-m", "--message", default="", help="what changed")
+    c.add_argument("--metric", action="append", type=_kv, default=[], metavar="K=V", help="repeatable")
+    c.add_argument("--hparam", action="append", type=_kv, default=[], metavar="K=V", help="repeatable")
+    c.add_argument("--allow-pickle", action="store_true", help="trust FILE: load and store pickled objects")
+
+    c = cmd("import", "commit every checkpoint file of a directory, in natural order")
+    c.add_argument("dir", metavar="DIR")
+    c.add_argument("--model", required=True, help="model name")
+    c.add_argument("--pattern", default="*", metavar="GLOB", help="file names to take, e.g. 'epoch=*.ckpt' or '**/*.ckpt' (default: *)")
+    c.add_argument("--allow-pickle", action="store_true", help="trust the files: load and store pickled objects")
+
+    c = cmd("list", "models, versions and their lineage")
+    c.add_argument("model", nargs="?", metavar="MODEL")
+
+    c = cmd("desc", "describe one version: metadata and tensors")
+    c.add_argument("ref", metavar="REF")
+
+    c = cmd("diff", "compare two versions: metrics, hparams and every tensor")
+    c.add_argument("a", metavar="A")
+    c.add_argument("b", metavar="B")
+    c.add_argument("--allow-pickle", action="store_true", help="load versions holding pickled objects")
+
+    c = cmd("export", "write a version as a .ckpt/.pt/.pth or .safetensors file")
+    c.add_argument("ref", metavar="REF")
+    c.add_argument("out", metavar="OUT")
+    c.add_argument("--force", action="store_true", help="overwrite OUT")
+    c.add_argument("--allow-pickle", action="store_true", help="load versions holding pickled objects")
+
+    c = cmd("tag", "point an alias (model@ALIAS) at a version")
+    c.add_argument("ref", metavar="REF")
+    c.add_argument("alias", metavar="ALIAS")
+
+    cmd("stats", "raw vs stored size, per model and per byte plane")
+
+    c = cmd("verify", "re-hash every object and decode every version")
+    c.add_argument("--rebuild-index", action="store_true", help="rebuild the catalog from refs and manifests")
+
+    c = cmd("gc", "delete objects no version references")
+    c.add_argument("--dry-run", action="store_true", help="only report what would go")
+    return p
+
+
+# ==================================================================== loading
+def _load_file(path: Path, allow_pickle: bool) -> Any:
+    """The object a checkpoint file holds, read safely unless pickle is allowed."""
+    if not path.exists():
+        raise FileNotFoundError(f"no such file: {path}")
+    if path.is_dir():
+        raise CliError(f"{path} is a directory; use 'modelhub import {path} --model NAME' for a directory of checkpoints")
+    suffix = path.suffix.lower()
+    if suffix in SAFETENSORS_EXTS:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CliError(f"cannot read {path} as safetensors: {exc}") from exc
+    if suffix not in TORCH_EXTS:
+        raise CliError(f"{path}: unknown checkpoint type {suffix or '(none)'!r}; expected one of {', '.join(CHECKPOINT_EXTS)}")
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if not allow_pickle:
+            text = str(exc)
+            found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+            if found:
+                raise CliError(
+                    f"{path} holds objects that only pickle can load (such as {found.group(1)}); "
+                    "pass --allow-pickle if you trust the file"
+                ) from exc
+            detail = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", text, re.S)
+            why = " ".join((detail.group(1) if detail else text.splitlines()[0] if text else "").split())
+            raise CliError(
+                f"cannot read {path} with torch.load(weights_only=True): {why or type(exc).__name__}; "
+                "if it is a pickled checkpoint you trust, pass --allow-pickle"
+            ) from exc
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise CliError(f"cannot read {path} with torch.load: {exc}") from exc
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=False)
+    except Exception as exc:  # arbitrary unpickling code: report, never a traceback
+        raise CliError(f"cannot read {path} with torch.load: {exc}") from exc
+
+
+def lightning_meta(obj: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Metrics and hparams a Lightning checkpoint carries where they are obvious:
+    ``epoch``, ``global_step``, the ModelCheckpoint's monitored score, and the scalar
+    ``hyper_parameters``. Anything else (plain state_dicts) yields nothing."""
+    metrics: dict[str, Any] = {}
+    hparams: dict[str, Any] = {}
+    if not isinstance(obj, dict) or "state_dict" not in obj:
+        return metrics, hparams
+    for key in ("epoch", "global_step"):
+        if type(obj.get(key)) is int:
+            metrics[key] = obj[key]
+    callbacks = obj.get("callbacks")
+    if isinstance(callbacks, dict):
+        for name, state in callbacks.items():
+            if not (str(name).startswith("ModelCheckpoint") and isinstance(state, dict)):
+                continue
+            monitor, score = state.get("monitor"), _scalar(state.get("current_score"))
+            if isinstance(monitor, str) and score is not None:
+                metrics.setdefault(monitor, score)
+    hp = obj.get("hyper_parameters")
+    if isinstance(hp, dict):
+        for k, v in hp.items():
+            if v is None or isinstance(v, (bool, int, float, str)):
+                hparams[str(k)] = v
+    return metrics, hparams
+
+
+def _scalar(v: Any) -> float | int | None:
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return v
+    if hasattr(v, "numel") and callable(v.numel) and v.numel() == 1:
+        return v.item()
+    return None
+
+
+def natural_key(rel: str, mtime: float) -> tuple:
+    """Files with numbers sort by those numbers (epoch=2 before epoch=10), then by
+    mtime and name; files without any number come after them."""
+    nums = tuple(int(n) for n in re.findall(r"\d+", rel))
+    return (0 if nums else 1, nums, mtime, rel)
+
+
+def find_checkpoints(directory: Path, pattern: str) -> list[Path]:
+    if not directory.exists():
+        raise FileNotFoundError(f"no such directory: {directory}")
+    if not directory.is_dir():
+        raise CliError(f"{directory} is not a directory; use 'modelhub commit' for one file")
+    found = []
+    for path in directory.glob(pattern):
+        if path.is_file() and path.suffix.lower() in CHECKPOINT_EXTS:
+            rel = path.relative_to(directory).as_posix()
+            found.append((natural_key(rel, path.stat().st_mtime), path))
+    return [p for _, p in sorted(found)]
+
+
+# ================================================================== commands
+def _open(args: argparse.Namespace) -> Repository:
+    from modelhub_torch.repository import Repository
+
+    return Repository(args.repo)
+
+
+def _aliases(repo: Repository, models: list[str]) -> dict[str, list[str]]:
+    """ref -> its aliases."""
+    out: dict[str, list[str]] = {}
+    for model in models:
+        for alias, ref in sorted(repo.tags(model).items()):
+            out.setdefault(ref, []).append(alias)
+    return out
+
+
+def cmd_init(args: argparse.Namespace, out: Output) -> int:
+    from modelhub_torch.repository import Repository
+
+    repo = Repository.init(args.path or args.repo)
+    out.emit({"repo": repo.url}, f"initialized empty modelhub repository at {repo.url}")
+    return 0
+
+
+def _commit_text(v: Version) -> str:
+    parent = f", parent {v.parent}" if v.parent else ""
+    return (
+        f"committed {v.ref} (id {v.id[:12]}{parent}): {human_size(v.raw_bytes)} raw, "
+        f"{human_size(v.stored_bytes)} stored ({human_ratio(v.ratio)})"
+    )
+
+
+def cmd_commit(args: argparse.Namespace, out: Output) -> int:
+    path = Path(args.file)
+    obj = _load_file(path, args.allow_pickle)
+    auto_metrics, auto_hparams = lightning_meta(obj)
+    repo = _open(args)
+    v = repo.commit(
+        obj,
+        args.model,
+        parent=args.parent,
+        metrics={**auto_metrics, **dict(args.metric)},
+        hparams={**auto_hparams, **dict(args.hparam)},
+        message=args.message,
+        allow_pickle=args.allow_pickle,
+    )
+    out.emit(version_doc(v), _commit_text(v))
+    return 0
+
+
+def cmd_import(args: argparse.Namespace, out: Output) -> int:
+    directory = Path(args.dir)
+    files = find_checkpoints(directory, args.pattern)
+    if not files:
+        raise CliError(f"no checkpoint files ({', '.join(CHECKPOINT_EXTS)}) in {directory} match {args.pattern!r}")
+    repo = _open(args)
+    from tqdm import tqdm
+
+    done: list[tuple[str, Version]] = []
+    bar = tqdm(files, desc="import", unit="file", file=sys.stderr, disable=not out.progress())
+    for path in bar:
+        rel = path.relative_to(directory).as_posix()
+        bar.set_postfix_str(rel)
+        try:
+            obj = _load_file(path, args.allow_pickle)
+            metrics, hparams = lightning_meta(obj)
+            v = repo.commit(
+                obj,
+                args.model,
+                metrics=metrics,
+                hparams=hparams,
+                message=f"imported {rel}",
+                allow_pickle=args.allow_pickle,
+            )
+        except (ModelHubError, OSError) as exc:
+            bar.close()
+            kept = f"; the {len(done)} files before it were committed ({done[-1][1].ref} is the last)" if done else ""
+            raise CliError(f"import stopped at {rel}: {exc}{kept}") from exc
+        done.append((rel, v))
+        del obj
+    bar.close()
+    raw = sum(v.raw_bytes for _, v in done)
+    # a commit re-encodes its parent, so read the final sizes back
+    final = {v.id: v for v in repo.versions(args.model)}
+    stored = sum(final[v.id].stored_bytes for _, v in done if v.id in final)
+    rows = [[rel, v.ref, v.parent or "-", fmt_kv(v.metrics, 3)] for rel, v in done]
+    text = table(["FILE", "VERSION", "PARENT", "METRICS"], rows)
+    text += f"\nimported {len(done)} checkpoints into {args.model}: {human_size(raw)} raw, {human_size(stored)} stored ({human_ratio(raw / stored if stored else None)})"
+    out.emit([{"file": rel, **version_doc(final.get(v.id, v))} for rel, v in done], text)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace, out: Output) -> int:
+    repo = _open(args)
+    every = repo.versions()
+    models = sorted({v.model for v in every})
+    if args.model is not None and args.model not in models:
+        close = difflib.get_close_matches(args.model, models, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise CliError(f"no model named {args.model!r}{hint} (models: {', '.join(models) or 'none yet'})")
+    shown = [v for v in every if args.model is None or v.model == args.model]
+    aliases = _aliases(repo, [args.model] if args.model else models)
+    by_ref = {v.ref: v for v in shown}
+    children: dict[str, list[Version]] = {}
+    for v in shown:
+        if v.parent in by_ref:
+            children.setdefault(v.parent, []).append(v)
+    for kids in children.values():
+        kids.sort(key=lambda v: (v.model, v.number))
+
+    # lineage: a same-model chain stays in one column; branches (a fine-tune in another
+    # model, or a second child) are indented under the version they start from
+    lines: list[tuple[str, Version]] = []
+
+    def render(start: Version, depth: int) -> None:
+        node: Version | None = start
+        first = True
+        while node is not None:
+            prefix = "" if depth == 0 else "   " * (depth - 1) + ("└─ " if first else "   ")
+            lines.append((prefix, node))
+            kids = children.get(node.ref, [])
+            cont = next((k for k in kids if k.model == node.model and k.number > node.number), None)
+            for k in kids:
+                if k is not cont:
+                    render(k, depth + 1)
+            node, first = cont, False
+
+    for v in shown:
+        if v.parent not in by_ref:
+            render(v, 0)
+
+    doc = {
+        "models": [
+            {
+                "name": m,
+                "versions": sum(1 for v in every if v.model == m),
+                "latest": max((v for v in every if v.model == m), key=lambda v: v.number).ref,
+                "aliases": repo.tags(m),
+            }
+            for m in models
+            if args.model is None or m == args.model
+        ],
+        "versions": [
+            {**version_doc(v, aliases.get(v.ref, [])), "children": [k.ref for k in children.get(v.ref, [])]}
+            for v in shown
+        ],
+    }
+    if not shown:
+        out.emit(doc, "no versions yet; store one with 'modelhub commit FILE --model NAME'")
+        return 0
+    rows = []
+    for prefix, v in lines:
+        label = prefix + v.ref
+        if aliases.get(v.ref):
+            label += f" ({', '.join(aliases[v.ref])})"
+        if v.parent and v.parent not in by_ref:
+            label += f" <- {v.parent}"
+        rows.append([
+            label, v.id[:8], v.created_at[:16].replace("T", " "),
+            human_size(v.raw_bytes), human_size(v.stored_bytes), human_ratio(v.ratio),
+            fmt_kv(v.metrics, 4),
+        ])
+    raw = sum(v.raw_bytes for v in shown)
+    stored = sum(v.stored_bytes for v in shown)
+    n_models = len(doc["models"])
+    text = table(["VERSION", "ID", "CREATED (UTC)", "RAW", "STORED", "RATIO", "METRICS"], rows, right={3, 4, 5})
+    text += (
+        f"\n{n_models} model{'s' * (n_models != 1)}, {len(shown)} version{'s' * (len(shown) != 1)}: "
+        f"{human_size(raw)} raw, {human_size(stored)} stored ({human_ratio(raw / stored if stored else None)})"
+    )
+    out.emit(doc, text)
+    return 0
+
+
+def _numel(shape: list[int]) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
+
+
+def cmd_desc(args: argparse.Namespace, out: Output) -> int:
+    from modelhub_torch.skeleton import state_dict_paths
+
+    repo = _open(args)
+    v = repo.version(args.ref)
+    m = repo.manifest(v.id)
+    refs = {x.id: x.ref for x in repo.versions()}
+    weights = set(state_dict_paths(m.skeleton).values())
+    tensors = []
+    for i, rec in enumerate(m.tensors):
+        data = rec["data"]
+        base = None
+        if data["kind"] == "same":
+            how = "same"
+            where, idx = data["version"], data["index"]
+            base = m.tensors[idx]["path"] if where == v.id else f"{refs.get(where, where[:12])}"
+            stored = 0
+        else:
+            how = "delta" if data.get("base") else "whole"
+            if data.get("base"):
+                base = refs.get(data["base"]["version"], data["base"]["version"][:12])
+            stored = sum(int(f[1]) for c in data["chunks"] for f in c["frames"])
+        tensors.append({
+            "path": rec["path"],
+            "dtype": rec["dtype"],
+            "shape": list(rec["shape"]),
+            "params": _numel(rec["shape"]),
+            "raw_bytes": int(rec["nbytes"]),
+            "stored_bytes": stored,
+            "stored": how,
+            "base": base,
+            "in_state_dict": i in weights,
+        })
+    weight_params = sum(t["params"] for t in tensors if t["in_state_dict"])
+    total_params = weight_params if weights else sum(t["params"] for t in tensors)
+    planes = m.plane_bytes()
+    manifest_bytes = max(0, v.stored_bytes - sum(planes))
+    aliases = _aliases(repo, [v.model]).get(v.ref, [])
+    doc = {
+        **version_doc(v, aliases),
+        "tensors": tensors,
+        "total_params": total_params,
+        "total_elements": sum(t["params"] for t in tensors),
+        "plane_bytes": planes,
+        "manifest_bytes": manifest_bytes,
+    }
+    head = [
+        ["ref:", v.ref + (f" ({', '.join(aliases)})" if aliases else "")],
+        ["id:", v.id],
+        ["parent:", v.parent or "-"],
+        ["created:", v.created_at],
+        ["message:", v.message or "-"],
+        ["metrics:", fmt_kv(v.metrics) or "-"],
+        ["hparams:", fmt_kv(v.hparams) or "-"],
+    ]
+    text = "\n".join(f"{k:<9} {val}" for k, val in head) + "\n\n"
+    rows = []
+    for t in tensors:
+        how = t["stored"] + (f" ({t['base']})" if t["base"] else "")
+        rows.append([t["path"], t["dtype"], fmt_shape(t["shape"]), f"{t['params']:,}", human_size(t["stored_bytes"]), how])
+    text += table(["TENSOR", "DTYPE", "SHAPE", "PARAMS", "STORED", "HOW"], rows, right={3, 4}) + "\n\n"
+    what = "in the state_dict" if weights else "in all tensors"
+    text += f"{total_params:,} parameters {what} ({len(tensors)} tensors, {doc['total_elements']:,} elements)\n"
+    text += f"{human_size(v.raw_bytes)} raw, {human_size(v.stored_bytes)} stored ({human_ratio(v.ratio)})\n"
+    plane_txt = ", ".join(
+        f"plane {p}{' (high)' if p == 0 and len(planes) > 1 else ''}: {human_size(b)}" for p, b in enumerate(planes)
+    )
+    text += f"stored per plane: {plane_txt or 'nothing of its own'}; manifest {human_size(manifest_bytes)}"
+    out.emit(doc, text)
+    return 0
+
+
+def _leaves(repo: Repository, ref: str, allow_pickle: bool) -> tuple[Version, dict[str, Any]]:
+    """A version and its tensors by path (the paths ``desc`` shows)."""
+    from modelhub_torch.skeleton import flatten
+
+    v = repo.version(ref)
+    obj = repo.load(v.id, weights_only=not allow_pickle)
+    flat = flatten(obj, allow_pickle=True)
+    return v, dict(zip(flat.paths, flat.tensors))
+
+
+def _same_bits(a: Any, b: Any) -> bool:
+    import torch
+
+    if a.dtype != b.dtype or tuple(a.shape) != tuple(b.shape):
+        return False
+    if a.numel() == 0:
+        return True
+    return torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
+
+
+def tensor_diff(a: Any, b: Any) -> dict[str, Any]:
+    """changed (bitwise), max |b-a| and ||b-a|| / ||a||, computed in float64."""
+    import torch
+
+    changed = not _same_bits(a, b)
+    doc: dict[str, Any] = {
+        "changed": changed,
+        "dtype": [str(a.dtype).removeprefix("torch."), str(b.dtype).removeprefix("torch.")],
+        "shape": [list(a.shape), list(b.shape)],
+        "max_abs_diff": 0.0,
+        "rel_l2": 0.0,
+    }
+    if not changed:
+        return doc
+    if tuple(a.shape) != tuple(b.shape):
+        doc["max_abs_diff"] = doc["rel_l2"] = None
+        return doc
+    wide = torch.complex128 if (a.is_complex() or b.is_complex()) else torch.float64
+    a64, b64 = a.detach().to(wide), b.detach().to(wide)
+    d = b64 - a64
+    if d.numel() == 0:
+        return doc
+    doc["max_abs_diff"] = float(d.abs().max())
+    na, nd = float(torch.linalg.vector_norm(a64)), float(torch.linalg.vector_norm(d))
+    doc["rel_l2"] = nd / na if na else (0.0 if nd == 0 else math.inf)
+    return doc
+
+
+def _side_by_side(a: dict[str, Any], b: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    keys = list(dict.fromkeys([*a, *b]))
+    return {
+        k: {"a": a.get(k), "b": b.get(k), "differs": k not in a or k not in b or a[k] != b[k]}
+        for k in keys
+    }
+
+
+def cmd_diff(args: argparse.Namespace, out: Output) -> int:
+    repo = _open(args)
+    va, ta = _leaves(repo, args.a, args.allow_pickle)
+    vb, tb = _leaves(repo, args.b, args.allow_pickle)
+    tensors = []
+    for path in ta:
+        if path in tb:
+            tensors.append({"path": path, **tensor_diff(ta[path], tb[path])})
+    only_a = [p for p in ta if p not in tb]
+    only_b = [p for p in tb if p not in ta]
+    doc = {
+        "a": va.ref,
+        "b": vb.ref,
+        "metrics": _side_by_side(va.metrics, vb.metrics),
+        "hparams": _side_by_side(va.hparams, vb.hparams),
+        "tensors": tensors,
+        "only_in_a": only_a,
+        "only_in_b": only_b,
+        "changed": sum(t["changed"] for t in tensors),
+        "unchanged": sum(not t["changed"] for t in tensors),
+    }
+    parts = [f"--- {va.ref}  ({va.id[:12]})", f"+++ {vb.ref}  ({vb.id[:12]})"]
+    for title, side in (("METRIC", doc["metrics"]), ("HPARAM", doc["hparams"])):
+        if side:
+            rows = [[k, fmt_value(s["a"]), fmt_value(s["b"]), "*" if s["differs"] else ""] for k, s in side.items()]
+            parts.append("\n" + table([title, va.ref, vb.ref, ""], rows))
+    if tensors:
+        rows = []
+        for t in tensors:
+            note = ""
+            if t["shape"][0] != t["shape"][1]:
+                note = f"shape {fmt_shape(t['shape'][0])} -> {fmt_shape(t['shape'][1])}"
+            elif t["dtype"][0] != t["dtype"][1]:
+                note = f"dtype {t['dtype'][0]} -> {t['dtype'][1]}"
+            rows.append([
+                t["path"], "yes" if t["changed"] else "no",
+                fmt_num(t["max_abs_diff"]), fmt_num(t["rel_l2"]), note,
+            ])
+        parts.append("\n" + table(["TENSOR", "CHANGED", "MAX ABS DIFF", "REL L2", ""], rows, right={2, 3}))
+    for label, paths in ((va.ref, only_a), (vb.ref, only_b)):
+        if paths:
+            parts.append(f"only in {label}: " + ", ".join(paths))
+    parts.append(
+        f"\n{doc['changed']} changed, {doc['unchanged']} unchanged, "
+        f"{len(only_a)} only in {va.ref}, {len(only_b)} only in {vb.ref}"
+    )
+    out.emit(doc, "\n".join(parts))
+    return 0
+
+
+def _untie(sd: dict[str, Any]) -> dict[str, Any]:
+    """Contiguous tensors, each with its own storage (safetensors refuses shared ones)."""
+    seen: set[tuple[int, int]] = set()
+    out = {}
+    for k, t in sd.items():
+        t = t.detach()
+        key = (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+        if t.numel() and key in seen:
+            t = t.clone()
+        else:
+            seen.add(key)
+        out[k] = t.contiguous()
+    return out
+
+
+def cmd_export(args: argparse.Namespace, out: Output) -> int:
+    target = Path(args.out)
+    suffix = target.suffix.lower()
+    if suffix not in CHECKPOINT_EXTS:
+        raise CliError(f"{target}: cannot tell the format from {suffix or '(no suffix)'!r}; use one of {', '.join(CHECKPOINT_EXTS)}")
+    if target.exists() and not args.force:
+        raise CliError(f"{target} exists; pass --force to overwrite it")
+    if not target.parent.is_dir():
+        raise FileNotFoundError(f"no such directory: {target.parent}")
+    repo = _open(args)
+    v = repo.version(args.ref)
+    tmp = target.with_name(f".{target.name}.modelhub-tmp")
+    try:
+        if suffix in SAFETENSORS_EXTS:
+            from safetensors.torch import save_file
+
+            sd = _untie(repo.load_state_dict(v.id))
+            try:
+                save_file(sd, str(tmp), metadata={"modelhub_ref": v.ref, "modelhub_id": v.id})
+            except (ValueError, TypeError, RuntimeError) as exc:
+                raise CliError(f"cannot write {target} as safetensors: {exc}") from exc
+            count = len(sd)
+        else:
+            import torch
+
+            obj = repo.load(v.id, weights_only=not args.allow_pickle)
+            torch.save(obj, str(tmp))
+            count = len(repo.manifest(v.id).tensors)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    size = target.stat().st_size
+    doc = {"ref": v.ref, "id": v.id, "path": str(target), "format": suffix.lstrip("."), "tensors": count, "bytes": size}
+    out.emit(doc, f"exported {v.ref} to {target} ({count} tensors, {human_size(size)})")
+    return 0
+
+
+def cmd_tag(args: argparse.Namespace, out: Output) -> int:
+    repo = _open(args)
+    v = repo.tag(args.ref, args.alias)
+    out.emit({"alias": f"{v.model}@{args.alias}", "ref": v.ref, "id": v.id}, f"{v.model}@{args.alias} -> {v.ref}")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace, out: Output) -> int:
+    repo = _open(args)
+    s = repo.stats()
+    rows = [
+        [m, str(pm["versions"]), human_size(pm["raw_bytes"]), human_size(pm["stored_bytes"]),
+         human_ratio(pm["raw_bytes"] / pm["stored_bytes"] if pm["stored_bytes"] else None)]
+        for m, pm in sorted(s["per_model"].items())
+    ]
+    rows.append(["total", str(s["versions"]), human_size(s["raw_bytes"]), human_size(s["stored_bytes"]), human_ratio(s["ratio"])])
+    text = table(["MODEL", "VERSIONS", "RAW", "STORED", "RATIO"], rows, right={1, 2, 3, 4})
+    planes = s["planes"]
+    if planes:
+        total = sum(planes.values()) or 1
+        prow = [
+            [f"{p}{' (high)' if p == 0 and len(planes) > 1 else ''}", human_size(b), f"{100 * b / total:.1f}%"]
+            for p, b in sorted(planes.items())
+        ]
+        text += "\n\n" + table(["PLANE", "STORED", "SHARE"], prow, right={1, 2})
+    out.emit(s, text)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace, out: Output) -> int:
+    repo = _open(args)
+    problems = repo.verify(rebuild_index=args.rebuild_index, progress=out.progress())
+    n = len(repo.versions())
+    doc = {
+        "ok": not problems,
+        "versions": n,
+        "index_rebuilt": bool(args.rebuild_index),
+        "problems": [{"kind": p.kind, "subject": p.subject, "detail": p.detail} for p in problems],
+    }
+    if problems:
+        text = "\n".join(f"problem: {p}" for p in problems)
+        text += f"\n{len(problems)} problem{'s' * (len(problems) != 1)} found"
+    else:
+        text = f"ok: {n} version{'s' * (n != 1)} verified, every object intact"
+        if args.rebuild_index:
+            text += "; index rebuilt"
+    out.emit(doc, text)
+    return 1 if problems else 0
+
+
+def cmd_gc(args: argparse.Namespace, out: Output) -> int:
+    repo = _open(args)
+    r = repo.gc(dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    text = (
+        f"{verb} {r['objects_removed']} objects ({human_size(r['bytes_freed'])}), "
+        f"{r['orphan_refs']} orphan refs, {r['temp_files']} temp files"
+    )
+    out.emit({**r, "dry_run": bool(args.dry_run)}, text)
+    return 0
+
+
+COMMANDS = {
+    "init": cmd_init,
+    "commit": cmd_commit,
+    "import": cmd_import,
+    "list": cmd_list,
+    "desc": cmd_desc,
+    "diff": cmd_diff,
+    "export": cmd_export,
+    "tag": cmd_tag,
+    "stats": cmd_stats,
+    "verify": cmd_verify,
+    "gc": cmd_gc,
+}
+
+
+def _error(message: str) -> None:
+    text = " ".join(str(message).split()) or "unknown error"
+    print(f"{PROG}: error: {text}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit status (0 ok, 1 verify problems, 2 errors)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    args.repo = getattr(args, "repo", None) or _default_repo()
+    args.json = getattr(args, "json", False)
+    out = Output(args.json)
+    try:
+        return COMMANDS[args.command](args, out)
+    except ModelHubError as exc:
+        _error(str(exc))
+    except FileNotFoundError as exc:
+        _error(str(exc) if not exc.filename else f"no such file or directory: {exc.filename}")
+    except (PermissionError, IsADirectoryError, NotADirectoryError) as exc:
+        _error(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return 130
+    except BrokenPipeError:  # `modelhub list | head`: the reader left, nothing to report
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

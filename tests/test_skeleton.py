@@ -1,0 +1,215 @@
+"""flatten/unflatten: every non-tensor value as typed JSON, ties kept, pickle only on request."""
+
+from __future__ import annotations
+
+import collections
+import enum
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import assert_bit_equal, is_neg_zero
+
+from modelhub_torch.errors import FormatError, PickleRequiredError
+from modelhub_torch.skeleton import flatten, state_dict_paths, unflatten
+
+
+class Custom:
+    def __init__(self, x):
+        self.x = x
+
+    def __eq__(self, other):
+        return type(other) is Custom and other.x == self.x
+
+    def __hash__(self):
+        return hash(repr(self.x))
+
+
+class Color(enum.Enum):
+    RED = 1
+
+
+def _round_trip(obj, **kw):
+    flat = flatten(obj, **kw)
+    text = json.dumps(flat.skeleton, allow_nan=False)  # the skeleton is plain, strict JSON
+    return unflatten(json.loads(text), flat.tensors, weights_only=kw.get("allow_pickle") is not True)
+
+
+def test_nested_containers_and_scalars():
+    obj = {
+        "a": [1, 2.5, "x", None, True, False],
+        "t": (1, (2, 3), [4]),
+        3: "int key",
+        (1, "k"): "tuple key",
+        -7: {"deep": {"deeper": [(), [], {}]}},
+        "od": collections.OrderedDict([("z", 1), ("a", 2)]),
+        "size": torch.Size([2, 3]),
+        "dtype": torch.bfloat16,
+        "dtypes": [torch.float32, torch.int8, torch.bool],
+        "device": torch.device("cpu"),
+        "cuda": torch.device("cuda", 1),
+        "bytes": b"\x00\xffabc",
+        "bytearray": bytearray(b"xy"),
+        "set": {3, 1, 2},
+        "frozen": frozenset({"a", "b"}),
+        "big": 2**100,
+        "neg_big": -(2**70) + 1,
+        "floats": [0.1, 1e-310, 1.7976931348623157e308],
+        "empty_str": "",
+        "unicode": "gewichte—λ",
+    }
+    back = _round_trip(obj)
+    assert_bit_equal(back, obj)
+    assert list(back) == list(obj)  # key order
+    assert type(back["od"]) is collections.OrderedDict and list(back["od"]) == ["z", "a"]
+    assert type(back["t"]) is tuple and type(back["t"][1]) is tuple and type(back["t"][2]) is list
+    assert type(back["size"]) is torch.Size and back["size"] == (2, 3)
+    assert back["dtype"] is torch.bfloat16
+    assert back["cuda"] == torch.device("cuda", 1)
+    assert type(back["bytes"]) is bytes and type(back["bytearray"]) is bytearray
+    assert back["set"] == {1, 2, 3} and type(back["set"]) is set
+    assert type(back["frozen"]) is frozenset
+    assert back["big"] == 2**100 and type(back["big"]) is int
+    assert back[(1, "k")] == "tuple key"
+
+
+def test_int_and_float_are_not_confused():
+    back = _round_trip({"i": 1, "f": 1.0, "b": True, "l": [0, 0.0, False]})
+    assert type(back["i"]) is int and type(back["f"]) is float and type(back["b"]) is bool
+    assert [type(v) for v in back["l"]] == [int, float, bool]
+
+
+def test_special_floats():
+    back = _round_trip({"nan": math.nan, "inf": math.inf, "ninf": -math.inf, "nz": -0.0, "pz": 0.0})
+    assert math.isnan(back["nan"])
+    assert back["inf"] == math.inf and back["ninf"] == -math.inf
+    assert back["nz"] == 0.0 and math.copysign(1.0, back["nz"]) == -1.0
+    assert is_neg_zero(back["nz"]) and not is_neg_zero(back["pz"])
+
+
+def test_special_float_keys_and_sets():
+    back = _round_trip({math.inf: 1, -0.0: 2, "s": {1.5, -math.inf}})
+    keys = list(back)
+    assert keys[0] == math.inf
+    assert is_neg_zero(keys[1])
+    assert back["s"] == {1.5, -math.inf}
+
+
+def test_numpy_arrays_and_scalars():
+    obj = {
+        "arr": np.arange(12, dtype=np.int16).reshape(3, 4),
+        "f64": np.array([1.5, np.nan, -0.0]),
+        "noncontig": np.arange(20, dtype=np.float32).reshape(4, 5)[:, ::2],
+        "s_f32": np.float32(0.1),
+        "s_i64": np.int64(-5),
+        "s_u8": np.uint8(200),
+        "s_bool": np.bool_(True),
+        "s_nan": np.float64("nan"),
+    }
+    flat = flatten(obj)
+    assert len(flat.tensors) == 3  # only arrays become tensor leaves
+    back = unflatten(json.loads(json.dumps(flat.skeleton)), flat.tensors)
+    for k in ("arr", "f64", "noncontig"):
+        assert isinstance(back[k], np.ndarray)
+        assert back[k].dtype == obj[k].dtype and back[k].shape == obj[k].shape
+        assert back[k].tobytes() == np.ascontiguousarray(obj[k]).tobytes()
+    for k in ("s_f32", "s_i64", "s_u8", "s_bool", "s_nan"):
+        assert type(back[k]) is type(obj[k]), k
+        assert back[k].tobytes() == obj[k].tobytes(), k
+
+
+def test_tensors_become_leaves_with_paths():
+    a, b = torch.randn(3), torch.zeros(2, dtype=torch.int64)
+    flat = flatten({"x": {"w": a}, "y": [b]})
+    assert flat.paths == ["x/w", "y/0"]
+    assert flat.tensors[0] is a and flat.tensors[1] is b
+    assert not flat.uses_pickle
+
+
+def test_tied_tensors_are_one_leaf():
+    w = torch.nn.Parameter(torch.randn(4, 3))
+    sd = {"emb.weight": w, "lm.weight": w, "other": w.detach().clone()}
+    flat = flatten(sd)
+    assert len(flat.tensors) == 2
+    back = unflatten(flat.skeleton, [t.detach().clone() for t in flat.tensors])
+    assert back["emb.weight"].data_ptr() == back["lm.weight"].data_ptr()
+    assert back["other"].data_ptr() != back["emb.weight"].data_ptr()
+    assert isinstance(back["emb.weight"], torch.nn.Parameter) and back["emb.weight"].requires_grad
+
+
+def test_distinct_views_of_one_storage_are_distinct_leaves():
+    base = torch.arange(12.0)
+    sd = {"a": base[:6], "b": base[6:], "t": base.view(3, 4).t()}
+    flat = flatten(sd)
+    assert len(flat.tensors) == 3
+    back = unflatten(flat.skeleton, flat.tensors)
+    assert back["b"].tolist() == [6.0, 7.0, 8.0, 9.0, 10.0, 11.0]
+
+
+def test_same_view_twice_through_different_python_objects_is_tied():
+    base = torch.randn(5)
+    flat = flatten({"a": base.view(5), "b": base[:]})
+    assert len(flat.tensors) == 1
+
+
+def test_empty_tensors_are_not_tied():
+    flat = flatten({"a": torch.empty(0), "b": torch.empty(0)})
+    assert len(flat.tensors) == 2
+
+
+def test_parameter_flag_and_requires_grad():
+    sd = {"p": torch.nn.Parameter(torch.ones(2), requires_grad=False), "t": torch.ones(2)}
+    back = _round_trip(sd)
+    assert isinstance(back["p"], torch.nn.Parameter) and not back["p"].requires_grad
+    assert type(back["t"]) is torch.Tensor
+
+
+@pytest.mark.parametrize(
+    "value",
+    [Custom(3), Color.RED, {Custom(1)}, collections.defaultdict(int, a=1), object.__new__(Custom)],
+    ids=["object", "enum", "set-of-objects", "defaultdict", "bare"],
+)
+def test_custom_objects_need_pickle(value):
+    with pytest.raises(PickleRequiredError, match="allow_pickle=True"):
+        flatten({"state": {"thing": value}})
+
+
+def test_pickled_object_needs_weights_only_false():
+    obj = {"w": torch.ones(2), "thing": Custom([1, 2])}
+    flat = flatten(obj, allow_pickle=True)
+    assert flat.uses_pickle
+    skel = json.loads(json.dumps(flat.skeleton))
+    with pytest.raises(PickleRequiredError, match="weights_only=False"):
+        unflatten(skel, flat.tensors, weights_only=True)
+    back = unflatten(skel, flat.tensors, weights_only=False)
+    assert back["thing"] == Custom([1, 2]) and type(back["thing"]) is Custom
+    assert back["w"] is flat.tensors[0]
+
+
+def test_error_names_the_path():
+    with pytest.raises(PickleRequiredError, match="optimizer/extra"):
+        flatten({"optimizer": {"extra": Custom(1)}})
+
+
+def test_unpicklable_object_with_allow_pickle():
+    with pytest.raises(PickleRequiredError, match="cannot be pickled"):
+        flatten({"f": lambda: 1}, allow_pickle=True)
+
+
+def test_unknown_skeleton_tag_is_format_error():
+    with pytest.raises(FormatError):
+        unflatten({"$bogus": 1}, [])
+    with pytest.raises(FormatError):
+        unflatten({}, [])
+
+
+def test_state_dict_paths():
+    w = torch.ones(2)
+    plain = flatten({"a": w, "b": torch.zeros(1)})
+    assert state_dict_paths(plain.skeleton) == {"a": 0, "b": 1}
+    ckpt = flatten({"epoch": 3, "state_dict": {"l.w": w, "l.b": torch.zeros(1)}, "opt": [torch.ones(3)]})
+    assert state_dict_paths(ckpt.skeleton) == {"l.w": 0, "l.b": 1}
+    assert state_dict_paths(flatten({"epoch": 1}).skeleton) == {}
+    assert state_dict_paths(flatten([w]).skeleton) == {}
