@@ -27,11 +27,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import anchors  # noqa: E402
-import trajectories  # noqa: E402
+import anchors
+import trajectories
 
-from modelhub_torch import Repository  # noqa: E402
-from modelhub_torch.pas.codec import CodecConfig  # noqa: E402
+from modelhub_torch import Repository
+from modelhub_torch.pas.codec import CodecConfig
 
 
 def repo_bytes(root: Path) -> int:
@@ -160,15 +160,15 @@ def main(argv: list[str] | None = None) -> int:
             ("keyframe 4", {"keyframe_interval": 4}),
             ("keyframe 8", {"keyframe_interval": 8}),
             ("keyframe 1 (no deltas)", {"keyframe_interval": 1}),
-            ("delta xor", {"delta": CodecConfig(op="xor", group_from=0).to_json()}),
-            ("delta sub, no grouping", {"delta": CodecConfig(op="sub", lane=4, group_from=8).to_json()}),
-            ("delta sub lane 1 (plane-separable)", {"delta": CodecConfig(op="sub", lane=1, group_from=0).to_json()}),
-            ("delta sub, zstd level 3", {"delta": CodecConfig(op="sub", lane=4, group_from=0, level=3).to_json()}),
+            ("delta xor", {"delta": CodecConfig(op="xor", group_from=8).to_json()}),
+            ("delta sub + exponent grouping", {"delta": CodecConfig(op="sub", lane=4, group_from=0).to_json()}),
+            ("delta sub lane 1 (plane-separable)", {"delta": CodecConfig(op="sub", lane=1, group_from=8).to_json()}),
+            ("delta sub, zstd level 3", {"delta": CodecConfig(op="sub", lane=4, group_from=8, level=3).to_json()}),
             ("whole: IEEE layout", {"materialize": CodecConfig(op="none", group_from=8, exp_bits=0).to_json()}),
         ]
         for vname, settings in variants:
             cells = [vname]
-            for name, objs, model in datasets[:2]:
+            for _name, objs, model in datasets[:2]:
                 r = run_ours(objs, model, **settings)
                 cells += [f"{r['ratio']:.3f}x", f"{r['encode_mb_s']:,.0f}", f"{r['decode_mb_s']:,.0f}"]
             sweep_rows.append(cells)

@@ -72,6 +72,8 @@ class _Flattener:
             tuple(t.shape),
             tuple(t.stride()),
             t.dtype,
+            t.is_conj(),  # x and x.conj() share storage and strides but not values
+            t.is_neg(),
         )
         idx = self._seen.get(key)
         if idx is None:
