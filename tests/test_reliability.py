@@ -289,6 +289,23 @@ def test_index_is_rebuilt_from_objects_and_refs(small_history):
     assert v.stored_bytes < 2000
 
 
+def test_a_corrupt_index_is_set_aside_and_rebuilt(small_history):
+    """Regression: garbage in catalog.sqlite made Repository() raise sqlite3.DatabaseError."""
+    root, expected = small_history
+    repo = Repository(root)
+    before = repo.versions()
+    repo.catalog.close()
+    del repo
+    for p in _catalog_files(root):
+        p.unlink()
+    (root / "index" / "catalog.sqlite").write_bytes(b"this is not a database" * 100)
+    repo = Repository(root)
+    assert repo.versions() == before
+    for ref, sd in expected.items():
+        assert_bit_equal(repo.load(ref), sd)
+    assert repo.verify() == []
+
+
 def test_rebuild_index_on_a_live_repository(small_history):
     root, _ = small_history
     repo = Repository(root)

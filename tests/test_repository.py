@@ -122,6 +122,27 @@ def test_a_tensor_spanning_several_chunks(repo):
     assert tensor_bytes(back["big"]) == tensor_bytes(t)
 
 
+def test_more_dtypes_and_lazy_views(repo):
+    """Unsigned/float8/complex128 dtypes, and conj/neg views (regression: they were
+    refused with a RuntimeError, and x.conj() was tied to x and came back unconjugated)."""
+    g = torch.Generator().manual_seed(4)
+    raw = torch.randint(0, 256, (4096,), generator=g, dtype=torch.uint8)
+    sd = {}
+    for name, width in (("uint16", 2), ("uint32", 4), ("uint64", 8), ("float8_e4m3fn", 1),
+                        ("float8_e5m2", 1), ("complex128", 16)):
+        if hasattr(torch, name):
+            sd[name] = raw[: 64 * width].view(getattr(torch, name))
+    z = torch.randn(6, generator=g, dtype=torch.complex64)
+    sd.update({"z": z, "z_conj": z.conj(), "z_neg_imag": z.conj().imag})
+    repo.commit(sd, "views")
+    back = repo.load("views@v1")
+    for k, t in sd.items():
+        t = t.resolve_conj().resolve_neg()
+        assert back[k].dtype == t.dtype and tensor_bytes(back[k]) == tensor_bytes(t), k
+    assert torch.equal(back["z_conj"], z.conj())
+    assert torch.equal(back["z_neg_imag"], -z.imag)
+
+
 def test_unsupported_dtype_is_refused_and_leaves_no_version(repo):
     with pytest.raises(UnsupportedDtypeError, match=r"complex32|ComplexHalf"):
         with warnings.catch_warnings():
@@ -357,6 +378,10 @@ def test_bad_refs_name_the_closest_match(repo):
         repo.load("nosuch@v1")
     with pytest.raises(RefNotFoundError):
         repo.resolve("")
+    repo.commit({"w": torch.ones(1)}, "solo")
+    for bad in ("m@", "solo@"):  # regression: an empty id prefix matched every version
+        with pytest.raises(RefNotFoundError):
+            repo.resolve(bad)
     with pytest.raises(RefNotFoundError):
         repo.resolve("ffffffffffffffffffff")  # an id prefix that matches nothing
 

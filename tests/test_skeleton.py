@@ -213,3 +213,11 @@ def test_state_dict_paths():
     assert state_dict_paths(ckpt.skeleton) == {"l.w": 0, "l.b": 1}
     assert state_dict_paths(flatten({"epoch": 1}).skeleton) == {}
     assert state_dict_paths(flatten([w]).skeleton) == {}
+
+
+def test_conjugate_and_negative_views_are_not_tied_to_their_base():
+    """Regression: x and x.conj() share storage, offset, shape and strides."""
+    x = torch.randn(4, dtype=torch.complex64)
+    flat = flatten({"x": x, "c": x.conj(), "n": x.conj().imag, "i": x.imag})
+    assert len(flat.tensors) == 4
+    assert len(flatten({"a": x.conj(), "b": x.conj()}).tensors) == 1

@@ -68,8 +68,22 @@ class Catalog:
     def __init__(self, path: str):
         self.path = path
         self._local = threading.local()
-        with self._conn() as c:
-            c.executescript(SCHEMA)
+        try:
+            with self._conn() as c:
+                c.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError):  # locked/busy: not corruption
+                raise
+            # not a database (a torn copy, overwritten bytes): the index holds nothing that
+            # refs and manifests do not, so set it aside; Repository re-indexes from refs
+            self.close()
+            for suffix in ("", "-wal", "-shm"):
+                try:
+                    os.replace(path + suffix, path + suffix + ".corrupt")
+                except FileNotFoundError:
+                    pass
+            with self._conn() as c:
+                c.executescript(SCHEMA)
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)

@@ -1,0 +1,36 @@
+"""Commit streams: it never holds much more than two extra copies of the largest tensor."""
+
+from __future__ import annotations
+
+import tracemalloc
+from pathlib import Path
+
+import torch
+
+from modelhub_torch import Repository
+
+N = 16 << 20  # 16 Mi float32 = 64 MiB
+
+
+def _peak_during(fn) -> int:
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_commit_memory_is_bounded_by_the_largest_tensor(tmp_path: Path) -> None:
+    repo = Repository.init(tmp_path / "repo")
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(N, generator=g) * 0.05
+    small = {f"b{i}": torch.randn(1000, generator=g) for i in range(20)}
+    size = w.numel() * 4
+    repo.commit({"w": w, **small}, "m")  # warm the kernels outside the measurement
+    w2 = w + torch.randn(N, generator=g) * 1e-4
+    # the second commit also decodes the parent and codes it as a reverse delta
+    peak = _peak_during(lambda: repo.commit({"w": w2, **small}, "m"))
+    assert peak < 2.5 * size, f"commit peaked at {peak / size:.2f}x the largest tensor"
+    got = repo.load("m@v1")["w"]
+    assert torch.equal(got.view(torch.int32), w.view(torch.int32))
