@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             ("delta sub + exponent grouping", {"delta": CodecConfig(op="sub", lane=4, group_from=0).to_json()}),
             ("delta sub lane 1 (plane-separable)", {"delta": CodecConfig(op="sub", lane=1, group_from=8).to_json()}),
             ("delta sub, zstd level 3", {"delta": CodecConfig(op="sub", lane=4, group_from=8, level=3).to_json()}),
-            ("whole: IEEE layout", {"materialize": CodecConfig(op="none", group_from=8, exp_bits=0).to_json()}),
+            ("whole: IEEE layout", {"layout": "ieee"}),
         ]
         for vname, settings in variants:
             cells = [vname]

@@ -9,10 +9,10 @@ model (a fine-tune) is stored as forward deltas where they are smaller.
 
 from __future__ import annotations
 
-import copy
 import datetime as _dt
 import difflib
 import json
+import math
 import threading
 import uuid
 from collections.abc import Iterable
@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from modelhub_torch.commit import CommitJob
 from modelhub_torch.errors import (
     AmbiguousRefError,
     CorruptObjectError,
@@ -32,15 +33,14 @@ from modelhub_torch.errors import (
 )
 from modelhub_torch.manifest import Manifest
 from modelhub_torch.pas.codec import CodecConfig
-from modelhub_torch.pas.dtypes import bits_to_tensor, dtype_name, tensor_bits
-from modelhub_torch.reader import TensorReader, digest_bits
+from modelhub_torch.pas.dtypes import bits_to_tensor
+from modelhub_torch.reader import TensorReader
 from modelhub_torch.skeleton import flatten, state_dict_paths, unflatten
 from modelhub_torch.store.catalog import Catalog, catalog_path
 from modelhub_torch.store.location import Location
 from modelhub_torch.store.lock import RepoLock
-from modelhub_torch.store.objects import ObjectStore
+from modelhub_torch.store.objects import ObjectStore, hash_bytes
 from modelhub_torch.store.refs import RefStore, check_name
-from modelhub_torch.writer import PackSet, encode_all, encoded_size, record_size
 
 CONFIG_FILE = "modelhub.json"
 REPO_FORMAT = 1
@@ -48,9 +48,11 @@ REPO_FORMAT = 1
 DEFAULT_SETTINGS: dict[str, Any] = {
     "format": REPO_FORMAT,
     "keyframe_interval": 16,
-    "materialize": CodecConfig(op="none", group_from=8, exp_bits=1).to_json(),
+    "materialize": CodecConfig(op="none", group_from=8).to_json(),
     "delta": CodecConfig(op="sub", lane=4, group_from=8).to_json(),
+    "layout": "exp-first",  # of whole float tensors: "exp-first" or "ieee" (FORMAT.md)
 }
+LAYOUTS = ("exp-first", "ieee")
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,17 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
 
 
+def _finite(v: Any) -> Any:
+    """NaN/inf (a diverged loss) become null, as in the CLI's JSON: manifests are strict JSON."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    return v
+
+
 def _jsonable(d: dict[str, Any] | None, what: str) -> dict[str, Any]:
     if d is None:
         return {}
@@ -102,10 +115,10 @@ def _jsonable(d: dict[str, Any] | None, what: str) -> dict[str, Any]:
                 v = v.item()
             except (TypeError, ValueError):
                 pass
-        out[str(k)] = v
+        out[str(k)] = _finite(v)
     try:
-        json.dumps(out, allow_nan=True)
-    except TypeError as exc:
+        json.dumps(out, allow_nan=False)  # manifests are strict JSON
+    except (TypeError, ValueError) as exc:
         raise ModelHubError(f"{what} must be JSON-serialisable (numbers, strings, lists): {exc}") from exc
     return out
 
@@ -155,6 +168,8 @@ class Repository:
         if unknown:
             raise ModelHubError(f"unknown repository settings {sorted(unknown)}; known: {sorted(DEFAULT_SETTINGS)}")
         config = {**DEFAULT_SETTINGS, **settings}
+        if config["layout"] not in LAYOUTS:
+            raise ModelHubError(f"layout must be one of {LAYOUTS}, got {config['layout']!r}")
         loc.write_atomic(CONFIG_FILE, json.dumps(config, indent=2).encode())
         return cls(path_or_url)
 
@@ -359,8 +374,8 @@ class Repository:
             else:
                 parent_vid = numbers[max(numbers)] if numbers else None
             created = _now()
-            vid = digest_bits_text(f"{model}\0{number}\0{created}\0{uuid.uuid4().hex}")[:32]
-            job = _CommitJob(self, flat, model, number, vid, parent_vid)
+            vid = _new_version_id(model, number, created)
+            job = CommitJob(self, flat, model, number, vid, parent_vid)
             manifest, parent_manifest = job.run(metrics, hparams, message, created)
             return self._publish(manifest, parent_manifest, job.parent)
 
@@ -521,10 +536,9 @@ class Repository:
             return {"objects_removed": removed, "bytes_freed": freed, "orphan_refs": len(orphans), "temp_files": len(temps)}
 
 
-def digest_bits_text(text: str) -> str:
-    import blake3
-
-    return blake3.blake3(text.encode()).hexdigest()
+def _new_version_id(model: str, number: int, created: str) -> str:
+    """Stable identity of a version: never derived from its (replaceable) manifest."""
+    return hash_bytes(f"{model}\0{number}\0{created}\0{uuid.uuid4().hex}".encode())[:32]
 
 
 def _numel(rec: dict[str, Any]) -> int:
@@ -544,203 +558,3 @@ def _map_location(t: torch.Tensor, map_location: Any) -> torch.Tensor:
         result = map_location(t, "cpu")
         return t if result is None else result
     return t.to(map_location)
-
-
-@dataclass
-class _Prepared:
-    """What one tensor's encoding job computed (no I/O to packs yet)."""
-
-    rec: dict[str, Any]
-    data: dict[str, Any]  # record data for the new version, "chunks" still to be written
-    chunks: list | None  # coded chunks for the new version's packs
-    parent_delta: tuple[CodecConfig, list] | None  # reverse delta for the parent
-    raw: int
-
-
-class _CommitJob:
-    """Encodes one commit: the new version whole (or as forward deltas for a
-    cross-model parent) and, for a same-model parent, the parent re-encoded as
-    reverse deltas against the new version. Tensors are coded by parallel jobs while
-    this thread writes their frames to the packs in order (bounded bytes in flight)."""
-
-    IN_FLIGHT_BYTES = 256 << 20
-
-    def __init__(self, repo: Repository, flat: Any, model: str, number: int, vid: str, parent_vid: str | None):
-        self.repo = repo
-        self.flat = flat
-        self.model = model
-        self.number = number
-        self.vid = vid
-        self.parent_vid = parent_vid
-        self.parent = repo.manifest(parent_vid) if parent_vid else None
-        # each parent tensor is decoded once: caching them would hold a model's worth
-        self.reader = repo.reader(cache_bytes=0)
-        s = repo.settings
-        self.mat_cfg = CodecConfig.from_json(s["materialize"])
-        self.delta_cfg = CodecConfig.from_json(s["delta"])
-        self.keyframe_interval = max(1, int(s["keyframe_interval"]))
-        p = self.parent
-        self.rewrite = p is not None and p.model == model
-        # keyframes sit at multiples of the interval: v1..vK-1 chain to vK (stored whole)
-        self.keyframe = self.rewrite and p.number % self.keyframe_interval == 0
-        self.parent_paths = {t["path"]: i for i, t in enumerate(p.tensors)} if p else {}
-
-    def _jobs(self) -> Any:
-        """Yield prepared tensors in order, computing up to IN_FLIGHT_BYTES ahead."""
-        from modelhub_torch.pas.codec import shared_pool
-
-        pool = shared_pool("tensor")
-        pending: list[Any] = []
-        inflight = 0
-        for i, t in enumerate(self.flat.tensors):
-            size = t.numel() * t.element_size()
-            while pending and inflight + size > self.IN_FLIGHT_BYTES:
-                done = pending.pop(0).result()
-                inflight -= done.raw
-                yield done
-            pending.append(pool.submit(self._prepare, i))
-            inflight += size
-        for fut in pending:
-            yield fut.result()
-
-    def run(self, metrics: dict, hparams: dict, message: str, created: str) -> tuple[Manifest, Manifest | None]:
-        p = self.parent
-        packs = PackSet(self.repo.objects)
-        parent_packs = PackSet(self.repo.objects)
-        parent_recs = copy.deepcopy(p.tensors) if self.rewrite else []
-        changed: set[int] = set()
-        records: list[dict[str, Any]] = []
-        seen: dict[tuple, int] = {}
-        try:
-            for i, prep in enumerate(self._jobs()):
-                rec = prep.rec
-                key = (rec["digest"], rec["dtype"], tuple(rec["shape"]))
-                holder = seen.get(key)
-                if holder is not None:  # equal content earlier in this commit
-                    rec["data"] = {"kind": "same", "version": self.vid, "index": holder}
-                else:
-                    seen[key] = holder = i
-                    rec["data"] = prep.data
-                    if prep.chunks is not None:
-                        rec["data"]["chunks"] = packs.add(prep.chunks)
-                records.append(rec)
-                pi = self.parent_paths.get(rec["path"])
-                if not self.rewrite or pi is None:
-                    continue
-                prec = p.tensors[pi]
-                if prec["digest"] == rec["digest"] and prec["dtype"] == rec["dtype"] and prec["shape"] == rec["shape"]:
-                    parent_recs[pi]["data"] = {"kind": "same", "version": self.vid, "index": holder}
-                    changed.add(pi)
-                elif prep.parent_delta is not None:
-                    dcfg, chunks = prep.parent_delta
-                    parent_recs[pi]["data"] = {
-                        "kind": "planes",
-                        "codec": dcfg.to_json(),
-                        "base": {"version": self.vid, "index": holder},
-                        "chunks": parent_packs.add(chunks),
-                    }
-                    changed.add(pi)
-            new_parent = None
-            if self.rewrite and changed:
-                self._copy_unchanged(p, parent_recs, changed, parent_packs)
-                new_parent = Manifest(**{**p.__dict__, "tensors": parent_recs, "packs": parent_packs.commit()})
-            else:
-                parent_packs.abort()
-            m = Manifest(
-                id=self.vid,
-                model=self.model,
-                number=self.number,
-                parent=self.parent_vid,
-                created_at=created,
-                metrics=metrics,
-                hparams=hparams,
-                message=message,
-                skeleton=self.flat.skeleton,
-                tensors=records,
-                packs=packs.commit(),
-                extra={"pickle": self.flat.uses_pickle} if self.flat.uses_pickle else {},
-            )
-            return m, new_parent
-        except BaseException:
-            packs.abort()
-            parent_packs.abort()
-            raise
-
-    def _prepare(self, i: int) -> _Prepared:
-        t, path = self.flat.tensors[i], self.flat.paths[i]
-        bits = tensor_bits(t)
-        rec = {
-            "path": path,
-            "dtype": dtype_name(t.dtype),
-            "shape": list(t.shape),
-            "nbytes": int(bits.nbytes),
-            "digest": digest_bits(bits),
-        }
-        width = bits.itemsize
-        mcfg = self.mat_cfg.for_dtype(rec["dtype"], width)
-        dcfg = self.delta_cfg.for_dtype(rec["dtype"], width)
-        pi = self.parent_paths.get(path)
-        prec = self.parent.tensors[pi] if pi is not None else None
-        compatible = prec is not None and prec["dtype"] == rec["dtype"] and prec["shape"] == rec["shape"]
-        whole = {"kind": "planes", "codec": mcfg.to_json(), "base": None}
-        parent_delta = None
-        if compatible and not self.rewrite:
-            # cross-model parent (fine-tune): forward delta where it is smaller
-            if prec["digest"] == rec["digest"]:
-                return _Prepared(rec, {"kind": "same", "version": self.parent_vid, "index": pi}, None, None, bits.nbytes)
-            base = self.reader.decode(self.parent_vid, pi)
-            delta = encode_all(bits, base, dcfg)
-            del base  # freed before the whole encode: bounded peak memory
-            chunks = encode_all(bits, None, mcfg)
-            if encoded_size(delta) < encoded_size(chunks):
-                data = {"kind": "planes", "codec": dcfg.to_json(), "base": {"version": self.parent_vid, "index": pi}}
-                return _Prepared(rec, data, delta, None, bits.nbytes)
-            return _Prepared(rec, whole, chunks, None, bits.nbytes)
-        if (
-            compatible
-            and self.rewrite
-            and not self.keyframe
-            and prec["digest"] != rec["digest"]
-            and prec["data"]["kind"] == "planes"
-        ):
-            # before coding the new tensor: the decoded parent is freed before the new
-            # tensor's coded chunks exist (peak ~1.5x the tensor, not ~2.8x)
-            pbits = self.reader.decode(self.parent_vid, pi)
-            delta = encode_all(pbits, bits, dcfg)
-            del pbits
-            if encoded_size(delta) < record_size(prec):
-                parent_delta = (dcfg, delta)
-            del delta
-        hit = self._dedup(rec)
-        if hit is not None:
-            data, chunks = {"kind": "same", "version": hit[0], "index": hit[1]}, None
-        else:
-            data, chunks = whole, encode_all(bits, None, mcfg)
-        return _Prepared(rec, data, chunks, parent_delta, bits.nbytes)
-
-    def _dedup(self, rec: dict[str, Any]) -> tuple[str, int] | None:
-        """An identical tensor stored whole elsewhere (never in the parent being re-encoded:
-        that one's data moves into the new version instead)."""
-        hit = self.repo.catalog.find_digest(rec["digest"])
-        if hit is None:
-            return None
-        try:
-            hv, hi = self.reader.resolve(*hit)
-            hrec = self.reader.record(hv, hi)
-        except ModelHubError:
-            return None
-        if self.rewrite and hv == self.parent_vid:
-            return None
-        if hrec["data"].get("base") is not None or hrec["dtype"] != rec["dtype"] or hrec["shape"] != rec["shape"]:
-            return None
-        if hrec["digest"] != rec["digest"]:
-            return None
-        return hv, hi
-
-    def _copy_unchanged(self, p: Manifest, recs: list[dict], changed: set[int], out: PackSet) -> None:
-        """Move the parent's untouched frames into its new packs (packs stay owned by one manifest)."""
-        for i, rec in enumerate(recs):
-            if i in changed or rec["data"]["kind"] != "planes":
-                continue
-            chunks = self.reader.fetch(p, rec["data"]["chunks"], None)
-            rec["data"]["chunks"] = out.add(chunks)

@@ -493,6 +493,16 @@ def test_metrics_must_be_json(repo):
         repo.commit({"w": torch.ones(1)}, "m", metrics={"bad": object()})
 
 
+def test_non_finite_metrics_are_stored_as_null(repo):
+    """Regression: a NaN/inf metric (a diverged loss) failed the commit with a bare
+    ValueError after every tensor was encoded (manifests are strict JSON)."""
+    v = repo.commit({"w": torch.ones(1)}, "m", metrics={"loss": float("nan"), "best": torch.tensor(float("inf")),
+                                                        "hist": [1.0, float("-inf")], "acc": 0.5})
+    assert v.metrics == {"loss": None, "best": None, "hist": [1.0, None], "acc": 0.5}
+    assert repo.versions("m")[0].metrics == v.metrics
+    assert repo.gc()["objects_removed"] == 0
+
+
 def test_top_level_load_function(tmp_path):
     path = tmp_path / "hub"
     repo = Repository.init(path)

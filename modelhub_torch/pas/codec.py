@@ -41,7 +41,7 @@ class CodecConfig:
     group_from: int = 8
     level: int = 1
     chunk_elems: int = DEFAULT_CHUNK_ELEMS
-    exp_bits: int = 0  # >0: whole floats coded in exponent-first layout (kernels/layout.py)
+    exp_bits: int = 0  # exponent width when coded in exponent-first layout, else 0
 
     def __post_init__(self) -> None:
         if self.op not in OPS:
@@ -57,10 +57,12 @@ class CodecConfig:
             return self
         return CodecConfig(self.op, lane, group, self.level, self.chunk_elems, self.exp_bits)
 
-    def for_dtype(self, dtype_name: str, width: int) -> CodecConfig:
-        """Clip to the element width; exponent-first layout only for whole floats."""
+    def for_dtype(self, dtype_name: str, width: int, exp_first: bool = False) -> CodecConfig:
+        """The config one tensor is coded with: clipped to its element width, and with
+        the exponent-first layout (its exponent width resolved) for whole floats when
+        ``exp_first`` asks for it."""
         cfg = self.for_width(width)
-        exp_bits = EXP_BITS.get(dtype_name, 0) if cfg.op == "none" and self.exp_bits else 0
+        exp_bits = EXP_BITS.get(dtype_name, 0) if cfg.op == "none" and exp_first else 0
         if exp_bits == cfg.exp_bits:
             return cfg
         return CodecConfig(cfg.op, cfg.lane, cfg.group_from, cfg.level, cfg.chunk_elems, exp_bits)
