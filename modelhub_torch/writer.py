@@ -6,6 +6,7 @@ planes of a version reads one contiguous object and never touches the low ones.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -14,8 +15,16 @@ from modelhub_torch.pas import codec
 from modelhub_torch.store.objects import ObjectStore, ObjectWriter
 
 
+PACK_SALT_BYTES = 16
+
+
 class PackSet:
-    """Lazily opened streaming writers, one per plane."""
+    """Lazily opened streaming writers, one per plane.
+
+    Every pack starts with 16 random bytes, so no two packs are ever byte-identical:
+    a pack is owned by exactly one manifest even though objects are named by content,
+    and deleting a replaced manifest's packs can never remove another's.
+    """
 
     def __init__(self, objects: ObjectStore):
         self.objects = objects
@@ -27,6 +36,7 @@ class PackSet:
         w = self.writers[plane]
         if w is None:
             w = self.writers[plane] = self.objects.writer()
+            w.write(os.urandom(PACK_SALT_BYTES))
         return w
 
     def add(self, chunks: list[tuple[int, list[codec.Frame]]]) -> list[dict[str, Any]]:

@@ -28,7 +28,7 @@ from modelhub_torch.kernels import (
 DTYPES = [np.uint8, np.uint16, np.uint32, np.uint64]
 OPS = [OP_NONE, OP_XOR, OP_SUB]
 
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @st.composite
