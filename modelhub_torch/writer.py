@@ -14,7 +14,6 @@ import numpy as np
 from modelhub_torch.pas import codec
 from modelhub_torch.store.objects import ObjectStore, ObjectWriter
 
-
 PACK_SALT_BYTES = 16
 
 

@@ -3,6 +3,12 @@
 Only this package imports numba. Everything here is a pure function of its arrays.
 """
 
+from modelhub_torch.kernels.fused import (
+    merge4_exp_first,
+    merge4_exp_first_numpy,
+    split4_exp_first,
+    split4_exp_first_numpy,
+)
 from modelhub_torch.kernels.layout import (
     from_exp_first,
     from_exp_first_numpy,
@@ -33,6 +39,10 @@ __all__ = [
     "from_exp_first_numpy",
     "group_permutation",
     "group_permutation_numpy",
+    "merge4_exp_first",
+    "merge4_exp_first_numpy",
+    "split4_exp_first",
+    "split4_exp_first_numpy",
     "to_exp_first",
     "to_exp_first_numpy",
 ]

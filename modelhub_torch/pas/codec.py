@@ -127,11 +127,19 @@ def _kernels():
     return kernels
 
 
+def _fused_float32(width: int, base: np.ndarray | None, cfg: CodecConfig, nplanes: int) -> bool:
+    """Whole float32 in exponent-first layout, all four planes, ungrouped: one-pass kernels."""
+    return width == 4 and base is None and cfg.exp_bits > 0 and cfg.group_from >= 4 and nplanes == 4
+
+
 def encode_chunk(target: np.ndarray, base: np.ndarray | None, cfg: CodecConfig) -> list[Frame]:
     """Code one chunk into one frame per plane."""
     k = _kernels()
     width = target.itemsize
     planes = np.empty((width, target.shape[0]), np.uint8)
+    if _fused_float32(width, base, cfg, width):
+        k.split4_exp_first(target, cfg.exp_bits, planes[0], planes[1], planes[2], planes[3])
+        return [entropy.encode_plane(memoryview(planes[p]), cfg.level) for p in range(width)]
     op = OPS[cfg.op] if base is not None else k.OP_NONE
     if cfg.exp_bits and base is None:
         swapped = np.empty_like(target)
@@ -152,6 +160,13 @@ def decode_chunk(
 ) -> None:
     """Rebuild ``out`` (``n`` elements) from the frames of its leading planes."""
     k = _kernels()
+    if _fused_float32(out.itemsize, base, cfg, len(frames)):
+        views = [
+            np.frombuffer(entropy.decode_plane(codec, payload, n, f"{where} plane {p}"), np.uint8)
+            for p, (codec, payload) in enumerate(frames)
+        ]
+        k.merge4_exp_first(views[0], views[1], views[2], views[3], cfg.exp_bits, out)
+        return
     planes = np.empty((len(frames), n), np.uint8)
     for p, (codec, payload) in enumerate(frames):
         data = entropy.decode_plane(codec, payload, n, f"{where} plane {p}")
