@@ -6,8 +6,12 @@ Only this package imports numba. Everything here is a pure function of its array
 from modelhub_torch.kernels.fused import (
     merge4_exp_first,
     merge4_exp_first_numpy,
+    merge4_sub,
+    merge4_sub_numpy,
     split4_exp_first,
     split4_exp_first_numpy,
+    split4_sub,
+    split4_sub_numpy,
 )
 from modelhub_torch.kernels.layout import (
     from_exp_first,
@@ -41,8 +45,12 @@ __all__ = [
     "group_permutation_numpy",
     "merge4_exp_first",
     "merge4_exp_first_numpy",
+    "merge4_sub",
+    "merge4_sub_numpy",
     "split4_exp_first",
     "split4_exp_first_numpy",
+    "split4_sub",
+    "split4_sub_numpy",
     "to_exp_first",
     "to_exp_first_numpy",
 ]

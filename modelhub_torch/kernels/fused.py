@@ -1,5 +1,6 @@
-"""Fused single-pass kernels for the hot path: whole float32 tensors in exponent-first
-layout, four planes, no base, no grouping — every latest version's restore.
+"""Fused single-pass kernels for the hot paths of 4-byte elements, four planes, no
+grouping: whole float32 in exponent-first layout (every latest version's restore) and
+full-width zigzag subtraction (every reverse delta).
 
 The generic path copies each plane into a 2-D array, merges plane by plane and then
 rewrites the layout: six passes over memory. These read or write the four planes as
@@ -13,7 +14,12 @@ import numpy as np
 from numba import njit
 
 from modelhub_torch.kernels.layout import from_exp_first_numpy, to_exp_first_numpy
-from modelhub_torch.kernels.planes import OP_NONE, decode_planes_numpy, encode_planes_numpy
+from modelhub_torch.kernels.planes import (
+    OP_NONE,
+    OP_SUB,
+    decode_planes_numpy,
+    encode_planes_numpy,
+)
 
 
 @njit(nogil=True, cache=True)
@@ -68,3 +74,46 @@ def split4_exp_first_numpy(bits, exp_bits, p0, p1, p2, p3) -> None:
     planes = np.empty((4, bits.shape[0]), np.uint8)
     encode_planes_numpy(swapped, bits[:0], OP_NONE, 4, 4, planes)
     p0[:], p1[:], p2[:], p3[:] = planes
+
+
+@njit(nogil=True, cache=True)
+def split4_sub(target, base, p0, p1, p2, p3):
+    """Planes of ``zigzag(target - base)`` over 32-bit patterns (wrap-around).
+
+    Arithmetic is in uint64 with explicit 32-bit masks: numba promotes uint32 - uint32
+    to a signed 64-bit integer, which would break the wrap-around."""
+    m32 = np.uint64(0xFFFFFFFF)
+    for i in range(target.shape[0]):
+        d = (np.uint64(target[i]) - np.uint64(base[i])) & m32
+        z = ((d << np.uint64(1)) ^ (np.uint64(0) - (d >> np.uint64(31)))) & m32
+        p0[i] = np.uint8(z >> np.uint64(24))
+        p1[i] = np.uint8((z >> np.uint64(16)) & np.uint64(0xFF))
+        p2[i] = np.uint8((z >> np.uint64(8)) & np.uint64(0xFF))
+        p3[i] = np.uint8(z & np.uint64(0xFF))
+
+
+@njit(nogil=True, cache=True)
+def merge4_sub(p0, p1, p2, p3, base, out):
+    """Inverse of :func:`split4_sub`: ``out = base + unzigzag(planes)``."""
+    m32 = np.uint64(0xFFFFFFFF)
+    for i in range(out.shape[0]):
+        z = (
+            (np.uint64(p0[i]) << np.uint64(24))
+            | (np.uint64(p1[i]) << np.uint64(16))
+            | (np.uint64(p2[i]) << np.uint64(8))
+            | np.uint64(p3[i])
+        )
+        d = (z >> np.uint64(1)) ^ (np.uint64(0) - (z & np.uint64(1)))
+        out[i] = (np.uint64(base[i]) + d) & m32
+
+
+def split4_sub_numpy(target, base, p0, p1, p2, p3) -> None:
+    """Twin: the generic split with OP_SUB over the full 4-byte lane."""
+    planes = np.empty((4, target.shape[0]), np.uint8)
+    encode_planes_numpy(target, base, OP_SUB, 4, 4, planes)
+    p0[:], p1[:], p2[:], p3[:] = planes
+
+
+def merge4_sub_numpy(p0, p1, p2, p3, base, out) -> None:
+    """Twin: the generic merge with OP_SUB over the full 4-byte lane."""
+    decode_planes_numpy(np.stack([p0, p1, p2, p3]), base, OP_SUB, 4, 4, out)

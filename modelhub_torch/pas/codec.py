@@ -127,9 +127,14 @@ def _kernels():
     return kernels
 
 
-def _fused_float32(width: int, base: np.ndarray | None, cfg: CodecConfig, nplanes: int) -> bool:
-    """Whole float32 in exponent-first layout, all four planes, ungrouped: one-pass kernels."""
-    return width == 4 and base is None and cfg.exp_bits > 0 and cfg.group_from >= 4 and nplanes == 4
+def _fused(width: int, base: np.ndarray | None, cfg: CodecConfig, nplanes: int) -> str | None:
+    """Which one-pass kernel pair serves this chunk (4-byte elements, all four planes,
+    ungrouped): "exp-first" for whole floats, "sub" for full-width deltas, else None."""
+    if width != 4 or nplanes != 4 or cfg.group_from < 4:
+        return None
+    if base is None:
+        return "exp-first" if cfg.exp_bits > 0 else None
+    return "sub" if cfg.op == "sub" and cfg.lane == 4 else None
 
 
 def encode_chunk(target: np.ndarray, base: np.ndarray | None, cfg: CodecConfig) -> list[Frame]:
@@ -137,8 +142,12 @@ def encode_chunk(target: np.ndarray, base: np.ndarray | None, cfg: CodecConfig) 
     k = _kernels()
     width = target.itemsize
     planes = np.empty((width, target.shape[0]), np.uint8)
-    if _fused_float32(width, base, cfg, width):
-        k.split4_exp_first(target, cfg.exp_bits, planes[0], planes[1], planes[2], planes[3])
+    fused = _fused(width, base, cfg, width)
+    if fused is not None:
+        if fused == "exp-first":
+            k.split4_exp_first(target, cfg.exp_bits, planes[0], planes[1], planes[2], planes[3])
+        else:
+            k.split4_sub(target, base, planes[0], planes[1], planes[2], planes[3])
         return [entropy.encode_plane(memoryview(planes[p]), cfg.level) for p in range(width)]
     op = OPS[cfg.op] if base is not None else k.OP_NONE
     if cfg.exp_bits and base is None:
@@ -160,12 +169,16 @@ def decode_chunk(
 ) -> None:
     """Rebuild ``out`` (``n`` elements) from the frames of its leading planes."""
     k = _kernels()
-    if _fused_float32(out.itemsize, base, cfg, len(frames)):
-        views = [
+    fused = _fused(out.itemsize, base, cfg, len(frames))
+    if fused is not None:
+        v = [
             np.frombuffer(entropy.decode_plane(codec, payload, n, f"{where} plane {p}"), np.uint8)
             for p, (codec, payload) in enumerate(frames)
         ]
-        k.merge4_exp_first(views[0], views[1], views[2], views[3], cfg.exp_bits, out)
+        if fused == "exp-first":
+            k.merge4_exp_first(v[0], v[1], v[2], v[3], cfg.exp_bits, out)
+        else:
+            k.merge4_sub(v[0], v[1], v[2], v[3], base, out)
         return
     planes = np.empty((len(frames), n), np.uint8)
     for p, (codec, payload) in enumerate(frames):
