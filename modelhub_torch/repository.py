@@ -322,9 +322,22 @@ class Repository:
             candidates = list(self.refs.models())
             for m in candidates[:]:
                 candidates += [f"{m}@latest"] + [f"{m}@{t}" for t in self.refs.tags(m)]
+        models = self.refs.models()
+        if model and model not in models:
+            close = difflib.get_close_matches(model, models, n=3, cutoff=0.5)
+            if close:
+                hint = f"did you mean {', '.join(close)}?"
+            else:
+                hint = f"models here: {', '.join(models[:5]) or 'none yet'}"
+            raise RefNotFoundError(
+                f"no version matches {ref!r}: there is no model {model!r}; {hint} (see 'modelhub list')"
+            )
         close = difflib.get_close_matches(ref, candidates, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        what = f"model {model!r} has no version {ref!r}" if model and model in self.refs.models() else f"no version matches {ref!r}"
+        what = f"model {model!r} has no version {ref!r}" if model else f"no version matches {ref!r}"
+        numbers = sorted(self.refs.numbers(model)) if model else []
+        if numbers:
+            what += f" (it has v{numbers[0]}..v{numbers[-1]}; latest is {model}@v{numbers[-1]})"
         raise RefNotFoundError(f"{what}{hint} (see 'modelhub list')")
 
     def tag(self, ref: str | Version, alias: str) -> Version:
