@@ -22,6 +22,8 @@ from modelhub_torch.writer import PackSet, encode_all, encoded_size, record_size
 if TYPE_CHECKING:
     from modelhub_torch.repository import Repository
 
+INLINE_BYTES = 1 << 16  # tensors smaller than this are prepared by the committing thread
+
 
 @dataclass
 class _Prepared:
@@ -64,20 +66,25 @@ class CommitJob:
         self.parent_paths = {t["path"]: i for i, t in enumerate(p.tensors)} if p else {}
 
     def _jobs(self) -> Any:
-        """Yield prepared tensors in order, computing up to IN_FLIGHT_BYTES ahead."""
+        """Yield prepared tensors in order, computing big ones up to IN_FLIGHT_BYTES
+        ahead on the tensor pool; small ones (cheaper than a thread hand-off) are
+        prepared by this thread when their turn comes."""
         pool = shared_pool("tensor")
         pending: list[Any] = []
         inflight = 0
         for i, t in enumerate(self.flat.tensors):
             size = t.numel() * t.element_size()
             while pending and inflight + size > self.IN_FLIGHT_BYTES:
-                done = pending.pop(0).result()
+                done = self._result(pending.pop(0))
                 inflight -= done.raw
                 yield done
-            pending.append(pool.submit(self._prepare, i))
+            pending.append(pool.submit(self._prepare, i) if size >= INLINE_BYTES else i)
             inflight += size
-        for fut in pending:
-            yield fut.result()
+        for item in pending:
+            yield self._result(item)
+
+    def _result(self, item: Any) -> _Prepared:
+        return self._prepare(item) if isinstance(item, int) else item.result()
 
     def run(self, metrics: dict, hparams: dict, message: str, created: str) -> tuple[Manifest, Manifest | None]:
         p = self.parent

@@ -43,6 +43,7 @@ from modelhub_torch.store.objects import ObjectStore, hash_bytes
 from modelhub_torch.store.refs import RefStore, check_name
 
 CONFIG_FILE = "modelhub.json"
+INLINE_BYTES = 1 << 20  # tensors smaller than this are coded by the calling thread
 REPO_FORMAT = 1
 
 DEFAULT_SETTINGS: dict[str, Any] = {
@@ -442,10 +443,16 @@ class Repository:
 
         reader = self.reader()
         indices = list(indices)
-        # every tensor is a job on the tensor pool (reads, decode and checksum overlap);
-        # a big tensor's chunks additionally spread over the chunk pool
-        order = sorted(indices, key=lambda i: -_numel(m.tensors[i]))
-        bits = dict(zip(order, shared_pool("tensor").map(lambda i: reader.decode(vid, i), order)))
+        # big tensors are jobs on the tensor pool (reads, decode and checksum overlap, and
+        # their chunks spread over the chunk pool); small ones cost less than a thread
+        # hand-off, so this thread decodes them meanwhile
+        big = sorted(
+            (i for i in indices if m.tensors[i]["nbytes"] >= INLINE_BYTES),
+            key=lambda i: -m.tensors[i]["nbytes"],
+        )
+        futures = {i: shared_pool("tensor").submit(reader.decode, vid, i) for i in big}
+        bits = {i: reader.decode(vid, i) for i in indices if i not in futures}
+        bits.update((i, f.result()) for i, f in futures.items())
         out, used = [], set()
         for i in indices:
             b = bits[i]
