@@ -12,7 +12,7 @@ from typing import Any
 import blake3
 import numpy as np
 
-from modelhub_torch.errors import CorruptObjectError, FormatError
+from modelhub_torch.errors import CorruptObjectError, FormatError, ModelHubError
 from modelhub_torch.manifest import Manifest
 from modelhub_torch.pas import codec
 from modelhub_torch.pas.dtypes import uint_dtype
@@ -70,13 +70,27 @@ class TensorReader:
         try:
             return self._decode(vid, idx, planes)
         except CorruptObjectError:
-            # A child's commit may have just re-encoded this version and dropped the old
-            # packs: reload the manifests once and retry before reporting corruption.
-            self.invalidate(vid)
+            # A child's commit may have just re-encoded this version (or the one its
+            # `same` links lead to) and dropped the old packs: reload every manifest on
+            # the way once and retry before reporting corruption.
+            self._refresh_links(vid, idx)
             with self._lock:
                 self._cache.clear()
                 self._cached = 0
             return self._decode(vid, idx, planes)
+
+    def _refresh_links(self, vid: str, idx: int) -> None:
+        seen = set()
+        while (vid, idx) not in seen:
+            seen.add((vid, idx))
+            self.invalidate(vid)
+            try:
+                data = self.record(vid, idx)["data"]
+            except ModelHubError:
+                return
+            if data["kind"] != "same":
+                return
+            vid, idx = data["version"], int(data["index"])
 
     def _decode(self, vid: str, idx: int, planes: int | None) -> np.ndarray:
         want = self.record(vid, idx)
