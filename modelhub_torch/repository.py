@@ -211,12 +211,18 @@ class Repository:
     # --------------------------------------------------------------- the index
     def _sync_index(self) -> None:
         """Index versions that refs know and the catalog does not (after a crash or a
-        concurrent commit), and drop rows whose versions are gone."""
-        live = {vid for m in self.refs.models() for vid in self.refs.numbers(m).values()}
-        known = self.catalog.ids()
-        for vid in live - known:
-            self._index(vid)
-        stale = known - live
+        concurrent commit), and drop rows whose versions are gone. Costs one directory
+        listing per model; ref files are read only for versions the index lacks."""
+        known = self.catalog.numbered()
+        live: set[tuple[str, int]] = set()
+        for model in self.refs.models():
+            for n in self.refs.listed_numbers(model):
+                live.add((model, n))
+                if (model, n) not in known:
+                    vid = self.refs.version_at(model, n)
+                    if vid:
+                        self._index(vid)
+        stale = {vid for key, vid in known.items() if key not in live}
         if stale:
             self.catalog.remove(stale)
 
@@ -283,31 +289,38 @@ class Repository:
                 which = "latest"
             else:
                 return self._by_prefix(ref, ref)
-        numbers = self.refs.numbers(model)
-        if not numbers and model not in self.refs.models():
+        listed = self.refs.listed_numbers(model)
+        if not listed and model not in self.refs.models():
             self._no_such(ref, model, None)
         if which == "latest":
-            if not numbers:
+            if not listed:
                 self._no_such(ref, model, None)
-            return numbers[max(numbers)]
+            return self._version_at(ref, model, listed[-1])
         if which[:1] in ("v", "V") and which[1:].isdigit():
             n = int(which[1:])
-            if n in numbers:
-                return numbers[n]
-            self._no_such(ref, model, [f"{model}@v{k}" for k in sorted(numbers)])
+            if n in listed:
+                return self._version_at(ref, model, n)
+            self._no_such(ref, model, [f"{model}@v{k}" for k in listed])
         tags = self.refs.tags(model)
         if which in tags:
             return tags[which]
         # an empty suffix ("m@") is no id prefix: it would match every version
-        ids = {vid for vid in numbers.values() if which and vid.startswith(which.lower())}
+        numbers = self.refs.numbers(model) if which else {}
+        ids = {vid for vid in numbers.values() if vid.startswith(which.lower())}
         if len(ids) == 1:
             return ids.pop()
         if len(ids) > 1:
             raise AmbiguousRefError(f"{ref!r} matches {len(ids)} versions; give more of the id")
         self._no_such(
-            ref, model, [f"{model}@{t}" for t in tags] + [f"{model}@v{k}" for k in sorted(numbers)] + [f"{model}@latest"]
+            ref, model, [f"{model}@{t}" for t in tags] + [f"{model}@v{k}" for k in listed] + [f"{model}@latest"]
         )
         raise AssertionError("unreachable")
+
+    def _version_at(self, ref: str, model: str, number: int) -> str:
+        vid = self.refs.version_at(model, number)
+        if vid is None:  # removed between the listing and the read
+            raise RefNotFoundError(f"{ref!r} disappeared while it was being resolved; retry")
+        return vid
 
     def _by_prefix(self, ref: str, prefix: str) -> str:
         ids = self.catalog.ids_with_prefix(prefix.lower()) if len(prefix) >= 4 else []
@@ -336,7 +349,7 @@ class Repository:
         close = difflib.get_close_matches(ref, candidates, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         what = f"model {model!r} has no version {ref!r}" if model else f"no version matches {ref!r}"
-        numbers = sorted(self.refs.numbers(model)) if model else []
+        numbers = self.refs.listed_numbers(model) if model else []
         if numbers:
             what += f" (it has v{numbers[0]}..v{numbers[-1]}; latest is {model}@v{numbers[-1]})"
         raise RefNotFoundError(f"{what}{hint} (see 'modelhub list')")
@@ -381,12 +394,12 @@ class Repository:
         hparams = _jsonable(hparams, "hparams")
         with self._lock:
             self._sync_index()  # deletions below trust the index to know every version
-            numbers = self.refs.numbers(model)
-            number = max(numbers, default=0) + 1
+            listed = self.refs.listed_numbers(model)
+            number = (listed[-1] if listed else 0) + 1
             if parent is not None:
                 parent_vid: str | None = self.resolve(parent)
             else:
-                parent_vid = numbers[max(numbers)] if numbers else None
+                parent_vid = self.refs.version_at(model, listed[-1]) if listed else None
             created = _now()
             vid = _new_version_id(model, number, created)
             job = CommitJob(self, flat, model, number, vid, parent_vid)

@@ -168,6 +168,10 @@ class Catalog:
     def row(self, version_id: str) -> sqlite3.Row | None:
         return self._conn().execute("SELECT * FROM versions WHERE id=?", (version_id,)).fetchone()
 
+    def numbered(self) -> dict[tuple[str, int], str]:
+        """``(model, number) -> id`` of every indexed version."""
+        return {(r[0], r[1]): r[2] for r in self._conn().execute("SELECT model, number, id FROM versions")}
+
     def ids(self) -> set[str]:
         return {r[0] for r in self._conn().execute("SELECT id FROM versions")}
 

@@ -51,7 +51,16 @@ class RefStore:
     def models(self) -> list[str]:
         return self.loc.listdir("refs", "models")
 
+    def listed_numbers(self, model: str) -> list[int]:
+        """Version numbers of a model from one directory listing (no file reads)."""
+        return sorted(int(n) for n in self.loc.listdir("refs", "models", model) if n.isdigit())
+
+    def version_at(self, model: str, number: int) -> str | None:
+        """Version id of ``model@v<number>``, or None."""
+        return self._read("models", model, str(number))
+
     def numbers(self, model: str) -> dict[int, str]:
+        """Every number of a model with its version id (reads one file per version)."""
         out: dict[int, str] = {}
         for name in self.loc.listdir("refs", "models", model):
             if name.isdigit():
