@@ -525,10 +525,17 @@ class Repository:
                 problems.append(Problem("missing-object", oid, "referenced but absent"))
             elif not self.objects.check(oid):
                 problems.append(Problem("corrupt-object", oid, "bytes do not hash to the name"))
-        for vid, ref in tqdm(sorted(live.items(), key=lambda kv: kv[1]), desc="versions", disable=not progress, unit="ver"):
+        # newest first, through one reader: reverse deltas point at newer versions, so
+        # each base is decoded (and its digest checked) once and found in the cache
+        reader = self.reader()
+
+        def newest_first(kv: tuple[str, str]) -> tuple[str, int]:
+            model, _, n = kv[1].rpartition("@v")
+            return model, -int(n)
+
+        for vid, ref in tqdm(sorted(live.items(), key=newest_first), desc="versions", disable=not progress, unit="ver"):
             try:
                 m = self.manifest(vid)
-                reader = self.reader()
                 for i in range(len(m.tensors)):
                     reader.decode(vid, i)
             except ModelHubError as exc:
