@@ -25,6 +25,8 @@ RANS = "rans0"
 
 # Try rANS when the plane's order-0 entropy promises this much over zstd's output.
 RANS_GAIN = 0.03
+# zstd output below this share of the sample: the plane is nearly constant, keep zstd.
+NEARLY_CONSTANT = 0.02
 
 # Store raw unless zstd saves at least this share: a near-random plane decodes for free raw.
 MIN_SAVING = 0.02
@@ -64,7 +66,10 @@ def encode_plane(plane: memoryview | bytes, level: int) -> tuple[str, bytes]:
     h_sample = _entropy_bytes(rans.histogram(np.frombuffer(sample, np.uint8)), len(sample))
     if min(z_sample, h_sample) > len(sample) * (1.0 - MIN_SAVING):
         return RAW, bytes(plane)  # neither LZ nor order-0 coding pays on the sample
-    if z_sample > (h_sample + rans.HEADER_BYTES * len(sample) / n) * (1.0 + RANS_GAIN):
+    # a nearly constant plane (a delta's top plane) is left to zstd: rANS could save at
+    # most a few bytes per thousand there, at a per-symbol cost zstd's runs do not pay
+    nearly_constant = z_sample <= len(sample) * NEARLY_CONSTANT
+    if not nearly_constant and z_sample > (h_sample + rans.HEADER_BYTES * len(sample) / n) * (1.0 + RANS_GAIN):
         arr = np.frombuffer(plane, np.uint8)
         coded = _rans_encode(arr, rans.histogram(arr))
         if len(coded) <= n * (1.0 - MIN_SAVING):
