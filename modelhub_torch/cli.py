@@ -378,6 +378,7 @@ def cmd_commit(args: argparse.Namespace, out: Output) -> int:
         hparams={**auto_hparams, **dict(args.hparam)},
         message=args.message,
         allow_pickle=args.allow_pickle,
+        progress=out.progress(),
     )
     out.emit(version_doc(v), _commit_text(v))
     return 0
@@ -723,7 +724,7 @@ def cmd_export(args: argparse.Namespace, out: Output) -> int:
         if suffix in SAFETENSORS_EXTS:
             from safetensors.torch import save_file
 
-            sd = _untie(repo.load_state_dict(v.id))
+            sd = _untie(repo.load_state_dict(v.id, progress=out.progress()))
             try:
                 save_file(sd, str(tmp), metadata={"modelhub_ref": v.ref, "modelhub_id": v.id})
             except (ValueError, TypeError, RuntimeError) as exc:
@@ -732,7 +733,7 @@ def cmd_export(args: argparse.Namespace, out: Output) -> int:
         else:
             import torch
 
-            obj = repo.load(v.id, weights_only=not args.allow_pickle)
+            obj = repo.load(v.id, weights_only=not args.allow_pickle, progress=out.progress())
             torch.save(obj, str(tmp))
             count = len(repo.manifest(v.id).tensors)
         os.replace(tmp, target)

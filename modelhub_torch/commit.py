@@ -16,6 +16,7 @@ from modelhub_torch.errors import ModelHubError
 from modelhub_torch.manifest import Manifest
 from modelhub_torch.pas.codec import CodecConfig, shared_pool
 from modelhub_torch.pas.dtypes import dtype_name, tensor_bits
+from modelhub_torch.progress import byte_bar
 from modelhub_torch.reader import digest_bits
 from modelhub_torch.writer import PackSet, encode_all, encoded_size, record_size
 
@@ -44,13 +45,23 @@ class CommitJob:
 
     IN_FLIGHT_BYTES = 256 << 20
 
-    def __init__(self, repo: Repository, flat: Any, model: str, number: int, vid: str, parent_vid: str | None):
+    def __init__(
+        self,
+        repo: Repository,
+        flat: Any,
+        model: str,
+        number: int,
+        vid: str,
+        parent_vid: str | None,
+        progress: bool = False,
+    ):
         self.repo = repo
         self.flat = flat
         self.model = model
         self.number = number
         self.vid = vid
         self.parent_vid = parent_vid
+        self.progress = progress
         self.parent = repo.manifest(parent_vid) if parent_vid else None
         # each parent tensor is decoded once: caching them would hold a model's worth
         self.reader = repo.reader(cache_bytes=0)
@@ -94,8 +105,11 @@ class CommitJob:
         changed: set[int] = set()
         records: list[dict[str, Any]] = []
         seen: dict[tuple, int] = {}
+        total = sum(t.numel() * t.element_size() for t in self.flat.tensors)
+        bar = byte_bar(total, f"commit {self.model}@v{self.number}", self.progress)
         try:
             for i, prep in enumerate(self._jobs()):
+                bar.update(prep.raw)
                 rec = prep.rec
                 key = (rec["digest"], rec["dtype"], tuple(rec["shape"]))
                 holder = seen.get(key)
@@ -148,6 +162,8 @@ class CommitJob:
             packs.abort()
             parent_packs.abort()
             raise
+        finally:
+            bar.close()
 
     def _prepare(self, i: int) -> _Prepared:
         t, path = self.flat.tensors[i], self.flat.paths[i]

@@ -34,6 +34,7 @@ from modelhub_torch.errors import (
 from modelhub_torch.manifest import Manifest
 from modelhub_torch.pas.codec import CodecConfig
 from modelhub_torch.pas.dtypes import bits_to_tensor
+from modelhub_torch.progress import byte_bar
 from modelhub_torch.reader import TensorReader
 from modelhub_torch.skeleton import flatten, state_dict_paths, unflatten
 from modelhub_torch.store.catalog import Catalog, catalog_path
@@ -384,8 +385,10 @@ class Repository:
         hparams: dict[str, Any] | None = None,
         message: str = "",
         allow_pickle: bool = False,
+        progress: bool = False,
     ) -> Version:
-        """Store ``obj`` (state_dict, checkpoint dict or nn.Module) as a new version."""
+        """Store ``obj`` (state_dict, checkpoint dict or nn.Module) as a new version
+        (``progress=True`` shows a tqdm bar of tensor bytes on stderr)."""
         check_name("model", model)
         if isinstance(obj, torch.nn.Module):
             obj = obj.state_dict()
@@ -402,7 +405,7 @@ class Repository:
                 parent_vid = self.refs.version_at(model, listed[-1]) if listed else None
             created = _now()
             vid = _new_version_id(model, number, created)
-            job = CommitJob(self, flat, model, number, vid, parent_vid)
+            job = CommitJob(self, flat, model, number, vid, parent_vid, progress=progress)
             manifest, parent_manifest = job.run(metrics, hparams, message, created)
             return self._publish(manifest, parent_manifest, job.parent)
 
@@ -433,14 +436,18 @@ class Repository:
         ref: str | Version,
         map_location: Any = None,
         weights_only: bool = True,
+        progress: bool = False,
     ) -> Any:
-        """What ``torch.load`` of the committed object would return, bit for bit."""
+        """What ``torch.load`` of the committed object would return, bit for bit
+        (``progress=True`` shows a tqdm bar of tensor bytes on stderr)."""
         vid = self.resolve(ref)
         m = self.manifest(vid)
-        tensors = self._decode_all(vid, m, range(len(m.tensors)), map_location)
+        tensors = self._decode_all(vid, m, range(len(m.tensors)), map_location, progress)
         return unflatten(m.skeleton, tensors, weights_only=weights_only)
 
-    def load_state_dict(self, ref: str | Version, map_location: Any = None) -> dict[str, torch.Tensor]:
+    def load_state_dict(
+        self, ref: str | Version, map_location: Any = None, progress: bool = False
+    ) -> dict[str, torch.Tensor]:
         """Only the model weights of a version (``state_dict`` of a checkpoint)."""
         vid = self.resolve(ref)
         m = self.manifest(vid)
@@ -448,10 +455,12 @@ class Repository:
         if not paths:
             raise ModelHubError(f"{m.ref} holds no state_dict (it is not a model checkpoint)")
         wanted = sorted(set(paths.values()))
-        decoded = dict(zip(wanted, self._decode_all(vid, m, wanted, map_location)))
+        decoded = dict(zip(wanted, self._decode_all(vid, m, wanted, map_location, progress)))
         return {k: decoded[i] for k, i in paths.items()}
 
-    def _decode_all(self, vid: str, m: Manifest, indices: Iterable[int], map_location: Any) -> list[torch.Tensor]:
+    def _decode_all(
+        self, vid: str, m: Manifest, indices: Iterable[int], map_location: Any, progress: bool = False
+    ) -> list[torch.Tensor]:
         from modelhub_torch.pas.codec import shared_pool
 
         reader = self.reader()
@@ -464,8 +473,15 @@ class Repository:
             key=lambda i: -m.tensors[i]["nbytes"],
         )
         futures = {i: shared_pool("tensor").submit(reader.decode, vid, i) for i in big}
-        bits = {i: reader.decode(vid, i) for i in indices if i not in futures}
-        bits.update((i, f.result()) for i, f in futures.items())
+        with byte_bar(sum(m.tensors[i]["nbytes"] for i in indices), f"load {m.ref}", progress) as bar:
+            bits = {}
+            for i in indices:
+                if i not in futures:
+                    bits[i] = reader.decode(vid, i)
+                    bar.update(m.tensors[i]["nbytes"])
+            for i, f in futures.items():
+                bits[i] = f.result()
+                bar.update(m.tensors[i]["nbytes"])
         out, used = [], set()
         for i in indices:
             b = bits[i]
