@@ -75,6 +75,13 @@ class CommitJob:
         # keyframes sit at multiples of the interval: v1..vK-1 chain to vK (stored whole)
         self.keyframe = self.rewrite and p.number % self.keyframe_interval == 0
         self.parent_paths = {t["path"]: i for i, t in enumerate(p.tensors)} if p else {}
+        # the grandparent's plain reverse deltas (against the parent) are re-coded with
+        # the parent -> new version delta as context, now that it exists
+        self.grand = None
+        if self.rewrite and p.parent:
+            grand = repo.manifest(p.parent)
+            if grand.model == model:
+                self.grand = grand
 
     def _jobs(self) -> Any:
         """Yield prepared tensors in order, computing big ones up to IN_FLIGHT_BYTES
@@ -97,7 +104,10 @@ class CommitJob:
     def _result(self, item: Any) -> _Prepared:
         return self._prepare(item) if isinstance(item, int) else item.result()
 
-    def run(self, metrics: dict, hparams: dict, message: str, created: str) -> tuple[Manifest, Manifest | None]:
+    def run(
+        self, metrics: dict, hparams: dict, message: str, created: str
+    ) -> tuple[Manifest, list[tuple[Manifest, Manifest]]]:
+        """The new version's manifest and the ``(new, old)`` manifests it replaces."""
         p = self.parent
         packs = PackSet(self.repo.objects)
         parent_packs = PackSet(self.repo.objects)
@@ -120,6 +130,7 @@ class CommitJob:
                     rec["data"] = prep.data
                     if prep.chunks is not None:
                         rec["data"]["chunks"] = packs.add(prep.chunks)
+                prep.chunks = None  # written: drop the coded bytes now, not at the next tensor
                 records.append(rec)
                 pi = self.parent_paths.get(rec["path"])
                 if not self.rewrite or pi is None:
@@ -129,20 +140,26 @@ class CommitJob:
                     parent_recs[pi]["data"] = {"kind": "same", "version": self.vid, "index": holder}
                     changed.add(pi)
                 elif prep.parent_delta is not None:
-                    dcfg, chunks = prep.parent_delta
+                    dcfg, delta = prep.parent_delta
+                    prep.parent_delta = None
                     parent_recs[pi]["data"] = {
                         "kind": "planes",
                         "codec": dcfg.to_json(),
                         "base": {"version": self.vid, "index": holder},
-                        "chunks": parent_packs.add(chunks),
+                        "chunks": parent_packs.add(delta),
                     }
+                    del delta  # written: keep no coded bytes alive past their tensor
                     changed.add(pi)
-            new_parent = None
+            replaced: list[tuple[Manifest, Manifest]] = []
             if self.rewrite and changed:
                 self._copy_unchanged(p, parent_recs, changed, parent_packs)
                 new_parent = Manifest(**{**p.__dict__, "tensors": parent_recs, "packs": parent_packs.commit()})
+                replaced.append((new_parent, p))
             else:
                 parent_packs.abort()
+            new_grand = self._recode_grandparent()
+            if new_grand is not None:
+                replaced.append((new_grand, self.grand))
             m = Manifest(
                 id=self.vid,
                 model=self.model,
@@ -157,7 +174,7 @@ class CommitJob:
                 packs=packs.commit(),
                 extra={"pickle": self.flat.uses_pickle} if self.flat.uses_pickle else {},
             )
-            return m, new_parent
+            return m, replaced
         except BaseException:
             packs.abort()
             parent_packs.abort()
@@ -216,6 +233,90 @@ class CommitJob:
         else:
             data, chunks = whole, encode_all(bits, None, mcfg)
         return _Prepared(rec, data, chunks, parent_delta, bits.nbytes)
+
+    def _recode_grandparent(self) -> Manifest | None:
+        """Re-code the grandparent's plain deltas against the parent with the context of
+        the parent -> new-version delta (the neighbouring delta of each element: Adam's
+        per-weight step size drifts slowly). Kept per tensor only where smaller."""
+        g, p = self.grand, self.parent
+        if g is None or p is None:
+            return None
+        new_index = {path: i for i, path in enumerate(self.flat.paths)}
+        recs = copy.deepcopy(g.tensors)
+        packs = PackSet(self.repo.objects)
+        changed: set[int] = set()
+        try:
+            for gi, grec in enumerate(g.tensors):
+                data = grec["data"]
+                base = data.get("base")
+                if data["kind"] != "planes" or data.get("context") or base is None:
+                    continue
+                if base["version"] != p.id or data["codec"]["op"] != "sub":
+                    continue
+                pi = int(base["index"])
+                prec = p.tensors[pi]
+                ni = new_index.get(prec["path"])
+                if ni is None:
+                    continue
+                t = self.flat.tensors[ni]
+                if dtype_name(t.dtype) != grec["dtype"] or list(t.shape) != grec["shape"]:
+                    continue
+                if prec["dtype"] != grec["dtype"] or prec["shape"] != grec["shape"]:
+                    continue
+                cfg = CodecConfig.from_json(data["codec"])
+                pbits = self.reader.decode(p.id, pi)
+                chunks = self._recode_chunks(g, gi, grec, pbits, tensor_bits(t), cfg)
+                del pbits
+                if encoded_size(chunks) < record_size(grec):
+                    recs[gi]["data"] = {
+                        "kind": "planes",
+                        "codec": cfg.to_json(),
+                        "base": {"version": p.id, "index": pi},
+                        "context": {"version": self.vid, "index": ni},
+                        "chunks": packs.add(chunks),
+                    }
+                    changed.add(gi)
+            if not changed:
+                packs.abort()
+                return None
+            self._copy_unchanged(g, recs, changed, packs)
+            return Manifest(**{**g.__dict__, "tensors": recs, "packs": packs.commit()})
+        except BaseException:
+            packs.abort()
+            raise
+
+    def _recode_chunks(
+        self, g: Manifest, gi: int, grec: dict[str, Any], pbits: Any, nbits: Any, cfg: CodecConfig
+    ) -> list:
+        """Decode the grandparent tensor chunk by chunk and re-code each chunk with its
+        context, so the whole tensor never exists in memory; its digest is checked
+        incrementally (BLAKE3 of the chunks in order = BLAKE3 of the tensor)."""
+        import blake3
+        import numpy as np
+
+        from modelhub_torch.pas import codec
+
+        records = grec["data"]["chunks"]
+        starts = np.cumsum([0] + [int(r["n"]) for r in records])
+        where = f"{g.ref} tensor {grec['path']!r}"
+
+        def work(c: int) -> tuple[Any, list]:
+            s, e = int(starts[c]), int(starts[c + 1])
+            (_, frames), = self.reader.fetch(g, [records[c]], None)  # one chunk's bytes only
+            gchunk = np.empty(e - s, pbits.dtype)
+            codec.decode_chunk(frames, e - s, gchunk, pbits[s:e], cfg, where)
+            return gchunk, codec.encode_chunk(gchunk, pbits[s:e], cfg, nbits[s:e])
+
+        hasher = blake3.blake3(max_threads=1)
+        out = []
+        for c, (gchunk, frames) in enumerate(
+            codec.ordered_map(work, range(len(records)), shared_pool(), 2 * codec.default_workers())
+        ):
+            hasher.update(memoryview(gchunk).cast("B"))
+            out.append((int(records[c]["n"]), frames))
+        if hasher.hexdigest() != grec["digest"]:
+            raise ModelHubError(f"{where} fails its checksum while being re-coded; run 'modelhub verify'")
+        return out
 
     def _dedup(self, rec: dict[str, Any]) -> tuple[str, int] | None:
         """An identical tensor stored whole elsewhere (never in the parent being re-encoded:

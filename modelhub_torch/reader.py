@@ -137,14 +137,36 @@ class TensorReader:
         cfg = codec.CodecConfig.from_json(data["codec"])
         n = int(np.prod(rec["shape"], dtype=np.int64)) * (2 if rec["dtype"].startswith("complex") else 1)
         out = np.empty(n, uint_dtype(rec["dtype"]))
-        base = None
+        base = context = None
+        if data.get("context") is not None:
+            # context-coded deltas are not plane-separable: base and context are needed
+            # in full, and all planes are decoded whatever ``planes`` asks for
+            planes = None
+            c = data["context"]
+            context = self.decode(c["version"], int(c["index"]), None)
         if data.get("base") is not None:
             b = data["base"]
             base = self.decode(b["version"], int(b["index"]), planes)
         m = self.manifest_of(vid)
         chunks = self.fetch(m, data["chunks"], planes)
         where = f"{m.ref} tensor {rec['path']!r}"
-        return codec.decode_tensor(chunks, out, base, cfg, where)
+        return codec.decode_tensor(chunks, out, base, cfg, where, context=context)
+
+    def decode_with_base(self, vid: str, idx: int, base: np.ndarray) -> np.ndarray:
+        """Decode a plain delta record given its already decoded base (commit-side:
+        avoids decoding the base twice); the digest is checked as always."""
+        rec = self.record(vid, idx)
+        data = rec["data"]
+        if data["kind"] != "planes" or data.get("base") is None or data.get("context") is not None:
+            raise FormatError(f"tensor #{idx} of version {vid} is not a plain delta")
+        cfg = codec.CodecConfig.from_json(data["codec"])
+        out = np.empty(base.shape[0], base.dtype)
+        m = self.manifest_of(vid)
+        chunks = self.fetch(m, data["chunks"], None)
+        bits = codec.decode_tensor(chunks, out, base, cfg, f"{m.ref} tensor {rec['path']!r}")
+        if digest_bits(bits) != rec["digest"]:
+            raise CorruptObjectError(f"tensor {rec['path']!r} of {m.ref} fails its checksum")
+        return bits
 
     def fetch(
         self, m: Manifest, chunks: Sequence[dict[str, Any]], planes: int | None

@@ -406,28 +406,30 @@ class Repository:
             created = _now()
             vid = _new_version_id(model, number, created)
             job = CommitJob(self, flat, model, number, vid, parent_vid, progress=progress)
-            manifest, parent_manifest = job.run(metrics, hparams, message, created)
-            return self._publish(manifest, parent_manifest, job.parent)
+            manifest, replaced = job.run(metrics, hparams, message, created)
+            return self._publish(manifest, replaced)
 
-    def _publish(self, m: Manifest, new_parent: Manifest | None, old_parent: Manifest | None) -> Version:
+    def _publish(self, m: Manifest, replaced: list[tuple[Manifest, Manifest]]) -> Version:
+        """Make the new version visible, then switch each re-encoded older version to its
+        new manifest. Every switch is atomic and every mixture of old and new manifests
+        decodes to the same bits, so a crash between any two steps is harmless."""
         moid = self.objects.put(m.to_bytes())
-        pmoid = self.objects.put(new_parent.to_bytes()) if new_parent is not None else None
+        new_oids = [self.objects.put(new.to_bytes()) for new, _ in replaced]
         self.refs.set_manifest(m.id, moid)
         self.refs.set_number(m.model, m.number, m.id)  # the commit point
         self.catalog.upsert(m, moid, self._stored_bytes(m, moid))
-        if new_parent is not None and old_parent is not None and pmoid is not None:
-            old_moid = self.refs.manifest_of(old_parent.id)
-            self.refs.set_manifest(new_parent.id, pmoid)
-            self._invalidate(new_parent.id)
-            # objects are content-addressed: the new version's packs can be byte-identical
-            # to the parent's old ones (same tensors, same codec) and must survive, and so
-            # must a pack that any other version's current manifest shares (the index
-            # was synced under this lock; gc reclaims whatever is kept needlessly)
-            keep = set(new_parent.packs) | {pmoid} | set(m.packs) | {moid}
-            for oid in [*old_parent.packs, old_moid]:
-                if oid and oid not in keep and not (self.catalog.object_users(oid) - {old_parent.id}):
+        for (new, old), new_oid in zip(replaced, new_oids):
+            old_moid = self.refs.manifest_of(old.id)
+            self.refs.set_manifest(new.id, new_oid)
+            self._invalidate(new.id)
+            # objects are content-addressed: never delete what the new manifests use, nor
+            # what any other version's current manifest shares (packs are salted, so that
+            # is a second line of defence; gc reclaims whatever is kept needlessly)
+            keep = {new_oid, moid, *new.packs, *m.packs}
+            for oid in [*old.packs, old_moid]:
+                if oid and oid not in keep and not (self.catalog.object_users(oid) - {old.id}):
                     self.objects.delete(oid)
-            self.catalog.upsert(new_parent, pmoid, self._stored_bytes(new_parent, pmoid))
+            self.catalog.upsert(new, new_oid, self._stored_bytes(new, new_oid))
         return self.version(m.id)
 
     # -------------------------------------------------------------------- load

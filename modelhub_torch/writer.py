@@ -62,8 +62,13 @@ def encoded_size(chunks: list[tuple[int, list[codec.Frame]]]) -> int:
     return sum(len(payload) for _, frames in chunks for _, payload in frames)
 
 
-def encode_all(bits: np.ndarray, base: np.ndarray | None, cfg: codec.CodecConfig) -> list[tuple[int, list[codec.Frame]]]:
-    return list(codec.encode_tensor(bits, base, cfg))
+def encode_all(
+    bits: np.ndarray,
+    base: np.ndarray | None,
+    cfg: codec.CodecConfig,
+    context: np.ndarray | None = None,
+) -> list[tuple[int, list[codec.Frame]]]:
+    return list(codec.encode_tensor(bits, base, cfg, context=context))
 
 
 def record_size(rec: dict[str, Any]) -> int:

@@ -34,3 +34,24 @@ def test_commit_memory_is_bounded_by_the_largest_tensor(tmp_path: Path) -> None:
     assert peak < 2.5 * size, f"commit peaked at {peak / size:.2f}x the largest tensor"
     got = repo.load("m@v1")["w"]
     assert torch.equal(got.view(torch.int32), w.view(torch.int32))
+
+
+def test_grandparent_recode_memory_is_bounded(tmp_path: Path) -> None:
+    """The third commit also re-codes the grandparent (decoded parent + grandparent +
+    coded chunks at most): still well under three copies of the largest tensor."""
+    repo = Repository.init(tmp_path / "repo")
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(N, generator=g) * 0.05
+    steps = [w]
+    for _ in range(2):
+        steps.append(steps[-1] + torch.randn(N, generator=g) * 1e-4)
+    for s in steps:
+        repo.commit({"w": s}, "m")
+    w3 = steps[-1] + torch.randn(N, generator=g) * 1e-4
+    size = w.numel() * 4
+    peak = _peak_during(lambda: repo.commit({"w": w3}, "m"))
+    assert peak < 2.5 * size, f"commit peaked at {peak / size:.2f}x the largest tensor"
+    recs = repo.manifest(repo.resolve("m@v2")).tensors
+    assert recs[0]["data"].get("context") == {"version": repo.resolve("m@v4"), "index": 0}
+    for i, s in enumerate([*steps, w3], start=1):
+        assert torch.equal(repo.load(f"m@v{i}")["w"].view(torch.int32), s.view(torch.int32))

@@ -137,18 +137,40 @@ def _fused(width: int, base: np.ndarray | None, cfg: CodecConfig, nplanes: int) 
     return "sub" if cfg.op == "sub" and cfg.lane == 4 else None
 
 
-def encode_chunk(target: np.ndarray, base: np.ndarray | None, cfg: CodecConfig) -> list[Frame]:
-    """Code one chunk into one frame per plane."""
+def _context(base: np.ndarray, context: np.ndarray) -> np.ndarray:
+    """Per-element context of a delta: the size of the neighbouring delta base - context."""
+    from modelhub_torch.kernels import rans_ctx
+
+    ctx = np.empty(base.shape[0], np.uint8)
+    rans_ctx.context_buckets(base, context, ctx)
+    return ctx
+
+
+def _code_planes(planes: np.ndarray, level: int, ctx: np.ndarray | None) -> list[Frame]:
+    """Entropy-code each plane; with a context, planes below the top may use it."""
+    if ctx is None:
+        return [entropy.encode_plane(memoryview(planes[p]), level) for p in range(planes.shape[0])]
+    return [entropy.encode_plane(memoryview(planes[0]), level)] + [
+        entropy.encode_plane_ctx(memoryview(planes[p]), ctx, level) for p in range(1, planes.shape[0])
+    ]
+
+
+def encode_chunk(
+    target: np.ndarray, base: np.ndarray | None, cfg: CodecConfig, context: np.ndarray | None = None
+) -> list[Frame]:
+    """Code one chunk into one frame per plane. ``context`` (a delta only): the tensor
+    whose difference from ``base`` conditions the coding of this delta's planes."""
     k = _kernels()
     width = target.itemsize
     planes = np.empty((width, target.shape[0]), np.uint8)
+    ctx = _context(base, context) if (context is not None and base is not None) else None
     fused = _fused(width, base, cfg, width)
     if fused is not None:
         if fused == "exp-first":
             k.split4_exp_first(target, cfg.exp_bits, planes[0], planes[1], planes[2], planes[3])
         else:
             k.split4_sub(target, base, planes[0], planes[1], planes[2], planes[3])
-        return [entropy.encode_plane(memoryview(planes[p]), cfg.level) for p in range(width)]
+        return _code_planes(planes, cfg.level, ctx)
     op = OPS[cfg.op] if base is not None else k.OP_NONE
     if cfg.exp_bits and base is None:
         swapped = np.empty_like(target)
@@ -156,7 +178,7 @@ def encode_chunk(target: np.ndarray, base: np.ndarray | None, cfg: CodecConfig) 
         target = swapped
     empty = target[:0]
     k.encode_planes(target, empty if base is None else base, op, cfg.lane, cfg.group_from, planes)
-    return [entropy.encode_plane(memoryview(planes[p]), cfg.level) for p in range(width)]
+    return _code_planes(planes, cfg.level, ctx)
 
 
 def decode_chunk(
@@ -166,13 +188,19 @@ def decode_chunk(
     base: np.ndarray | None,
     cfg: CodecConfig,
     where: str,
+    context: np.ndarray | None = None,
 ) -> None:
     """Rebuild ``out`` (``n`` elements) from the frames of its leading planes."""
     k = _kernels()
+    ctx = None
+    if any(codec == entropy.RANS_CTX for codec, _ in frames):
+        if context is None or base is None:
+            raise FormatError(f"{where}: context-coded frames need the base and context tensors")
+        ctx = _context(base, context)
     fused = _fused(out.itemsize, base, cfg, len(frames))
     if fused is not None:
         v = [
-            np.frombuffer(entropy.decode_plane(codec, payload, n, f"{where} plane {p}"), np.uint8)
+            np.frombuffer(entropy.decode_plane(codec, payload, n, f"{where} plane {p}", ctx), np.uint8)
             for p, (codec, payload) in enumerate(frames)
         ]
         if fused == "exp-first":
@@ -182,7 +210,7 @@ def decode_chunk(
         return
     planes = np.empty((len(frames), n), np.uint8)
     for p, (codec, payload) in enumerate(frames):
-        data = entropy.decode_plane(codec, payload, n, f"{where} plane {p}")
+        data = entropy.decode_plane(codec, payload, n, f"{where} plane {p}", ctx)
         planes[p] = np.frombuffer(data, np.uint8)
     op = OPS[cfg.op] if base is not None else k.OP_NONE
     empty = out[:0]
@@ -192,7 +220,11 @@ def decode_chunk(
 
 
 def encode_tensor(
-    bits: np.ndarray, base: np.ndarray | None, cfg: CodecConfig, pool: Executor | None = None
+    bits: np.ndarray,
+    base: np.ndarray | None,
+    cfg: CodecConfig,
+    pool: Executor | None = None,
+    context: np.ndarray | None = None,
 ) -> Iterator[tuple[int, list[Frame]]]:
     """Yield ``(n_elems, frames)`` per chunk, in order, coding chunks in parallel."""
     pool = pool or shared_pool()
@@ -200,7 +232,12 @@ def encode_tensor(
 
     def work(b: tuple[int, int]) -> tuple[int, list[Frame]]:
         s, e = b
-        return e - s, encode_chunk(bits[s:e], None if base is None else base[s:e], cfg)
+        return e - s, encode_chunk(
+            bits[s:e],
+            None if base is None else base[s:e],
+            cfg,
+            None if context is None else context[s:e],
+        )
 
     if len(bounds) == 1:
         yield work(bounds[0])
@@ -215,6 +252,7 @@ def decode_tensor(
     cfg: CodecConfig,
     where: str,
     pool: Executor | None = None,
+    context: np.ndarray | None = None,
 ) -> np.ndarray:
     """Decode all chunks into ``out`` (a flat uint array), in parallel; returns ``out``."""
     starts = np.cumsum([0] + [n for n, _ in chunks])
@@ -224,7 +262,15 @@ def decode_tensor(
     def work(i: int) -> None:
         s, e = int(starts[i]), int(starts[i + 1])
         n, frames = chunks[i]
-        decode_chunk(frames, n, out[s:e], None if base is None else base[s:e], cfg, where)
+        decode_chunk(
+            frames,
+            n,
+            out[s:e],
+            None if base is None else base[s:e],
+            cfg,
+            where,
+            None if context is None else context[s:e],
+        )
 
     if len(chunks) == 1:
         work(0)

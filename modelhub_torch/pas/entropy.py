@@ -11,17 +11,19 @@ is then chosen, frame by frame, from the measured order-0 entropy.
 
 from __future__ import annotations
 
+import struct
 import threading
 
 import numpy as np
 import zstandard
 
 from modelhub_torch.errors import CorruptObjectError
-from modelhub_torch.kernels import rans
+from modelhub_torch.kernels import rans, rans_ctx
 
 RAW = "raw"
 ZSTD = "zstd"
 RANS = "rans0"
+RANS_CTX = "rans_ctx"
 
 # Try rANS when the plane's order-0 entropy promises this much over zstd's output.
 RANS_GAIN = 0.03
@@ -81,6 +83,41 @@ def encode_plane(plane: memoryview | bytes, level: int) -> tuple[str, bytes]:
     return RAW, bytes(plane)
 
 
+def encode_plane_ctx(plane: memoryview | bytes, ctx: np.ndarray, level: int) -> tuple[str, bytes]:
+    """Like :func:`encode_plane`, also trying per-context rANS; keeps the smaller.
+
+    ``rans_ctx`` frame: uint32 length of the zstd-compressed tables, the tables
+    (16 x 256 uint16 frequencies), then the rANS stream (kernels/rans_ctx.py).
+    """
+    best = encode_plane(plane, level)
+    arr = np.frombuffer(plane, np.uint8)
+    if arr.size == 0:
+        return best
+    freqs = rans_ctx.normalize_freqs2d(rans_ctx.histogram2d(arr, ctx))
+    tables = _compressor(3).compress(freqs.astype("<u2").tobytes())
+    out = np.empty(2 * arr.size + 64, np.uint8)
+    used = rans_ctx.rans_ctx_encode(arr, ctx, freqs, out)
+    if 4 + len(tables) + used < len(best[1]):
+        return RANS_CTX, struct.pack("<I", len(tables)) + tables + out[:used].tobytes()
+    return best
+
+
+def _decode_rans_ctx(payload: bytes | memoryview, size: int, ctx: np.ndarray | None, where: str) -> memoryview:
+    if ctx is None or len(ctx) != size:
+        raise CorruptObjectError(f"{where}: a context-coded frame needs its context tensor")
+    try:
+        (tlen,) = struct.unpack_from("<I", payload, 0)
+        tables = _decompressor().decompress(bytes(payload[4 : 4 + tlen]), max_output_size=rans_ctx.K * 512)
+        freqs = np.frombuffer(tables, "<u2").astype(np.int64).reshape(rans_ctx.K, 256)
+    except (struct.error, zstandard.ZstdError, ValueError) as exc:
+        raise CorruptObjectError(f"{where}: context rANS tables do not decode ({exc})") from exc
+    stream = np.frombuffer(payload, np.uint8)[4 + tlen :]
+    out = np.empty(size, np.uint8)
+    if rans_ctx.rans_ctx_decode(stream, ctx, freqs, out) != stream.shape[0]:
+        raise CorruptObjectError(f"{where}: context rANS frame does not decode")
+    return out.data
+
+
 SAMPLE_BYTES = 1 << 16
 
 
@@ -109,9 +146,14 @@ def _rans_encode(arr: np.ndarray, counts: np.ndarray) -> bytes:
     return out[:used].tobytes()
 
 
-def decode_plane(codec: str, payload: bytes | memoryview, size: int, where: str) -> bytes | memoryview:
-    """Inverse of :func:`encode_plane`; ``where`` names the data in error messages."""
-    if codec == RAW:
+def decode_plane(
+    codec: str, payload: bytes | memoryview, size: int, where: str, ctx: np.ndarray | None = None
+) -> bytes | memoryview:
+    """Inverse of :func:`encode_plane` / :func:`encode_plane_ctx`; ``where`` names the
+    data in error messages; ``ctx`` is the per-element context of ``rans_ctx`` frames."""
+    if codec == RANS_CTX:
+        data = _decode_rans_ctx(payload, size, ctx, where)
+    elif codec == RAW:
         data = payload
     elif codec == RANS:
         out = np.empty(size, np.uint8)

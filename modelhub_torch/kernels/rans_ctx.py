@@ -1,0 +1,242 @@
+"""Context-conditioned rANS: one frequency table per context, chosen per symbol.
+
+Used for delta planes whose context is the magnitude of the *neighbouring* delta of
+the same element (Adam's per-weight step size drifts slowly, so the size of one
+snapshot-to-snapshot change predicts the next): on MiniLM delta planes this codes at
+1.152 B/elem against 1.303 for zstd. Same coder as kernels/rans.py (12-bit
+probabilities, 31-bit states, 16-bit renormalisation, four interleaved states); only
+the tables are indexed by ``ctx[i]``. ``context_buckets`` maps a neighbouring delta to
+its context: ``clip(bit_length(zigzag(a - b)) - 4, 0, 15)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from modelhub_torch.kernels.rans import RANS_L, SCALE_BITS, normalize_freqs
+
+K = 16
+M = 1 << SCALE_BITS
+STATES = 4
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _bit_length(x):
+    n = 0
+    if x >= np.uint64(1) << np.uint64(32):
+        n += 32
+        x >>= np.uint64(32)
+    if x >= np.uint64(1) << np.uint64(16):
+        n += 16
+        x >>= np.uint64(16)
+    if x >= np.uint64(1) << np.uint64(8):
+        n += 8
+        x >>= np.uint64(8)
+    if x >= np.uint64(1) << np.uint64(4):
+        n += 4
+        x >>= np.uint64(4)
+    if x >= np.uint64(1) << np.uint64(2):
+        n += 2
+        x >>= np.uint64(2)
+    if x >= np.uint64(2):
+        n += 1
+        x >>= np.uint64(1)
+    if x >= np.uint64(1):
+        n += 1
+    return n
+
+
+@njit(nogil=True, cache=True)
+def context_buckets(a, b, out):
+    """``out[i] = clip(bit_length(zigzag(a[i] - b[i])) - 4, 0, K - 1)`` (unsigned, wrapping)."""
+    nbits = 8 * a.itemsize
+    mask = np.uint64(0xFFFFFFFFFFFFFFFF) >> np.uint64(64 - nbits)
+    top = np.uint64(nbits - 1)
+    for i in range(a.shape[0]):
+        d = (np.uint64(a[i]) - np.uint64(b[i])) & mask
+        z = ((d << np.uint64(1)) ^ (np.uint64(0) - (d >> top))) & mask
+        c = _bit_length(z) - 4
+        out[i] = 0 if c < 0 else (K - 1 if c > K - 1 else c)
+
+
+@njit(nogil=True, cache=True)
+def histogram2d(data, ctx):
+    counts = np.zeros((K, 256), np.int64)
+    for i in range(data.shape[0]):
+        counts[ctx[i], data[i]] += 1
+    return counts
+
+
+@njit(nogil=True, cache=True)
+def normalize_freqs2d(counts):
+    freqs = np.zeros((K, 256), np.int64)
+    for k in range(K):
+        freqs[k] = normalize_freqs(counts[k])
+    return freqs
+
+
+@njit(nogil=True, cache=True)
+def rans_ctx_encode(data, ctx, freqs, out):
+    """Encode ``data`` under per-context ``freqs`` (K x 256, rows summing to M or 0)
+    into ``out`` (states then words); returns bytes used. ``out`` needs 2*n + 32."""
+    n = data.shape[0]
+    x_max = np.zeros((K, 256), np.uint64)
+    rcp = np.zeros((K, 256), np.uint64)
+    rshift = np.zeros((K, 256), np.uint64)
+    bias = np.zeros((K, 256), np.uint64)
+    cmpl = np.zeros((K, 256), np.uint64)
+    for k in range(K):
+        start = 0
+        for s in range(256):
+            f = freqs[k, s]
+            if f > 0:
+                x_max[k, s] = np.uint64(((RANS_L >> SCALE_BITS) << 16) * f)
+                cmpl[k, s] = np.uint64(M - f)
+                if f < 2:
+                    rcp[k, s] = np.uint64(0xFFFFFFFF)
+                    rshift[k, s] = np.uint64(0)
+                    bias[k, s] = np.uint64(start + M - 1)
+                else:
+                    shift = 0
+                    while f > (1 << shift):
+                        shift += 1
+                    rcp[k, s] = np.uint64(((1 << (shift + 31)) + f - 1) // f)
+                    rshift[k, s] = np.uint64(shift - 1)
+                    bias[k, s] = np.uint64(start)
+            start += f
+    words = np.empty(n + 16, np.uint16)
+    pos = 0
+    x = np.full(STATES, RANS_L, np.uint64)
+    for i in range(n - 1, -1, -1):
+        s = data[i]
+        k = ctx[i]
+        j = i & 3
+        xs = x[j]
+        if xs >= x_max[k, s]:
+            words[pos] = np.uint16(xs & np.uint64(0xFFFF))
+            pos += 1
+            xs >>= np.uint64(16)
+        q = ((xs * rcp[k, s]) >> np.uint64(32)) >> rshift[k, s]
+        x[j] = xs + bias[k, s] + q * cmpl[k, s]
+    o = 0
+    for j in range(STATES):
+        for b in range(3, -1, -1):
+            out[o] = np.uint8((x[j] >> np.uint64(8 * b)) & np.uint64(0xFF))
+            o += 1
+    for w in range(pos - 1, -1, -1):
+        out[o] = np.uint8(words[w] & 0xFF)
+        out[o + 1] = np.uint8(words[w] >> 8)
+        o += 2
+    return o
+
+
+@njit(nogil=True, cache=True)
+def rans_ctx_decode(stream, ctx, freqs, out):
+    """Decode ``len(out)`` symbols; returns bytes read, or -1 if ``stream`` or the
+    tables are malformed (a row not summing to M where a context is used)."""
+    n = out.shape[0]
+    if stream.shape[0] < 4 * STATES:
+        return -1
+    sym = np.zeros((K, M), np.uint8)
+    freq_of = np.zeros((K, M), np.uint32)
+    bias_of = np.zeros((K, M), np.uint32)
+    valid = np.zeros(K, np.bool_)
+    for k in range(K):
+        total = 0
+        for s in range(256):
+            total += freqs[k, s]
+        if total != M:
+            continue
+        valid[k] = True
+        start = 0
+        for s in range(256):
+            f = freqs[k, s]
+            for q in range(start, start + f):
+                sym[k, q] = s
+                freq_of[k, q] = f
+                bias_of[k, q] = q - start
+            start += f
+    o = 0
+    x = np.zeros(STATES, np.uint32)
+    for j in range(STATES):
+        v = np.uint32(0)
+        for _ in range(4):
+            v = (v << np.uint32(8)) | np.uint32(stream[o])
+            o += 1
+        x[j] = v
+    end = stream.shape[0]
+    mask = np.uint32(M - 1)
+    for i in range(n):
+        k = ctx[i]
+        if not valid[k]:
+            return -1
+        j = i & 3
+        xs = x[j]
+        slot = xs & mask
+        out[i] = sym[k, slot]
+        xs = freq_of[k, slot] * (xs >> np.uint32(SCALE_BITS)) + bias_of[k, slot]
+        if xs < np.uint32(RANS_L):
+            if o + 2 > end:
+                return -1
+            xs = (xs << np.uint32(16)) | np.uint32(stream[o]) | (np.uint32(stream[o + 1]) << np.uint32(8))
+            o += 2
+        x[j] = xs
+    return o
+
+
+# ------------------------------------------------------------------ python twins
+
+
+def context_buckets_numpy(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    nbits = 8 * a.itemsize
+    mask = (1 << nbits) - 1
+    for i, (x, y) in enumerate(zip(a.tolist(), b.tolist(), strict=True)):
+        d = (x - y) & mask
+        z = ((d << 1) ^ (mask if d >> (nbits - 1) else 0)) & mask
+        out[i] = min(max(z.bit_length() - 4, 0), K - 1)
+
+
+def rans_ctx_encode_numpy(data: np.ndarray, ctx: np.ndarray, freqs: np.ndarray) -> bytes:
+    """Exact-division twin of :func:`rans_ctx_encode`."""
+    f = [[int(v) for v in row] for row in freqs]
+    cum = [[0] * 257 for _ in range(K)]
+    for k in range(K):
+        for s in range(256):
+            cum[k][s + 1] = cum[k][s] + f[k][s]
+    words: list[int] = []
+    x = [RANS_L] * STATES
+    d, c = data.tolist(), ctx.tolist()
+    for i in range(len(d) - 1, -1, -1):
+        s, k, j = d[i], c[i], i & 3
+        fs = f[k][s]
+        if x[j] >= ((RANS_L >> SCALE_BITS) << 16) * fs:
+            words.append(x[j] & 0xFFFF)
+            x[j] >>= 16
+        x[j] = ((x[j] // fs) << SCALE_BITS) + (x[j] % fs) + cum[k][s]
+    return b"".join(v.to_bytes(4, "big") for v in x) + b"".join(
+        w.to_bytes(2, "little") for w in reversed(words)
+    )
+
+
+def rans_ctx_decode_numpy(stream: bytes, ctx: np.ndarray, freqs: np.ndarray, n: int) -> np.ndarray:
+    """Twin of :func:`rans_ctx_decode`."""
+    f = [[int(v) for v in row] for row in freqs]
+    cum = [[0] * 257 for _ in range(K)]
+    for k in range(K):
+        for s in range(256):
+            cum[k][s + 1] = cum[k][s] + f[k][s]
+    x = [int.from_bytes(stream[4 * j : 4 * j + 4], "big") for j in range(STATES)]
+    o = 4 * STATES
+    out = np.empty(n, np.uint8)
+    c = ctx.tolist()
+    for i in range(n):
+        k, j = c[i], i & 3
+        slot = x[j] & (M - 1)
+        s = next(t for t in range(256) if cum[k][t] <= slot < cum[k][t + 1])
+        out[i] = s
+        x[j] = f[k][s] * (x[j] >> SCALE_BITS) + slot - cum[k][s]
+        if x[j] < RANS_L:
+            x[j] = (x[j] << 16) | int.from_bytes(stream[o : o + 2], "little")
+            o += 2
+    return out
