@@ -1,0 +1,115 @@
+"""Neighbour-delta context coding: kernels vs twins, frames, and repository histories."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from modelhub_torch import Repository
+from modelhub_torch.errors import CorruptObjectError, ModelHubError
+from modelhub_torch.kernels import rans_ctx
+from modelhub_torch.pas import entropy
+from modelhub_torch.pas.codec import CodecConfig, decode_tensor, encode_tensor
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(-(2**20), 2**20)), max_size=300))
+def test_context_buckets_match_twin(pairs: list[tuple[int, int]]) -> None:
+    a = np.array([x for x, _ in pairs] + [0, 2**31, 2**32 - 1], dtype=np.uint32)
+    b = np.array([(x + d) % 2**32 for x, d in pairs] + [1, 0, 0], dtype=np.uint32)
+    got, want = np.empty(a.size, np.uint8), np.empty(a.size, np.uint8)
+    rans_ctx.context_buckets(a, b, got)
+    rans_ctx.context_buckets_numpy(a, b, want)
+    assert (got == want).all()
+    assert got.max(initial=0) < rans_ctx.K
+
+
+def test_buckets_follow_the_size_of_the_neighbouring_delta() -> None:
+    a = np.array([100, 100, 100, 100], dtype=np.uint32)
+    b = np.array([100, 99, (100 - 2**10) % 2**32, 100 + 2**25], dtype=np.uint32)
+    got = np.empty(4, np.uint8)
+    rans_ctx.context_buckets(a, b, got)
+    # zigzag(0)=0 -> 0; zigzag(1)=2 (2 bits) -> 0; zigzag(2^10)=2^11 (12 bits) -> 8; 27 bits -> 15
+    assert got.tolist() == [0, 0, 8, 15]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 3000), st.integers(0, 2**32 - 1))
+def test_rans_ctx_matches_twin_and_roundtrips(n: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    ctx = rng.integers(0, rans_ctx.K, n).astype(np.uint8)
+    data = (rng.integers(0, 6, n) * (ctx.astype(np.int64) + 1) % 256).astype(np.uint8)
+    freqs = rans_ctx.normalize_freqs2d(rans_ctx.histogram2d(data, ctx))
+    out = np.empty(2 * n + 32, np.uint8)
+    used = rans_ctx.rans_ctx_encode(data, ctx, freqs, out)
+    assert out[:used].tobytes() == rans_ctx.rans_ctx_encode_numpy(data, ctx, freqs)
+    dec = np.empty(n, np.uint8)
+    assert rans_ctx.rans_ctx_decode(out[:used], ctx, freqs, dec) == used
+    assert (dec == data).all()
+    if n <= 400:
+        assert (rans_ctx.rans_ctx_decode_numpy(out[:used].tobytes(), ctx, freqs, n) == data).all()
+
+
+def _trajectory(n: int = 200_000, versions: int = 4) -> list[np.ndarray]:
+    """Adam-like: each weight has its own step size, stable over time."""
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal(n) * 0.05).astype(np.float32)
+    step = np.exp(rng.uniform(np.log(1e-6), np.log(1e-3), n)).astype(np.float32)
+    out = [w]
+    for _ in range(versions - 1):
+        out.append((out[-1] + step * rng.choice([-1.0, 1.0], n).astype(np.float32)).astype(np.float32))
+    return [x.view(np.uint32) for x in out]
+
+
+def test_context_frames_are_chosen_and_decode() -> None:
+    g, p, n = _trajectory(versions=3)
+    cfg = CodecConfig(op="sub", lane=4, group_from=8, chunk_elems=50_000).for_width(4)
+    plain = list(encode_tensor(g, p, cfg))
+    with_ctx = list(encode_tensor(g, p, cfg, context=n))
+    codecs = {c for _, frames in with_ctx for c, _ in frames}
+    assert entropy.RANS_CTX in codecs
+    size = lambda chunks: sum(len(x) for _, fr in chunks for _, x in fr)  # noqa: E731
+    assert size(with_ctx) < 0.95 * size(plain)
+    out = np.empty_like(g)
+    decode_tensor(with_ctx, out, p, cfg, "test", context=n)
+    assert (out == g).all()
+    with pytest.raises(ModelHubError, match="context"):
+        decode_tensor(with_ctx, np.empty_like(g), p, cfg, "test")  # context missing
+
+
+def test_corrupt_context_frame_is_detected() -> None:
+    rng = np.random.default_rng(5)
+    ctx = rng.integers(0, rans_ctx.K, 20_000).astype(np.uint8)
+    # a plane whose bytes depend on the context: order-0 coders cannot see it
+    plane = (ctx.astype(np.int64) * 13 + rng.integers(0, 2, ctx.size)).astype(np.uint8)
+    codec_id, payload = entropy.encode_plane_ctx(memoryview(plane), ctx, 1)
+    assert codec_id == entropy.RANS_CTX
+    assert bytes(entropy.decode_plane(codec_id, payload, plane.size, "t", ctx)) == plane.tobytes()
+    bad = bytearray(payload)
+    bad[6] ^= 0xFF  # inside the compressed tables
+    with pytest.raises(CorruptObjectError):
+        entropy.decode_plane(codec_id, bytes(bad), plane.size, "t", ctx)
+    with pytest.raises(CorruptObjectError):
+        entropy.decode_plane(codec_id, payload[:-10], plane.size, "t", ctx)
+
+
+def test_repository_recodes_grandparents_with_context(tmp_path) -> None:
+    traj = _trajectory(n=300_000, versions=6)
+    tensors = [torch.from_numpy(x.view(np.float32).copy()) for x in traj]
+    repo = Repository.init(tmp_path / "repo")
+    for t in tensors:
+        repo.commit({"w": t, "b": torch.ones(3)}, "m")
+    ids = {v.number: v.id for v in repo.versions("m")}
+    for number in (1, 2, 3, 4):  # every version but the two newest got its context
+        data = repo.manifest(ids[number]).tensors[0]["data"]
+        assert data["base"] == {"version": ids[number + 1], "index": 0}
+        assert data["context"] == {"version": ids[number + 2], "index": 0}
+    assert "context" not in repo.manifest(ids[5]).tensors[0]["data"]
+    for number, t in enumerate(tensors, start=1):
+        got = repo.load(f"m@v{number}")["w"]
+        assert torch.equal(got.view(torch.int32), t.view(torch.int32))
+    assert repo.verify() == []
+    assert repo.gc()["objects_removed"] == 0
