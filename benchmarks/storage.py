@@ -211,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             ("delta sub lane 1 (plane-separable)", {"delta": CodecConfig(op="sub", lane=1, group_from=8).to_json()}),
             ("delta sub, zstd level 3", {"delta": CodecConfig(op="sub", lane=4, group_from=8, level=3).to_json()}),
             ("whole: IEEE layout", {"layout": "ieee"}),
+            ("no context coding", {"context_coding": False}),
         ]
         for vname, settings in variants:
             cells = [vname]

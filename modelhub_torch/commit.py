@@ -78,7 +78,7 @@ class CommitJob:
         # the grandparent's plain reverse deltas (against the parent) are re-coded with
         # the parent -> new version delta as context, now that it exists
         self.grand = None
-        if self.rewrite and p.parent:
+        if self.rewrite and p.parent and s.get("context_coding", True):
             grand = repo.manifest(p.parent)
             if grand.model == model:
                 self.grand = grand

@@ -53,6 +53,9 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "materialize": CodecConfig(op="none", group_from=8).to_json(),
     "delta": CodecConfig(op="sub", lane=4, group_from=8).to_json(),
     "layout": "exp-first",  # of whole float tensors: "exp-first" or "ieee" (FORMAT.md)
+    # re-code the grandparent's deltas with neighbour-delta context at each commit:
+    # ~5% smaller on fine-tune trajectories, at the cost of about half the commit speed
+    "context_coding": True,
 }
 LAYOUTS = ("exp-first", "ieee")
 

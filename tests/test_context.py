@@ -113,3 +113,16 @@ def test_repository_recodes_grandparents_with_context(tmp_path) -> None:
         assert torch.equal(got.view(torch.int32), t.view(torch.int32))
     assert repo.verify() == []
     assert repo.gc()["objects_removed"] == 0
+
+
+def test_context_coding_can_be_switched_off(tmp_path) -> None:
+    traj = _trajectory(n=50_000, versions=4)
+    repo = Repository.init(tmp_path / "repo", context_coding=False)
+    for x in traj:
+        repo.commit({"w": torch.from_numpy(x.view(np.float32).copy())}, "m")
+    for v in repo.versions("m"):
+        assert "context" not in repo.manifest(v.id).tensors[0]["data"]
+        assert torch.equal(
+            repo.load(v.ref)["w"].view(torch.int32),
+            torch.from_numpy(traj[v.number - 1].view(np.int32)),
+        )
