@@ -72,21 +72,12 @@ def normalize_freqs(counts):
 
 
 @njit(nogil=True, cache=True)
-def rans_encode(data, freqs, out):
-    """Encode ``data`` (uint8) with ``freqs`` into ``out``; returns bytes used.
-    ``out`` must hold ``HEADER_BYTES + 2 * len(data) + 64`` bytes."""
-    n = data.shape[0]
-    # per-symbol encoder tables (reciprocal division, ryg's RansEncSymbolInit)
-    x_max = np.zeros(256, np.uint64)
-    rcp = np.zeros(256, np.uint64)
-    rshift = np.zeros(256, np.uint64)
-    bias = np.zeros(256, np.uint64)
-    cmpl = np.zeros(256, np.uint64)
+def encoder_tables(freqs, x_max, rcp, rshift, bias, cmpl):
+    """Fill one table's per-symbol encoder constants (ryg's RansEncSymbolInit): the
+    renormalisation bound and the reciprocal that replaces division by the frequency."""
     start = 0
     for s in range(256):
         f = freqs[s]
-        out[2 * s] = f & 0xFF
-        out[2 * s + 1] = (f >> 8) & 0xFF
         if f > 0:
             x_max[s] = np.uint64(((RANS_L >> SCALE_BITS) << 16) * f)
             cmpl[s] = np.uint64(M - f)
@@ -102,6 +93,36 @@ def rans_encode(data, freqs, out):
                 rshift[s] = np.uint64(shift - 1)
                 bias[s] = np.uint64(start)
         start += f
+
+
+@njit(nogil=True, cache=True)
+def decoder_tables(freqs, sym, freq_of, bias_of):
+    """Fill one table's slot -> (symbol, frequency, offset) lookups."""
+    start = 0
+    for s in range(256):
+        f = freqs[s]
+        for k in range(start, start + f):
+            sym[k] = s
+            freq_of[k] = f
+            bias_of[k] = k - start
+        start += f
+
+
+@njit(nogil=True, cache=True)
+def rans_encode(data, freqs, out):
+    """Encode ``data`` (uint8) with ``freqs`` into ``out``; returns bytes used.
+    ``out`` must hold ``HEADER_BYTES + 2 * len(data) + 64`` bytes."""
+    n = data.shape[0]
+    # per-symbol encoder tables (reciprocal division, ryg's RansEncSymbolInit)
+    x_max = np.zeros(256, np.uint64)
+    rcp = np.zeros(256, np.uint64)
+    rshift = np.zeros(256, np.uint64)
+    bias = np.zeros(256, np.uint64)
+    cmpl = np.zeros(256, np.uint64)
+    encoder_tables(freqs, x_max, rcp, rshift, bias, cmpl)
+    for s in range(256):
+        out[2 * s] = freqs[s] & 0xFF
+        out[2 * s + 1] = (freqs[s] >> 8) & 0xFF
     words = np.empty(n + 16, np.uint16)
     pos = 0
     x = np.full(STATES, RANS_L, np.uint64)
@@ -145,14 +166,7 @@ def rans_decode(frame, out):
     sym = np.empty(M, np.uint8)
     freq_of = np.empty(M, np.uint32)
     bias_of = np.empty(M, np.uint32)
-    start = 0
-    for s in range(256):
-        f = freqs[s]
-        for k in range(start, start + f):
-            sym[k] = s
-            freq_of[k] = f
-            bias_of[k] = k - start
-        start += f
+    decoder_tables(freqs, sym, freq_of, bias_of)
     o = HEADER_BYTES
     x = np.zeros(STATES, np.uint32)
     for j in range(STATES):

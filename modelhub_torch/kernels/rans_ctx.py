@@ -14,7 +14,13 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from modelhub_torch.kernels.rans import RANS_L, SCALE_BITS, normalize_freqs
+from modelhub_torch.kernels.rans import (
+    RANS_L,
+    SCALE_BITS,
+    decoder_tables,
+    encoder_tables,
+    normalize_freqs,
+)
 
 K = 16
 M = 1 << SCALE_BITS
@@ -87,24 +93,7 @@ def rans_ctx_encode(data, ctx, freqs, out):
     bias = np.zeros((K, 256), np.uint64)
     cmpl = np.zeros((K, 256), np.uint64)
     for k in range(K):
-        start = 0
-        for s in range(256):
-            f = freqs[k, s]
-            if f > 0:
-                x_max[k, s] = np.uint64(((RANS_L >> SCALE_BITS) << 16) * f)
-                cmpl[k, s] = np.uint64(M - f)
-                if f < 2:
-                    rcp[k, s] = np.uint64(0xFFFFFFFF)
-                    rshift[k, s] = np.uint64(0)
-                    bias[k, s] = np.uint64(start + M - 1)
-                else:
-                    shift = 0
-                    while f > (1 << shift):
-                        shift += 1
-                    rcp[k, s] = np.uint64(((1 << (shift + 31)) + f - 1) // f)
-                    rshift[k, s] = np.uint64(shift - 1)
-                    bias[k, s] = np.uint64(start)
-            start += f
+        encoder_tables(freqs[k], x_max[k], rcp[k], rshift[k], bias[k], cmpl[k])
     words = np.empty(n + 16, np.uint16)
     pos = 0
     x = np.full(STATES, RANS_L, np.uint64)
@@ -146,17 +135,9 @@ def rans_ctx_decode(stream, ctx, freqs, out):
         total = 0
         for s in range(256):
             total += freqs[k, s]
-        if total != M:
-            continue
-        valid[k] = True
-        start = 0
-        for s in range(256):
-            f = freqs[k, s]
-            for q in range(start, start + f):
-                sym[k, q] = s
-                freq_of[k, q] = f
-                bias_of[k, q] = q - start
-            start += f
+        if total == M:
+            valid[k] = True
+            decoder_tables(freqs[k], sym[k], freq_of[k], bias_of[k])
     o = 0
     x = np.zeros(STATES, np.uint32)
     for j in range(STATES):
