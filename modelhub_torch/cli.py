@@ -508,13 +508,6 @@ def cmd_list(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
-def _numel(shape: list[int]) -> int:
-    n = 1
-    for s in shape:
-        n *= int(s)
-    return n
-
-
 def cmd_desc(args: argparse.Namespace, out: Output) -> int:
     from modelhub_torch.skeleton import state_dict_paths
 
@@ -541,7 +534,7 @@ def cmd_desc(args: argparse.Namespace, out: Output) -> int:
             "path": rec["path"],
             "dtype": rec["dtype"],
             "shape": list(rec["shape"]),
-            "params": _numel(rec["shape"]),
+            "params": math.prod(rec["shape"]),
             "raw_bytes": int(rec["nbytes"]),
             "stored_bytes": stored,
             "stored": how,

@@ -152,22 +152,6 @@ class TensorReader:
         where = f"{m.ref} tensor {rec['path']!r}"
         return codec.decode_tensor(chunks, out, base, cfg, where, context=context)
 
-    def decode_with_base(self, vid: str, idx: int, base: np.ndarray) -> np.ndarray:
-        """Decode a plain delta record given its already decoded base (commit-side:
-        avoids decoding the base twice); the digest is checked as always."""
-        rec = self.record(vid, idx)
-        data = rec["data"]
-        if data["kind"] != "planes" or data.get("base") is None or data.get("context") is not None:
-            raise FormatError(f"tensor #{idx} of version {vid} is not a plain delta")
-        cfg = codec.CodecConfig.from_json(data["codec"])
-        out = np.empty(base.shape[0], base.dtype)
-        m = self.manifest_of(vid)
-        chunks = self.fetch(m, data["chunks"], None)
-        bits = codec.decode_tensor(chunks, out, base, cfg, f"{m.ref} tensor {rec['path']!r}")
-        if digest_bits(bits) != rec["digest"]:
-            raise CorruptObjectError(f"tensor {rec['path']!r} of {m.ref} fails its checksum")
-        return bits
-
     def fetch(
         self, m: Manifest, chunks: Sequence[dict[str, Any]], planes: int | None
     ) -> list[tuple[int, list[codec.Frame]]]:

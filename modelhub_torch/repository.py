@@ -602,13 +602,6 @@ def _new_version_id(model: str, number: int, created: str) -> str:
     return hash_bytes(f"{model}\0{number}\0{created}\0{uuid.uuid4().hex}".encode())[:32]
 
 
-def _numel(rec: dict[str, Any]) -> int:
-    n = 1
-    for s in rec["shape"]:
-        n *= int(s)
-    return n
-
-
 def _map_location(t: torch.Tensor, map_location: Any) -> torch.Tensor:
     if map_location is None:
         return t

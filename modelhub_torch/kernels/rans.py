@@ -109,6 +109,19 @@ def decoder_tables(freqs, sym, freq_of, bias_of):
 
 
 @njit(nogil=True, cache=True)
+def read_states(buf, o, x):
+    """Read the STATES final encoder states (big-endian uint32) at ``buf[o:]`` into
+    ``x``; returns the offset after them."""
+    for j in range(STATES):
+        v = np.uint32(0)
+        for _ in range(4):
+            v = (v << np.uint32(8)) | np.uint32(buf[o])
+            o += 1
+        x[j] = v
+    return o
+
+
+@njit(nogil=True, cache=True)
 def rans_encode(data, freqs, out):
     """Encode ``data`` (uint8) with ``freqs`` into ``out``; returns bytes used.
     ``out`` must hold ``HEADER_BYTES + 2 * len(data) + 64`` bytes."""
@@ -167,14 +180,8 @@ def rans_decode(frame, out):
     freq_of = np.empty(M, np.uint32)
     bias_of = np.empty(M, np.uint32)
     decoder_tables(freqs, sym, freq_of, bias_of)
-    o = HEADER_BYTES
     x = np.zeros(STATES, np.uint32)
-    for j in range(STATES):
-        v = np.uint32(0)
-        for _ in range(4):
-            v = (v << np.uint32(8)) | np.uint32(frame[o])
-            o += 1
-        x[j] = v
+    o = read_states(frame, HEADER_BYTES, x)
     end = frame.shape[0]
     # four scalar states (registers, not an array): each step is independent of the
     # other three, so their latencies overlap

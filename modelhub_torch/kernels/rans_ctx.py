@@ -20,6 +20,7 @@ from modelhub_torch.kernels.rans import (
     decoder_tables,
     encoder_tables,
     normalize_freqs,
+    read_states,
 )
 
 K = 16
@@ -138,14 +139,8 @@ def rans_ctx_decode(stream, ctx, freqs, out):
         if total == M:
             valid[k] = True
             decoder_tables(freqs[k], sym[k], freq_of[k], bias_of[k])
-    o = 0
     x = np.zeros(STATES, np.uint32)
-    for j in range(STATES):
-        v = np.uint32(0)
-        for _ in range(4):
-            v = (v << np.uint32(8)) | np.uint32(stream[o])
-            o += 1
-        x[j] = v
+    o = read_states(stream, 0, x)
     end = stream.shape[0]
     mask = np.uint32(M - 1)
     for i in range(n):

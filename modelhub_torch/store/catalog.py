@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sqlite3
 import tempfile
@@ -104,7 +105,7 @@ class Catalog:
     # ------------------------------------------------------------------ writes
     def upsert(self, m: Manifest, manifest_oid: str, stored_bytes: int) -> None:
         params = sum(
-            _numel(t["shape"]) for t in m.tensors if t["dtype"] not in ("bool",)
+            math.prod(t["shape"]) for t in m.tensors if t["dtype"] not in ("bool",)
         )
         c = self._conn()
         c.execute("BEGIN IMMEDIATE")
@@ -172,9 +173,6 @@ class Catalog:
         """``(model, number) -> id`` of every indexed version."""
         return {(r[0], r[1]): r[2] for r in self._conn().execute("SELECT model, number, id FROM versions")}
 
-    def ids(self) -> set[str]:
-        return {r[0] for r in self._conn().execute("SELECT id FROM versions")}
-
     def ids_with_prefix(self, prefix: str) -> list[str]:
         return [
             r[0]
@@ -205,28 +203,9 @@ class Catalog:
             )
         }
 
-    def plane_bytes(self, version_id: str) -> list[int]:
-        return [
-            r[0]
-            for r in self._conn().execute(
-                "SELECT bytes FROM plane_bytes WHERE version=? ORDER BY plane", (version_id,)
-            )
-        ]
-
-    def stored_bytes(self, version_id: str) -> int:
-        r = self.row(version_id)
-        return int(r["stored_bytes"]) if r else 0
-
     @staticmethod
     def decode_row(row: sqlite3.Row) -> dict[str, Any]:
         d = dict(row)
         d["metrics"] = json.loads(d["metrics"])
         d["hparams"] = json.loads(d["hparams"])
         return d
-
-
-def _numel(shape: list[int]) -> int:
-    n = 1
-    for s in shape:
-        n *= int(s)
-    return n
