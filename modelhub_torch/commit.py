@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from modelhub_torch.errors import ModelHubError
-from modelhub_torch.manifest import Manifest
+from modelhub_torch.manifest import DROPPED, Manifest
 from modelhub_torch.pas.codec import CodecConfig, shared_pool
 from modelhub_torch.pas.dtypes import dtype_name, tensor_bits
 from modelhub_torch.progress import byte_bar
-from modelhub_torch.reader import digest_bits
+from modelhub_torch.reader import TensorReader, digest_bits
 from modelhub_torch.writer import PackSet, encode_all, encoded_size, record_size
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ class CommitJob:
         self.rewrite = p is not None and p.model == model
         # keyframes sit at multiples of the interval: v1..vK-1 chain to vK (stored whole)
         self.keyframe = self.rewrite and p.number % self.keyframe_interval == 0
-        self.parent_paths = {t["path"]: i for i, t in enumerate(p.tensors)} if p else {}
+        self.parent_paths = {t["path"]: i for i, t in enumerate(p.tensors) if t["data"]["kind"] != DROPPED} if p else {}
         # the grandparent's plain reverse deltas (against the parent) are re-coded with
         # the parent -> new version delta as context, now that it exists
         self.grand = None
@@ -338,9 +338,13 @@ class CommitJob:
         return hv, hi
 
     def _copy_unchanged(self, p: Manifest, recs: list[dict], changed: set[int], out: PackSet) -> None:
-        """Move the parent's untouched frames into its new packs (packs stay owned by one manifest)."""
-        for i, rec in enumerate(recs):
-            if i in changed or rec["data"]["kind"] != "planes":
-                continue
-            chunks = self.reader.fetch(p, rec["data"]["chunks"], None)
-            rec["data"]["chunks"] = out.add(chunks)
+        copy_unchanged(self.reader, p, recs, changed, out)
+
+
+def copy_unchanged(reader: TensorReader, m: Manifest, recs: list[dict], changed: set[int], out: PackSet) -> None:
+    """Move a manifest's untouched frames into its new packs (packs stay owned by one manifest)."""
+    for i, rec in enumerate(recs):
+        if i in changed or rec["data"]["kind"] != "planes":
+            continue
+        chunks = reader.fetch(m, rec["data"]["chunks"], None)
+        rec["data"]["chunks"] = out.add(chunks)

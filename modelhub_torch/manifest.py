@@ -16,6 +16,9 @@ import zstandard
 from modelhub_torch.errors import FormatError
 
 FORMAT_VERSION = 1
+# record kind of a tensor whose data was removed (trainer state pruned): it keeps its
+# index so the records of other versions that point into this manifest stay valid
+DROPPED = "dropped"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
@@ -40,7 +43,16 @@ class Manifest:
 
     @property
     def raw_bytes(self) -> int:
-        return sum(int(t["nbytes"]) for t in self.tensors)
+        return sum(int(t["nbytes"]) for t in self.live_tensors())
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """Free-form facts about the version (epoch, step, module class, versions)."""
+        return self.extra.get("info", {})
+
+    def live_tensors(self) -> list[dict[str, Any]]:
+        """Records that still hold data (not dropped)."""
+        return [t for t in self.tensors if t["data"]["kind"] != DROPPED]
 
     def plane_bytes(self) -> list[int]:
         """Bytes this manifest's own packs hold, per plane."""

@@ -13,7 +13,7 @@ import blake3
 import numpy as np
 
 from modelhub_torch.errors import CorruptObjectError, FormatError, ModelHubError
-from modelhub_torch.manifest import Manifest
+from modelhub_torch.manifest import DROPPED, Manifest
 from modelhub_torch.pas import codec
 from modelhub_torch.pas.dtypes import uint_dtype
 from modelhub_torch.store.objects import ObjectStore
@@ -132,6 +132,11 @@ class TensorReader:
 
     def _decode_planes(self, vid: str, rec: dict[str, Any], planes: int | None) -> np.ndarray:
         data = rec["data"]
+        if data["kind"] == DROPPED:
+            raise FormatError(
+                f"tensor {rec['path']!r} of {self.manifest_of(vid).ref} was pruned (its trainer "
+                "state was removed); only the entries still listed can be loaded"
+            )
         if data["kind"] != "planes":
             raise FormatError(f"unknown tensor record kind {data['kind']!r}")
         cfg = codec.CodecConfig.from_json(data["codec"])

@@ -16,7 +16,7 @@ import math
 import threading
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -31,7 +31,7 @@ from modelhub_torch.errors import (
     RepositoryExistsError,
     RepositoryNotFoundError,
 )
-from modelhub_torch.manifest import Manifest
+from modelhub_torch.manifest import DROPPED, Manifest
 from modelhub_torch.pas.codec import CodecConfig
 from modelhub_torch.pas.dtypes import bits_to_tensor
 from modelhub_torch.progress import byte_bar
@@ -75,6 +75,7 @@ class Version:
     message: str
     raw_bytes: int
     stored_bytes: int
+    info: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ratio(self) -> float:
@@ -270,6 +271,7 @@ class Repository:
             message=d["message"],
             raw_bytes=d["raw_bytes"],
             stored_bytes=d["stored_bytes"],
+            info=d["info"],
         )
 
     def version(self, ref: str) -> Version:
@@ -387,21 +389,36 @@ class Repository:
         metrics: dict[str, Any] | None = None,
         hparams: dict[str, Any] | None = None,
         message: str = "",
+        info: dict[str, Any] | None = None,
         allow_pickle: bool = False,
         progress: bool = False,
+        expect_number: int | None = None,
     ) -> Version:
         """Store ``obj`` (state_dict, checkpoint dict or nn.Module) as a new version
-        (``progress=True`` shows a tqdm bar of tensor bytes on stderr)."""
+        (``progress=True`` shows a tqdm bar of tensor bytes on stderr).
+
+        ``info``: JSON facts kept with the version (the Lightning callback records epoch,
+        step, module class and library versions there). ``expect_number``: the number
+        the caller already announced for this version (e.g. to other DDP ranks); the
+        commit fails instead of taking another number if someone else committed first.
+        """
         check_name("model", model)
         if isinstance(obj, torch.nn.Module):
             obj = obj.state_dict()
         flat = flatten(obj, allow_pickle=allow_pickle)
         metrics = _jsonable(metrics, "metrics")
         hparams = _jsonable(hparams, "hparams")
+        info = _jsonable(info, "info")
         with self._lock:
             self._sync_index()  # deletions below trust the index to know every version
             listed = self.refs.listed_numbers(model)
             number = (listed[-1] if listed else 0) + 1
+            if expect_number is not None and number != expect_number:
+                raise ModelHubError(
+                    f"expected to commit {model}@v{expect_number} but the next version is "
+                    f"{model}@v{number}: another process committed to {model!r} meanwhile; "
+                    "give each run its own model name"
+                )
             if parent is not None:
                 parent_vid: str | None = self.resolve(parent)
             else:
@@ -410,6 +427,8 @@ class Repository:
             vid = _new_version_id(model, number, created)
             job = CommitJob(self, flat, model, number, vid, parent_vid, progress=progress)
             manifest, replaced = job.run(metrics, hparams, message, created)
+            if info:
+                manifest.extra["info"] = info
             return self._publish(manifest, replaced)
 
     def _publish(self, m: Manifest, replaced: list[tuple[Manifest, Manifest]]) -> Version:
@@ -421,6 +440,12 @@ class Repository:
         self.refs.set_manifest(m.id, moid)
         self.refs.set_number(m.model, m.number, m.id)  # the commit point
         self.catalog.upsert(m, moid, self._stored_bytes(m, moid))
+        self._switch(replaced, new_oids, {moid, *m.packs})
+        return self.version(m.id)
+
+    def _switch(self, replaced: list[tuple[Manifest, Manifest]], new_oids: list[str], keep: set[str]) -> None:
+        """Point each version at its new manifest, in order, and delete the objects only
+        its old manifest used (``keep``: objects that must survive regardless)."""
         for (new, old), new_oid in zip(replaced, new_oids):
             old_moid = self.refs.manifest_of(old.id)
             self.refs.set_manifest(new.id, new_oid)
@@ -428,12 +453,32 @@ class Repository:
             # objects are content-addressed: never delete what the new manifests use, nor
             # what any other version's current manifest shares (packs are salted, so that
             # is a second line of defence; gc reclaims whatever is kept needlessly)
-            keep = {new_oid, moid, *new.packs, *m.packs}
+            survive = {new_oid, *new.packs, *keep}
             for oid in [*old.packs, old_moid]:
-                if oid and oid not in keep and not (self.catalog.object_users(oid) - {old.id}):
+                if oid and oid not in survive and not (self.catalog.object_users(oid) - {old.id}):
                     self.objects.delete(oid)
             self.catalog.upsert(new, new_oid, self._stored_bytes(new, new_oid))
-        return self.version(m.id)
+
+    # ------------------------------------------------------------------ prune
+    def prune(self, ref: str | Version, keys: Iterable[str]) -> Version:
+        """Remove top-level entries of a version's checkpoint dict (e.g. its optimizer
+        state), keeping its identity, number, metadata and every other entry bit-exact.
+
+        Other versions whose stored data leans on a removed tensor (a delta base, a
+        context, a shared copy) are re-encoded first, so no chain breaks; a crash at any
+        point leaves every version loadable.
+        """
+        from modelhub_torch.prune import Pruner
+
+        with self._lock:
+            self._sync_index()
+            vid = self.resolve(ref)
+            others = [r["id"] for r in self.catalog.rows() if r["id"] != vid]
+            replaced = Pruner(self, vid, others).run(set(keys))
+            if replaced:
+                new_oids = [self.objects.put(new.to_bytes()) for new, _ in replaced]
+                self._switch(replaced, new_oids, set())
+            return self.version(vid)
 
     # -------------------------------------------------------------------- load
     def load(
@@ -447,7 +492,10 @@ class Repository:
         (``progress=True`` shows a tqdm bar of tensor bytes on stderr)."""
         vid = self.resolve(ref)
         m = self.manifest(vid)
-        tensors = self._decode_all(vid, m, range(len(m.tensors)), map_location, progress)
+        live = [i for i, t in enumerate(m.tensors) if t["data"]["kind"] != DROPPED]
+        tensors: list[Any] = [None] * len(m.tensors)
+        for i, t in zip(live, self._decode_all(vid, m, live, map_location, progress)):
+            tensors[i] = t
         return unflatten(m.skeleton, tensors, weights_only=weights_only)
 
     def load_state_dict(
@@ -557,8 +605,9 @@ class Repository:
         for vid, ref in tqdm(sorted(live.items(), key=newest_first), desc="versions", disable=not progress, unit="ver"):
             try:
                 m = self.manifest(vid)
-                for i in range(len(m.tensors)):
-                    reader.decode(vid, i)
+                for i, rec in enumerate(m.tensors):
+                    if rec["data"]["kind"] != DROPPED:
+                        reader.decode(vid, i)
             except ModelHubError as exc:
                 problems.append(Problem("undecodable-version", ref, str(exc)))
         if rebuild_index:

@@ -18,8 +18,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from modelhub_torch.manifest import Manifest
+from modelhub_torch.manifest import DROPPED, Manifest
 from modelhub_torch.store.location import Location
+
+# bumped whenever SCHEMA changes: an older index is dropped and rebuilt from the refs
+SCHEMA_VERSION = 2
+TABLES = ("versions", "plane_bytes", "tensors", "version_objects")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions (
@@ -35,6 +39,7 @@ CREATE TABLE IF NOT EXISTS versions (
     stored_bytes INTEGER NOT NULL,
     params INTEGER NOT NULL,
     manifest TEXT NOT NULL,
+    info TEXT NOT NULL DEFAULT '{}',
     UNIQUE (model, number)
 );
 CREATE INDEX IF NOT EXISTS versions_model ON versions(model, number);
@@ -70,8 +75,7 @@ class Catalog:
         self.path = path
         self._local = threading.local()
         try:
-            with self._conn() as c:
-                c.executescript(SCHEMA)
+            self._create()
         except sqlite3.DatabaseError as exc:
             if isinstance(exc, sqlite3.OperationalError):  # locked/busy: not corruption
                 raise
@@ -83,8 +87,16 @@ class Catalog:
                     os.replace(path + suffix, path + suffix + ".corrupt")
                 except FileNotFoundError:
                     pass
-            with self._conn() as c:
-                c.executescript(SCHEMA)
+            self._create()
+
+    def _create(self) -> None:
+        c = self._conn()
+        if c.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+            # an index written by another version of the package: it holds nothing the
+            # refs and manifests do not, so start afresh (Repository re-indexes on open)
+            c.executescript("".join(f"DROP TABLE IF EXISTS {t};" for t in TABLES))
+            c.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        c.executescript(SCHEMA)
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -105,18 +117,18 @@ class Catalog:
     # ------------------------------------------------------------------ writes
     def upsert(self, m: Manifest, manifest_oid: str, stored_bytes: int) -> None:
         params = sum(
-            math.prod(t["shape"]) for t in m.tensors if t["dtype"] not in ("bool",)
+            math.prod(t["shape"]) for t in m.live_tensors() if t["dtype"] not in ("bool",)
         )
         c = self._conn()
         c.execute("BEGIN IMMEDIATE")
         try:
             c.execute("DELETE FROM versions WHERE id=? OR (model=? AND number=?)", (m.id, m.model, m.number))
             c.execute(
-                "INSERT INTO versions VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO versions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     m.id, m.model, m.number, m.parent, m.created_at, m.message,
                     json.dumps(m.metrics), json.dumps(m.hparams), m.raw_bytes,
-                    stored_bytes, params, manifest_oid,
+                    stored_bytes, params, manifest_oid, json.dumps(m.info),
                 ),
             )
             c.execute("DELETE FROM plane_bytes WHERE version=?", (m.id,))
@@ -132,7 +144,7 @@ class Catalog:
             c.execute("DELETE FROM tensors WHERE version=?", (m.id,))
             c.executemany(
                 "INSERT INTO tensors VALUES (?,?,?)",
-                [(t["digest"], m.id, i) for i, t in enumerate(m.tensors)],
+                [(t["digest"], m.id, i) for i, t in enumerate(m.tensors) if t["data"]["kind"] != DROPPED],
             )
             c.execute("COMMIT")
         except BaseException:
@@ -141,10 +153,7 @@ class Catalog:
 
     def clear(self) -> None:
         c = self._conn()
-        c.executescript(
-            "DELETE FROM versions; DELETE FROM plane_bytes; DELETE FROM tensors; "
-            "DELETE FROM version_objects;"
-        )
+        c.executescript("".join(f"DELETE FROM {t};" for t in TABLES))
 
     def remove(self, version_ids: Iterable[str]) -> None:
         c = self._conn()
@@ -208,4 +217,5 @@ class Catalog:
         d = dict(row)
         d["metrics"] = json.loads(d["metrics"])
         d["hparams"] = json.loads(d["hparams"])
+        d["info"] = json.loads(d["info"])
         return d

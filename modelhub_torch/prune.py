@@ -1,0 +1,106 @@
+"""Remove entries (trainer state) from a stored version without breaking other versions.
+
+A version's tensors can be the delta base, the context or the shared copy of tensors
+of other versions. Pruning therefore works in two steps, each an atomic manifest
+switch done by the repository: first every dependent record is re-encoded whole (from
+its decoded bits, so it no longer needs the tensor that goes), then the version itself
+gets a manifest whose removed records are ``dropped`` tombstones. The tombstones keep
+the indices of the remaining records, so references into the version stay valid.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING, Any
+
+from modelhub_torch.commit import copy_unchanged
+from modelhub_torch.errors import ModelHubError
+from modelhub_torch.manifest import DROPPED, Manifest
+from modelhub_torch.pas.codec import CodecConfig
+from modelhub_torch.writer import PackSet, encode_all
+
+if TYPE_CHECKING:
+    from modelhub_torch.repository import Repository
+
+
+def _tensor_indices(node: Any, out: set[int]) -> None:
+    """Every tensor index a skeleton node refers to."""
+    if isinstance(node, list):
+        for v in node:
+            _tensor_indices(v, out)
+    elif isinstance(node, dict):
+        if "$t" in node:
+            out.add(int(node["$t"]))
+            return
+        for v in node.values():
+            _tensor_indices(v, out)
+
+
+def _refs_into(data: dict[str, Any], vid: str, indices: set[int]) -> bool:
+    """Whether a record's data points at one of ``indices`` of version ``vid``."""
+    if data["kind"] == "same":
+        return data["version"] == vid and int(data["index"]) in indices
+    for key in ("base", "context"):
+        link = data.get(key)
+        if link is not None and link["version"] == vid and int(link["index"]) in indices:
+            return True
+    return False
+
+
+class Pruner:
+    """Plans the manifests one prune replaces (dependents first, the version last)."""
+
+    def __init__(self, repo: Repository, vid: str, others: list[str]):
+        self.repo = repo
+        self.vid = vid
+        self.others = others
+        self.reader = repo.reader(cache_bytes=0)
+        s = repo.settings
+        self.mat_cfg = CodecConfig.from_json(s["materialize"])
+        self.exp_first = s["layout"] == "exp-first"
+
+    def run(self, keys: set[str]) -> list[tuple[Manifest, Manifest]]:
+        m = self.repo.manifest(self.vid)
+        top = m.skeleton.get("$dict") if isinstance(m.skeleton, dict) else None
+        if top is None:
+            raise ModelHubError(f"{m.ref} is not a checkpoint dict: there are no entries to prune")
+        kept_entries = [(k, v) for k, v in top if k not in keys]
+        if len(kept_entries) == len(top):
+            return []  # nothing to remove (already pruned, or no such entries)
+        dropped_refs: set[int] = set()
+        kept_refs: set[int] = set()
+        for k, v in top:
+            _tensor_indices(v, kept_refs if k not in keys else dropped_refs)
+        removed = {i for i in dropped_refs - kept_refs if m.tensors[i]["data"]["kind"] != DROPPED}
+        replaced = []
+        for other in self.others:
+            om = self.repo.manifest(other)
+            deps = {j for j, rec in enumerate(om.tensors) if _refs_into(rec["data"], self.vid, removed)}
+            if deps:
+                replaced.append((self._rewrite(om, deps, set()), om))
+        # records of the version itself that share a removed tensor's data
+        own = {j for j, rec in enumerate(m.tensors) if j not in removed and _refs_into(rec["data"], self.vid, removed)}
+        new = self._rewrite(m, own, removed)
+        new.skeleton = {**m.skeleton, "$dict": kept_entries}
+        replaced.append((new, m))
+        return replaced
+
+    def _rewrite(self, m: Manifest, whole: set[int], drop: set[int]) -> Manifest:
+        """``m`` with records ``whole`` re-encoded whole and records ``drop`` dropped."""
+        recs = copy.deepcopy(m.tensors)
+        packs = PackSet(self.repo.objects)
+        try:
+            for j in sorted(whole):
+                rec = recs[j]
+                bits = self.reader.decode(m.id, j)  # checks the digest
+                cfg = self.mat_cfg.for_dtype(rec["dtype"], bits.itemsize, exp_first=self.exp_first)
+                rec["data"] = {"kind": "planes", "codec": cfg.to_json(), "base": None,
+                               "chunks": packs.add(encode_all(bits, None, cfg))}
+                del bits
+            for j in drop:
+                recs[j]["data"] = {"kind": DROPPED}
+            copy_unchanged(self.reader, m, recs, whole | drop, packs)
+            return Manifest(**{**m.__dict__, "tensors": recs, "packs": packs.commit()})
+        except BaseException:
+            packs.abort()
+            raise
