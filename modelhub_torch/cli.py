@@ -217,6 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--force", action="store_true", help="overwrite OUT")
     c.add_argument("--allow-pickle", action="store_true", help="load versions holding pickled objects")
 
+    c = cmd("copy", "start a new model from a version's weights (REF becomes its parent)")
+    c.add_argument("ref", metavar="REF")
+    c.add_argument("new_model", metavar="NEWMODEL")
+    c.add_argument("-m", "--message", default="", help="message of the new model's first version")
+
     c = cmd("tag", "point an alias (model@ALIAS) at a version")
     c.add_argument("ref", metavar="REF")
     c.add_argument("alias", metavar="ALIAS")
@@ -739,6 +744,17 @@ def cmd_export(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+def cmd_copy(args: argparse.Namespace, out: Output) -> int:
+    repo = _open(args)
+    v = repo.copy(args.ref, args.new_model, message=args.message)
+    out.emit(
+        {"ref": v.ref, "id": v.id, "parent": v.parent, "raw_bytes": v.raw_bytes, "stored_bytes": v.stored_bytes},
+        f"created {v.ref} from {v.parent}: {human_size(v.raw_bytes)} of weights, "
+        f"{human_size(v.stored_bytes)} stored (unchanged tensors are shared)",
+    )
+    return 0
+
+
 def cmd_tag(args: argparse.Namespace, out: Output) -> int:
     repo = _open(args)
     v = repo.tag(args.ref, args.alias)
@@ -809,6 +825,7 @@ COMMANDS = {
     "desc": cmd_desc,
     "diff": cmd_diff,
     "export": cmd_export,
+    "copy": cmd_copy,
     "tag": cmd_tag,
     "stats": cmd_stats,
     "verify": cmd_verify,

@@ -289,6 +289,11 @@ class Repository:
             return ref.id
         if not isinstance(ref, str) or not ref:
             raise RefNotFoundError(f"a ref must be a non-empty string like 'model@v3', got {ref!r}")
+        if ref.startswith("modelhub://"):  # a checkpoint URL (ModelHubCheckpoint's paths)
+            _, sep, fragment = ref.rpartition("#")
+            if not sep or not fragment:
+                raise RefNotFoundError(f"{ref!r} names no version: end it with '#model@vN'")
+            ref = fragment
         model, sep, which = ref.partition("@")
         if not sep:
             if model in self.refs.models():
@@ -458,6 +463,24 @@ class Repository:
                 if oid and oid not in survive and not (self.catalog.object_users(oid) - {old.id}):
                     self.objects.delete(oid)
             self.catalog.upsert(new, new_oid, self._stored_bytes(new, new_oid))
+
+    # ------------------------------------------------------------------- copy
+    def copy(self, ref: str | Version, new_model: str, message: str = "") -> Version:
+        """Start a new model from a version's weights (the paper's ``dlv copy``): its
+        first version holds ``ref``'s state_dict, records ``ref`` as its parent, and
+        shares the unchanged tensors' bytes with it, so a fine-tune starts from there."""
+        check_name("model", new_model)
+        src = self.version(ref)
+        if new_model in self.refs.models():
+            raise ModelHubError(
+                f"model {new_model!r} already exists; copy starts a new model, pick another name "
+                "(or commit to the existing one)"
+            )
+        weights = self.load_state_dict(src.ref)
+        return self.commit(
+            weights, new_model, parent=src.id, hparams=src.hparams,
+            message=message or f"copy of {src.ref}", info={"copied_from": src.ref},
+        )
 
     # ------------------------------------------------------------------ prune
     def prune(self, ref: str | Version, keys: Iterable[str]) -> Version:

@@ -454,3 +454,25 @@ def test_stats_and_gc(tmp_path, capsys, repo):
     assert code == 0 and out.startswith("removed 1 objects (12 B)")
     assert not stray.exists()
     assert run_json(capsys, repo, "verify")["ok"] is True
+
+
+def test_copy_starts_a_new_model_from_a_version(tmp_path, capsys, repo) -> None:
+    f = tmp_path / "e1.ckpt"
+    torch.manual_seed(3)
+    m = nn.Linear(256, 128)
+    torch.save(lightning_ckpt(m, 1), f)
+    commit(capsys, repo, f, "base")
+    code, out, _ = run(capsys, "--repo", str(repo), "copy", "base@v1", "tuned", "-m", "start of the fine-tune")
+    assert code == 0 and "tuned@v1" in out and "base@v1" in out
+    from modelhub_torch import Repository
+
+    r = Repository(repo)
+    v = r.version("tuned@v1")
+    assert v.parent == "base@v1" and v.message == "start of the fine-tune"
+    assert v.info["copied_from"] == "base@v1"
+    got = r.load("tuned@v1")
+    assert list(got) == ["weight", "bias"]
+    assert bits(got["weight"]) == bits(m.weight.detach()) and bits(got["bias"]) == bits(m.bias.detach())
+    assert v.stored_bytes < v.raw_bytes / 4  # shares the weights' bytes with base@v1
+    code, _, err = run(capsys, "--repo", str(repo), "copy", "base@v1", "tuned")
+    assert code == 2 and "already exists" in err
