@@ -51,3 +51,18 @@ class FormatError(ModelHubError, ValueError):
 
 class LockTimeoutError(ModelHubError, TimeoutError):
     """Another process held the repository lock for too long."""
+
+
+class ModelHubURLError(ModelHubError, ValueError):
+    """A ``modelhub://`` URL without ``#<ref>`` or with a part fsspec would misread."""
+
+
+class ReadOnlyError(ModelHubError, PermissionError):
+    """A write through ``modelhub://``: versions are made by commits, not file writes."""
+
+
+class VersionNotFoundError(RefNotFoundError, FileNotFoundError):
+    """A ``modelhub://`` URL whose ref names no version.
+
+    A ``FileNotFoundError`` too, so fsspec and Lightning treat it as a missing file.
+    """
