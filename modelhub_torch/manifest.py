@@ -50,6 +50,11 @@ class Manifest:
         """Free-form facts about the version (epoch, step, module class, versions)."""
         return self.extra.get("info", {})
 
+    def copy_records(self) -> list[dict[str, Any]]:
+        """Tensor records to edit into a replacement manifest: each record and its
+        ``data`` are copied (edits replace values there), the rest is shared."""
+        return [{**t, "data": dict(t["data"])} for t in self.tensors]
+
     def live_tensors(self) -> list[dict[str, Any]]:
         """Records that still hold data (not dropped)."""
         return [t for t in self.tensors if t["data"]["kind"] != DROPPED]

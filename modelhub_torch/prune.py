@@ -10,7 +10,6 @@ the indices of the remaining records, so references into the version stay valid.
 
 from __future__ import annotations
 
-import copy
 from typing import TYPE_CHECKING, Any
 
 from modelhub_torch.commit import copy_unchanged
@@ -48,7 +47,8 @@ def _refs_into(data: dict[str, Any], vid: str, indices: set[int]) -> bool:
 
 
 class Pruner:
-    """Plans the manifests one prune replaces (dependents first, the version last)."""
+    """Plans the manifests one prune replaces (dependents first, the version last).
+    ``others``: the versions whose manifests point into this one (the catalog's links)."""
 
     def __init__(self, repo: Repository, vid: str, others: list[str]):
         self.repo = repo
@@ -87,7 +87,7 @@ class Pruner:
 
     def _rewrite(self, m: Manifest, whole: set[int], drop: set[int]) -> Manifest:
         """``m`` with records ``whole`` re-encoded whole and records ``drop`` dropped."""
-        recs = copy.deepcopy(m.tensors)
+        recs = m.copy_records()
         packs = PackSet(self.repo.objects)
         try:
             for j in sorted(whole):

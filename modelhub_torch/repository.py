@@ -496,8 +496,7 @@ class Repository:
         with self._lock:
             self._sync_index()
             vid = self.resolve(ref)
-            others = [r["id"] for r in self.catalog.rows() if r["id"] != vid]
-            replaced = Pruner(self, vid, others).run(set(keys))
+            replaced = Pruner(self, vid, sorted(self.catalog.dependents(vid))).run(set(keys))
             if replaced:
                 new_oids = [self.objects.put(new.to_bytes()) for new, _ in replaced]
                 self._switch(replaced, new_oids, set())

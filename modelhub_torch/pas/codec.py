@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
 import numpy as np
@@ -68,7 +68,9 @@ class CodecConfig:
         return CodecConfig(cfg.op, cfg.lane, cfg.group_from, cfg.level, cfg.chunk_elems, exp_bits)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        # a fresh dict each time (callers may keep it in a manifest), without the
+        # recursive walk of dataclasses.asdict: this runs once per stored tensor
+        return {f: getattr(self, f) for f in _FIELDS}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CodecConfig:
@@ -77,6 +79,8 @@ class CodecConfig:
         except TypeError as exc:
             raise FormatError(f"bad codec config {data!r}: {exc}") from exc
 
+
+_FIELDS = tuple(f.name for f in fields(CodecConfig))
 
 Frame = tuple[str, bytes]  # (plane codec, payload)
 

@@ -22,8 +22,8 @@ from modelhub_torch.manifest import DROPPED, Manifest
 from modelhub_torch.store.location import Location
 
 # bumped whenever SCHEMA changes: an older index is dropped and rebuilt from the refs
-SCHEMA_VERSION = 2
-TABLES = ("versions", "plane_bytes", "tensors", "version_objects")
+SCHEMA_VERSION = 3
+TABLES = ("versions", "plane_bytes", "tensors", "version_objects", "links")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions (
@@ -57,7 +57,27 @@ CREATE TABLE IF NOT EXISTS version_objects (
     version TEXT NOT NULL, oid TEXT NOT NULL, PRIMARY KEY (version, oid)
 );
 CREATE INDEX IF NOT EXISTS version_objects_oid ON version_objects(oid);
+CREATE TABLE IF NOT EXISTS links (
+    version TEXT NOT NULL, target TEXT NOT NULL, PRIMARY KEY (version, target)
+);
+CREATE INDEX IF NOT EXISTS links_target ON links(target);
 """
+
+
+def link_targets(m: Manifest) -> set[str]:
+    """Other versions whose stored tensors this manifest's records point into (a shared
+    copy, a delta base, a context): the versions it needs to decode."""
+    out = set()
+    for t in m.tensors:
+        data = t["data"]
+        if data["kind"] == "same":
+            out.add(data["version"])
+        for key in ("base", "context"):
+            link = data.get(key)
+            if link is not None:
+                out.add(link["version"])
+    out.discard(m.id)
+    return out
 
 
 def catalog_path(loc: Location) -> str:
@@ -141,6 +161,8 @@ class Catalog:
                 "INSERT OR IGNORE INTO version_objects VALUES (?,?)",
                 [(m.id, oid) for oid in {*m.packs, manifest_oid} if oid],
             )
+            c.execute("DELETE FROM links WHERE version=?", (m.id,))
+            c.executemany("INSERT INTO links VALUES (?,?)", [(m.id, t) for t in sorted(link_targets(m))])
             c.execute("DELETE FROM tensors WHERE version=?", (m.id,))
             c.executemany(
                 "INSERT INTO tensors VALUES (?,?,?)",
@@ -163,6 +185,7 @@ class Catalog:
                 ("plane_bytes", "version"),
                 ("tensors", "version"),
                 ("version_objects", "version"),
+                ("links", "version"),
             ):
                 c.execute(f"DELETE FROM {table} WHERE {col}=?", (vid,))
 
@@ -202,6 +225,12 @@ class Catalog:
         return {
             r[0]
             for r in self._conn().execute("SELECT version FROM version_objects WHERE oid=?", (oid,))
+        }
+
+    def dependents(self, version_id: str) -> set[str]:
+        """Versions whose current manifest points into ``version_id``'s tensors."""
+        return {
+            r[0] for r in self._conn().execute("SELECT version FROM links WHERE target=?", (version_id,))
         }
 
     def plane_totals(self) -> dict[int, int]:
