@@ -1,13 +1,15 @@
-"""End-to-end demo: train on real data, version every checkpoint compactly, restore.
+"""End-to-end demo: train on real data with the callback, explore, restore, resume.
 
-1. Train a small CNN on scikit-learn's digits with Lightning, keeping every epoch's
-   checkpoint the way users do today (ModelCheckpoint(save_top_k=-1)).
-2. Import those checkpoints into a modelhub repository with the CLI.
-3. Show the repository: lineage, storage saved, one version, a diff of two.
-4. Restore a version bit for bit with ``modelhub_torch.load`` and evaluate it.
+1. Train a small CNN on scikit-learn's digits with Lightning and ModelHubCheckpoint:
+   every epoch becomes a version (ModelCheckpoint(save_top_k=-1) runs alongside, only
+   to compare the bytes users keep today).
+2. Explore the repository with the CLI: lineage, storage, one version, a diff.
+3. Restore the best version bit for bit and evaluate it.
+4. Resume training from it with ``ckpt_path="modelhub://..."`` and start a fine-tune
+   with ``modelhub copy``.
 
-Run it with ``make demo``; the repository is left in ./demo-hub for you to explore
-(``modelhub --repo demo-hub list``).
+Run it with ``make demo``; the repository is left in ./demo-hub/repo for you to explore
+(``.venv/bin/modelhub --repo demo-hub/repo list``).
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ warnings.filterwarnings("ignore")
 import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 from digits import DigitsCNN, accuracy, loaders  # noqa: E402
+from train_digits import train  # noqa: E402
 
 import modelhub_torch  # noqa: E402
+from modelhub_torch.callbacks import ModelHubCheckpoint, make_url  # noqa: E402
 
 WORK = ROOT / "demo-hub"
 CKPTS = WORK / "lightning-checkpoints"
@@ -47,54 +51,50 @@ def modelhub(*args: str) -> None:
     subprocess.run(cmd, check=True)
 
 
+def bits_equal(a: dict, b: dict) -> bool:
+    return list(a) == list(b) and all(
+        a[k].dtype == b[k].dtype and torch.equal(a[k].reshape(-1).view(torch.uint8), b[k].reshape(-1).view(torch.uint8))
+        for k in a
+    )
+
+
 def main() -> int:
     if WORK.exists():
         shutil.rmtree(WORK)
-    step(f"1. train a digits CNN for {EPOCHS} epochs, one Lightning checkpoint per epoch")
-    pl.seed_everything(0, workers=True)
-    train, val = loaders()
-    trainer = pl.Trainer(
-        max_epochs=EPOCHS,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        deterministic=True,
-        num_sanity_val_steps=0,
-        callbacks=[pl.callbacks.ModelCheckpoint(dirpath=CKPTS, save_top_k=-1, filename="{epoch}")],
-    )
-    module = DigitsCNN()
-    trainer.fit(module, train, val)
-    files = sorted(CKPTS.glob("*.ckpt"))
-    mc_bytes = sum(f.stat().st_size for f in files)
-    print(f"ModelCheckpoint wrote {len(files)} files, {mc_bytes / 1024:.0f} KiB;"
-          f" final val_acc {float(trainer.callback_metrics['val_acc']):.3f}")
+    step(f"1. train a digits CNN for {EPOCHS} epochs with ModelHubCheckpoint (every epoch a version)")
+    out = train(REPO, EPOCHS, compare=CKPTS)
+    mc, ours = out["modelcheckpoint_bytes"], out["repo_bytes"]
+    print(f"final val_acc {out['val_acc']:.3f}; best version {out['best']}")
+    print(f"storage: ModelCheckpoint(save_top_k=-1) wrote {mc / 1024:.0f} KiB in {EPOCHS} files;"
+          f" the repository holds {ours / 1024:.0f} KiB ({mc / ours:.2f}x smaller), every epoch kept")
 
-    step("2. version them in a modelhub repository")
-    modelhub("init", str(REPO))
-    modelhub("import", str(CKPTS), "--model", "digits-cnn")
-    modelhub("tag", "digits-cnn@latest", "final")
-
-    step("3. explore")
+    step("2. explore")
     modelhub("list")
     modelhub("stats")
-    modelhub("desc", "digits-cnn@v6")
-    modelhub("diff", "digits-cnn@v1", "digits-cnn@final")
-    repo = modelhub_torch.Repository(REPO)
-    stored = repo.stats()["stored_bytes"]
-    print(f"\nstorage: ModelCheckpoint {mc_bytes / 1024:.0f} KiB -> modelhub {stored / 1024:.0f} KiB"
-          f" ({mc_bytes / stored:.2f}x smaller, every checkpoint kept, optimizer state included)")
+    modelhub("desc", "digits-cnn@best")
+    modelhub("diff", "digits-cnn@v1", "digits-cnn@best")
 
-    step("4. restore digits-cnn@v6 (epoch 5) bit for bit and evaluate it")
-    ckpt = modelhub_torch.load(REPO, "digits-cnn@v6")
-    original = torch.load(CKPTS / "epoch=5.ckpt", weights_only=True)
-    same = all(
-        torch.equal(ckpt["state_dict"][k].view(-1).view(torch.uint8), v.view(-1).view(torch.uint8))
-        for k, v in original["state_dict"].items()
-    )
-    restored = DigitsCNN(**ckpt["hyper_parameters"])
-    restored.load_state_dict(ckpt["state_dict"])
-    print(f"epoch {ckpt['epoch']}: weights bit-identical to the .ckpt file: {same};"
-          f" val_acc {accuracy(restored):.3f}")
+    step("3. restore digits-cnn@best bit for bit and evaluate it")
+    repo = modelhub_torch.Repository(REPO)
+    best = repo.version("digits-cnn@best")
+    ckpt = modelhub_torch.load(REPO, "digits-cnn@best")
+    original = torch.load(CKPTS / f"epoch={best.info['epoch']}.ckpt", weights_only=True)
+    same = bits_equal(ckpt["state_dict"], original["state_dict"])
+    restored = DigitsCNN.load_from_checkpoint(make_url(REPO, "digits-cnn@best"))
+    print(f"{best.ref} (epoch {ckpt['epoch']}): weights bit-identical to ModelCheckpoint's file: {same};"
+          f" val_acc {accuracy(restored):.3f} (logged {best.metrics['val_acc']:.3f})")
+
+    step("4. resume from digits-cnn@best for 3 more epochs, then start a fine-tune from it")
+    pl.seed_everything(1, workers=True)
+    train_dl, val_dl = loaders()
+    hub = ModelHubCheckpoint(REPO, "digits-cnn", monitor="val_acc", mode="max")
+    trainer = pl.Trainer(max_epochs=best.info["epoch"] + 4, accelerator="cpu", logger=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[hub])
+    url = make_url(REPO, best.ref)
+    print(f"trainer.fit(module, ckpt_path={url!r})")
+    trainer.fit(DigitsCNN(), train_dl, val_dl, ckpt_path=url)
+    modelhub("copy", "digits-cnn@best", "digits-finetune", "-m", "start of a fine-tune")
+    modelhub("list")
     modelhub("verify")
     print(f"\nDone. Explore it yourself: .venv/bin/modelhub --repo {REPO.relative_to(ROOT)} list")
     return 0 if same else 1

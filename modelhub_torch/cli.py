@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from modelhub_torch import __version__
 from modelhub_torch.errors import ModelHubError
+from modelhub_torch.manifest import DROPPED
 
 if TYPE_CHECKING:
     from modelhub_torch.repository import Repository, Version
@@ -102,6 +103,26 @@ def table(headers: list[str], rows: list[list[str]], right: set[int] | frozenset
         parts = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))]
         lines.append("  ".join(parts).rstrip())
     return "\n".join(lines)
+
+
+def elide(text: str, width: int = 72) -> str:
+    """``text`` cut in the middle to ``width`` characters (tensor paths of callback
+    state can run to hundreds of characters; JSON output keeps them whole)."""
+    if len(text) <= width:
+        return text
+    keep = width - 1
+    return text[: keep // 2] + "…" + text[len(text) - (keep - keep // 2):]
+
+
+def _summarize_paths(paths: list[str], limit: int = 6) -> str:
+    """A few paths in full, many as counts per top-level entry."""
+    if len(paths) <= limit:
+        return ", ".join(elide(p, 60) for p in paths)
+    groups: dict[str, int] = {}
+    for p in paths:
+        head = p.split("/", 1)[0]
+        groups[head] = groups.get(head, 0) + 1
+    return f"{len(paths)} tensors: " + ", ".join(f"{elide(h, 40)}/… ({n})" for h, n in groups.items())
 
 
 def _json_safe(obj: Any) -> Any:
@@ -524,6 +545,8 @@ def cmd_desc(args: argparse.Namespace, out: Output) -> int:
     tensors = []
     for i, rec in enumerate(m.tensors):
         data = rec["data"]
+        if data["kind"] == DROPPED:  # pruned trainer state: no longer part of the version
+            continue
         base = None
         if data["kind"] == "same":
             how = "same"
@@ -572,7 +595,7 @@ def cmd_desc(args: argparse.Namespace, out: Output) -> int:
     rows = []
     for t in tensors:
         how = t["stored"] + (f" ({t['base']})" if t["base"] else "")
-        rows.append([t["path"], t["dtype"], fmt_shape(t["shape"]), f"{t['params']:,}", human_size(t["stored_bytes"]), how])
+        rows.append([elide(t["path"]), t["dtype"], fmt_shape(t["shape"]), f"{t['params']:,}", human_size(t["stored_bytes"]), elide(how, 40)])
     text += table(["TENSOR", "DTYPE", "SHAPE", "PARAMS", "STORED", "HOW"], rows, right={3, 4}) + "\n\n"
     what = "in the state_dict" if weights else "in all tensors"
     text += f"{total_params:,} parameters {what} ({len(tensors)} tensors, {doc['total_elements']:,} elements)\n"
@@ -676,13 +699,13 @@ def cmd_diff(args: argparse.Namespace, out: Output) -> int:
             elif t["dtype"][0] != t["dtype"][1]:
                 note = f"dtype {t['dtype'][0]} -> {t['dtype'][1]}"
             rows.append([
-                t["path"], "yes" if t["changed"] else "no",
+                elide(t["path"]), "yes" if t["changed"] else "no",
                 fmt_num(t["max_abs_diff"]), fmt_num(t["rel_l2"]), note,
             ])
         parts.append("\n" + table(["TENSOR", "CHANGED", "MAX ABS DIFF", "REL L2", ""], rows, right={2, 3}))
     for label, paths in ((va.ref, only_a), (vb.ref, only_b)):
         if paths:
-            parts.append(f"only in {label}: " + ", ".join(paths))
+            parts.append(f"only in {label}: " + _summarize_paths(paths))
     parts.append(
         f"\n{doc['changed']} changed, {doc['unchanged']} unchanged, "
         f"{len(only_a)} only in {va.ref}, {len(only_b)} only in {vb.ref}"
@@ -733,7 +756,7 @@ def cmd_export(args: argparse.Namespace, out: Output) -> int:
 
             obj = repo.load(v.id, weights_only=not args.allow_pickle, progress=out.progress())
             torch.save(obj, str(tmp))
-            count = len(repo.manifest(v.id).tensors)
+            count = len(repo.manifest(v.id).live_tensors())
         os.replace(tmp, target)
     finally:
         if tmp.exists():
