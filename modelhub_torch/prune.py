@@ -97,8 +97,8 @@ class Pruner:
                 rec["data"] = {"kind": "planes", "codec": cfg.to_json(), "base": None,
                                "chunks": packs.add(encode_all(bits, None, cfg))}
                 del bits
-            for j in drop:
-                recs[j]["data"] = {"kind": DROPPED}
+            for j in drop:  # a tombstone: digests are incompressible, keep only the path
+                recs[j] = {"path": recs[j]["path"], "data": {"kind": DROPPED}}
             copy_unchanged(self.reader, m, recs, whole | drop, packs)
             return Manifest(**{**m.__dict__, "tensors": recs, "packs": packs.commit()})
         except BaseException:

@@ -94,6 +94,8 @@ class TensorReader:
 
     def _decode(self, vid: str, idx: int, planes: int | None) -> np.ndarray:
         want = self.record(vid, idx)
+        if want["data"]["kind"] == DROPPED:
+            self._refuse_dropped(vid, want)
         hvid, hidx = self.resolve(vid, idx)
         key = (hvid, hidx)
         if planes is None:
@@ -118,6 +120,12 @@ class TensorReader:
             self._remember(key, bits)
         return bits
 
+    def _refuse_dropped(self, vid: str, rec: dict[str, Any]) -> None:
+        raise FormatError(
+            f"tensor {rec['path']!r} of {self.manifest_of(vid).ref} was pruned (its trainer "
+            "state was removed); only the entries still listed can be loaded"
+        )
+
     def _remember(self, key: tuple[str, int], bits: np.ndarray) -> None:
         if bits.nbytes > self.cache_bytes:
             return
@@ -133,10 +141,7 @@ class TensorReader:
     def _decode_planes(self, vid: str, rec: dict[str, Any], planes: int | None) -> np.ndarray:
         data = rec["data"]
         if data["kind"] == DROPPED:
-            raise FormatError(
-                f"tensor {rec['path']!r} of {self.manifest_of(vid).ref} was pruned (its trainer "
-                "state was removed); only the entries still listed can be loaded"
-            )
+            self._refuse_dropped(vid, rec)
         if data["kind"] != "planes":
             raise FormatError(f"unknown tensor record kind {data['kind']!r}")
         cfg = codec.CodecConfig.from_json(data["codec"])

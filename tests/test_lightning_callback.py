@@ -66,9 +66,15 @@ def test_three_epochs_make_three_versions_with_metadata(tmp_path) -> None:
     assert cb.best_model_path == make_url(repo.url, best.ref)
     assert cb.last_model_ref == "mlp@v3"
     assert set(cb.best_k_models) == {make_url(repo.url, f"mlp@v{n}") for n in (1, 2, 3)}
-    # Lightning opens the paths the callback exposes
+    # Lightning opens the paths the callback exposes, and its "best"/"last" shortcuts
     loaded = TinyMLP.load_from_checkpoint(cb.best_model_path)
     assert_bit_equal(dict(loaded.state_dict()), dict(repo.load_state_dict(best.ref)))
+    _, val = digits_loaders()
+    (res,) = t.validate(module, val, ckpt_path="best", verbose=False)
+    assert res["val_loss"] == pytest.approx(best.metrics["val_loss"], rel=1e-6)
+    assert_bit_equal(dict(module.state_dict()), dict(repo.load_state_dict(best.ref)))
+    (res,) = t.validate(module, val, ckpt_path="last", verbose=False)
+    assert res["val_loss"] == pytest.approx(vs[-1].metrics["val_loss"], rel=1e-6)
 
 
 def test_resume_from_version_two_restores_optimizer_bit_for_bit(tmp_path) -> None:
@@ -188,3 +194,39 @@ def test_ddp_two_processes_write_each_version_once(tmp_path) -> None:
     assert [v.info["world_size"] for v in vs] == [2, 2, 2]
     assert ranks[0]["last"].endswith("#mlp@v3") and ranks[0]["best"] == repo.version("mlp@best").ref
     assert repo.verify() == []
+
+
+def test_step_trigger_and_resume_history_continue(tmp_path) -> None:
+    """every_n_train_steps saves mid-epoch; the callback's own state (best_k_models,
+    the versions holding trainer state) comes back with a resume."""
+    repo = Repository.init(tmp_path / "hub")
+    cb = ModelHubCheckpoint(repo, "mlp", every_n_train_steps=4, monitor="train_loss_step", save_top_k=2)
+    module = TinyMLP()
+    module.training_step = _logging_step(module)
+    fit(tmp_path, [cb], epochs=2, module=module)
+    vs = repo.versions("mlp")
+    assert [v.info["global_step"] for v in vs] == [4, 8, 12, 16, 20]
+    with_state = [v.ref for v in vs if "optimizer_states" in repo.load(v.ref)]
+    assert set(with_state) == {"mlp@v5", *(cb.ref_of(p) for p in cb.best_k_models)}
+    cb2 = ModelHubCheckpoint(repo, "mlp", every_n_train_steps=4, monitor="train_loss_step", save_top_k=2)
+    module = TinyMLP()
+    module.training_step = _logging_step(module)
+    fit(tmp_path, [cb2], epochs=3, module=module, ckpt_path=make_url(repo.url, "mlp@v5"))
+    assert set(cb2.best_k_models) <= {make_url(repo.url, f"mlp@v{n}") for n in range(1, 9)}
+    assert [v.info["global_step"] for v in repo.versions("mlp")][5:] == [24, 28]
+    with_state = {v.ref for v in repo.versions("mlp") if "optimizer_states" in repo.load(v.ref)}
+    assert with_state == {"mlp@v7", *(cb2.ref_of(p) for p in cb2.best_k_models)}
+    assert repo.verify() == []
+
+
+def _logging_step(module):
+    """A training step that logs its loss per step (the monitor of a step trigger)."""
+    from torch.nn import functional as F
+
+    def step(batch, batch_idx):
+        x, y = batch
+        loss = F.cross_entropy(module(x), y)
+        module.log("train_loss_step", loss, on_step=True, on_epoch=False)
+        return loss
+
+    return step

@@ -31,7 +31,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from modelhub_torch.callbacks.fs import make_url
+from modelhub_torch.callbacks.fs import make_url, parse_url
 from modelhub_torch.errors import ModelHubError
 from modelhub_torch.repository import Repository
 from modelhub_torch.store.refs import check_name
@@ -211,12 +211,23 @@ class ModelHubCheckpoint(ModelCheckpoint):
         source = self.parent or (str(ckpt) if ckpt else None)
         if source:
             resumed = source
+            ref = source
+            if source.startswith("modelhub://"):
+                location, ref = parse_url(source)
+                if make_url(location, ref) != make_url(self.repo, ref):
+                    ref = ""  # a version of another repository: recorded in info only
             try:
-                parent = self.repo.resolve(source)
+                parent = self.repo.resolve(ref) if ref else parent
             except ModelHubError:
                 if self.parent is not None:
                     raise  # an explicit parent must exist
-                # resumed from a file or another repository: recorded in info only
+                # resumed from a file: recorded in info only
+            else:
+                v = self.repo.version(parent) if ref and parent else None
+                if v is not None and v.model == self.model and self.parent is None and v.ref not in self._with_state:
+                    # the resumed version is this history's latest so far: it keeps its
+                    # trainer state only while it is latest or among the best
+                    self._with_state.append(v.ref)
         return parent, resumed
 
     def file_exists(self, filepath: Any, trainer: pl.Trainer) -> bool:
