@@ -238,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--force", action="store_true", help="overwrite OUT")
     c.add_argument("--allow-pickle", action="store_true", help="load versions holding pickled objects")
 
+    c = cmd("query", "run a DQL statement, e.g. 'select m where m.metrics.val_acc > 0.9' (docs/DQL.md)")
+    c.add_argument("text", metavar="DQL")
+
     c = cmd("copy", "start a new model from a version's weights (REF becomes its parent)")
     c.add_argument("ref", metavar="REF")
     c.add_argument("new_model", metavar="NEWMODEL")
@@ -604,6 +607,14 @@ def cmd_desc(args: argparse.Namespace, out: Output) -> int:
         f"plane {p}{' (high)' if p == 0 and len(planes) > 1 else ''}: {human_size(b)}" for p, b in enumerate(planes)
     )
     text += f"stored per plane: {plane_txt or 'nothing of its own'}; manifest {human_size(manifest_bytes)}"
+    graph = m.extra.get("graph")
+    doc["graph"] = graph
+    if graph:
+        from modelhub_torch.graph import describe_graph
+
+        text += f"\n\nnetwork ({len(graph['nodes'])} nodes, captured by {graph['method']}):\n"
+        text += table(["NODE", "TYPE", "LAYER", "SHAPE", "PARAMS", "NEXT"],
+                      [[elide(r[0], 40), *r[1:5], elide(r[5], 40)] for r in describe_graph(graph)], right={4})
     out.emit(doc, text)
     return 0
 
@@ -710,8 +721,41 @@ def cmd_diff(args: argparse.Namespace, out: Output) -> int:
         f"\n{doc['changed']} changed, {doc['unchanged']} unchanged, "
         f"{len(only_a)} only in {va.ref}, {len(only_b)} only in {vb.ref}"
     )
+    parts += _network_diff(repo, va, vb, doc)
     out.emit(doc, "\n".join(parts))
     return 0
+
+
+def _network_diff(repo: Repository, va: Version, vb: Version, doc: dict[str, Any]) -> list[str]:
+    """Layers added, removed or changed between the two versions' recorded networks."""
+    from modelhub_torch.graph import diff_graphs
+
+    ga = repo.manifest(va.id).extra.get("graph")
+    gb = repo.manifest(vb.id).extra.get("graph")
+    if not ga and not gb:
+        return []
+    d = diff_graphs(ga, gb)
+    doc["network"] = d
+    if not any(d[k] for k in ("added", "removed", "changed", "edges_added", "edges_removed")):
+        return ["network: same layers and connections"]
+    lines = ["\nnetwork:"]
+    lines += [f"  + {n}" for n in d["added"]]
+    lines += [f"  - {n}" for n in d["removed"]]
+    for c in d["changed"]:
+        changed = [k for k in ("type", "category", "kind", "attrs") if c["before"].get(k) != c["after"].get(k)]
+        detail = ", ".join(
+            f"{k} {c['before'].get(k)} -> {c['after'].get(k)}" if k != "attrs"
+            else "attrs " + ", ".join(
+                f"{a}: {c['before']['attrs'].get(a)} -> {c['after']['attrs'].get(a)}"
+                for a in sorted(set(c["before"]["attrs"]) | set(c["after"]["attrs"]))
+                if c["before"]["attrs"].get(a) != c["after"]["attrs"].get(a)
+            )
+            for k in changed
+        )
+        lines.append(f"  ~ {c['name']}: {detail}")
+    if d["edges_added"] or d["edges_removed"]:
+        lines.append(f"  connections: {len(d['edges_added'])} added, {len(d['edges_removed'])} removed")
+    return lines
 
 
 def _untie(sd: dict[str, Any]) -> dict[str, Any]:
@@ -765,6 +809,30 @@ def cmd_export(args: argparse.Namespace, out: Output) -> int:
     doc = {"ref": v.ref, "id": v.id, "path": str(target), "format": suffix.lstrip("."), "tensors": count, "bytes": size}
     out.emit(doc, f"exported {v.ref} to {target} ({count} tensors, {human_size(size)})")
     return 0
+
+
+def cmd_query(args: argparse.Namespace, out: Output) -> int:
+    repo = _open(args)
+    result = repo.query(args.text)
+    docs = result.to_dicts()
+    extra = [c for c in result.columns if c not in ("ref", "name", "version", "created", "params", "size")]
+    rows = [
+        [d["ref"], *(fmt_cell(d[c]) for c in extra), f"{d['params']:,}", human_size(d["size"]), d["created"][:16].replace("T", " ")]
+        for d in docs
+    ]
+    text = table(["VERSION", *(c.upper() for c in extra), "PARAMS", "STORED", "CREATED (UTC)"], rows,
+                 right=set(range(1, len(extra) + 3)))
+    text += f"\n{len(docs)} version{'s' if len(docs) != 1 else ''}"
+    out.emit({"columns": result.columns, "rows": docs}, text)
+    return 0
+
+
+def fmt_cell(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return fmt_num(v)
+    return str(v)
 
 
 def cmd_copy(args: argparse.Namespace, out: Output) -> int:
@@ -848,6 +916,7 @@ COMMANDS = {
     "desc": cmd_desc,
     "diff": cmd_diff,
     "export": cmd_export,
+    "query": cmd_query,
     "copy": cmd_copy,
     "tag": cmd_tag,
     "stats": cmd_stats,

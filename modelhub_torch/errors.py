@@ -66,3 +66,7 @@ class VersionNotFoundError(RefNotFoundError, FileNotFoundError):
 
     A ``FileNotFoundError`` too, so fsspec and Lightning treat it as a missing file.
     """
+
+
+class DQLError(ModelHubError, ValueError):
+    """A query that does not parse, names an unknown field, or mixes types."""

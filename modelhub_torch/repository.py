@@ -17,11 +17,14 @@ import threading
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from modelhub_torch.commit import CommitJob
+
+if TYPE_CHECKING:
+    from modelhub_torch.dql.engine import QueryResult
 from modelhub_torch.errors import (
     AmbiguousRefError,
     CorruptObjectError,
@@ -395,6 +398,7 @@ class Repository:
         hparams: dict[str, Any] | None = None,
         message: str = "",
         info: dict[str, Any] | None = None,
+        graph: dict[str, Any] | torch.nn.Module | None = None,
         allow_pickle: bool = False,
         progress: bool = False,
         expect_number: int | None = None,
@@ -406,10 +410,18 @@ class Repository:
         step, module class and library versions there). ``expect_number``: the number
         the caller already announced for this version (e.g. to other DDP ranks); the
         commit fails instead of taking another number if someone else committed first.
+        ``graph``: the network (an ``nn.Module`` to capture, or a graph already captured
+        by ``modelhub_torch.graph.capture_graph``) for structural queries; committing an
+        ``nn.Module`` records its graph by itself.
         """
         check_name("model", model)
         if isinstance(obj, torch.nn.Module):
+            graph = obj if graph is None else graph
             obj = obj.state_dict()
+        if isinstance(graph, torch.nn.Module):
+            from modelhub_torch.graph import capture_graph
+
+            graph = capture_graph(graph)
         flat = flatten(obj, allow_pickle=allow_pickle)
         metrics = _jsonable(metrics, "metrics")
         hparams = _jsonable(hparams, "hparams")
@@ -434,6 +446,8 @@ class Repository:
             manifest, replaced = job.run(metrics, hparams, message, created)
             if info:
                 manifest.extra["info"] = info
+            if graph:
+                manifest.extra["graph"] = graph
             return self._publish(manifest, replaced)
 
     def _publish(self, m: Manifest, replaced: list[tuple[Manifest, Manifest]]) -> Version:
@@ -464,6 +478,21 @@ class Repository:
                     self.objects.delete(oid)
             self.catalog.upsert(new, new_oid, self._stored_bytes(new, new_oid))
 
+    # ------------------------------------------------------------------ query
+    def query(self, text: str) -> QueryResult:
+        """Run a DQL statement (``select m where ...``, see docs/DQL.md) on the catalog;
+        network predicates use the recorded graphs, never the weights."""
+        from modelhub_torch.dql.engine import execute
+
+        self._sync_index()
+
+        def tags() -> Iterable[tuple[str, str]]:
+            for model in self.refs.models():
+                for alias, vid in self.refs.tags(model).items():
+                    yield vid, alias
+
+        return execute(self.catalog.connection(), text, self.resolve, tags, self._version)
+
     # ------------------------------------------------------------------- copy
     def copy(self, ref: str | Version, new_model: str, message: str = "") -> Version:
         """Start a new model from a version's weights (the paper's ``dlv copy``): its
@@ -480,6 +509,7 @@ class Repository:
         return self.commit(
             weights, new_model, parent=src.id, hparams=src.hparams,
             message=message or f"copy of {src.ref}", info={"copied_from": src.ref},
+            graph=self.manifest(src.id).extra.get("graph"),
         )
 
     # ------------------------------------------------------------------ prune

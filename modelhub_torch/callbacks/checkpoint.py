@@ -156,6 +156,7 @@ class ModelHubCheckpoint(ModelCheckpoint):
         self._error: BaseException | None = None
         self._lock = threading.Lock()
         self._resumed_from: str | None = None
+        self._graph: dict[str, Any] | None = None  # the network, captured at the first save
 
     # ---------------------------------------------------------------- refs
     @property
@@ -310,6 +311,11 @@ class ModelHubCheckpoint(ModelCheckpoint):
         if self.monitor is not None and self.monitor in metrics:
             message += f" {self.monitor}={metrics[self.monitor]:.6g}"
         hparams = _plain_hparams(getattr(module, "hparams", {}))
+        if self._graph is None:  # the architecture does not change during a run
+            from modelhub_torch.graph import capture_graph
+
+            self._graph = capture_graph(module)
+        graph = self._graph
         best = self.best_model_path
         keep = self._keep_state_urls()
         precision_key = type(trainer.precision_plugin).__qualname__
@@ -317,7 +323,7 @@ class ModelHubCheckpoint(ModelCheckpoint):
         def job(ckpt: dict[str, Any]) -> None:
             assert self.repo is not None
             v = self.repo.commit(ckpt, self.model, parent=parent, metrics=metrics, hparams=hparams,
-                                 message=message, info=info, expect_number=number)
+                                 message=message, info=info, graph=graph, expect_number=number)
             with self._lock:
                 if not self.save_weights_only:
                     self._with_state.append(v.ref)

@@ -22,8 +22,8 @@ from modelhub_torch.manifest import DROPPED, Manifest
 from modelhub_torch.store.location import Location
 
 # bumped whenever SCHEMA changes: an older index is dropped and rebuilt from the refs
-SCHEMA_VERSION = 3
-TABLES = ("versions", "plane_bytes", "tensors", "version_objects", "links")
+SCHEMA_VERSION = 4
+TABLES = ("versions", "plane_bytes", "tensors", "version_objects", "links", "graph_nodes", "graph_edges")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions (
@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS versions (
     params INTEGER NOT NULL,
     manifest TEXT NOT NULL,
     info TEXT NOT NULL DEFAULT '{}',
+    graph TEXT,
     UNIQUE (model, number)
 );
 CREATE INDEX IF NOT EXISTS versions_model ON versions(model, number);
@@ -61,7 +62,29 @@ CREATE TABLE IF NOT EXISTS links (
     version TEXT NOT NULL, target TEXT NOT NULL, PRIMARY KEY (version, target)
 );
 CREATE INDEX IF NOT EXISTS links_target ON links(target);
+CREATE INDEX IF NOT EXISTS versions_graph ON versions(graph);
+CREATE TABLE IF NOT EXISTS graph_nodes (
+    graph TEXT NOT NULL, idx INTEGER NOT NULL, name TEXT NOT NULL, op TEXT NOT NULL,
+    type TEXT NOT NULL, category TEXT NOT NULL, kind TEXT, attrs TEXT NOT NULL,
+    params INTEGER NOT NULL, PRIMARY KEY (graph, idx)
+);
+CREATE INDEX IF NOT EXISTS graph_nodes_name ON graph_nodes(graph, name);
+CREATE TABLE IF NOT EXISTS graph_edges (
+    graph TEXT NOT NULL, src TEXT NOT NULL, dst TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS graph_edges_src ON graph_edges(graph, src);
+CREATE INDEX IF NOT EXISTS graph_edges_dst ON graph_edges(graph, dst);
 """
+
+
+def model_params(m: Manifest) -> int:
+    """Parameter count of the model a version holds: its state_dict's elements (a whole
+    checkpoint's optimizer state is not the model), or every tensor's when it has none."""
+    from modelhub_torch.skeleton import state_dict_paths
+
+    weights = set(state_dict_paths(m.skeleton).values())
+    recs = [m.tensors[i] for i in weights] if weights else m.live_tensors()
+    return sum(math.prod(t["shape"]) for t in recs if t["data"]["kind"] != DROPPED and t["dtype"] != "bool")
 
 
 def link_targets(m: Manifest) -> set[str]:
@@ -128,6 +151,10 @@ class Catalog:
             self._local.conn = conn
         return conn
 
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection (queries run on it; see dql/engine.py)."""
+        return self._conn()
+
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
         if conn is not None:
@@ -136,42 +163,80 @@ class Catalog:
 
     # ------------------------------------------------------------------ writes
     def upsert(self, m: Manifest, manifest_oid: str, stored_bytes: int) -> None:
-        params = sum(
-            math.prod(t["shape"]) for t in m.live_tensors() if t["dtype"] not in ("bool",)
-        )
         c = self._conn()
         c.execute("BEGIN IMMEDIATE")
         try:
-            c.execute("DELETE FROM versions WHERE id=? OR (model=? AND number=?)", (m.id, m.model, m.number))
-            c.execute(
-                "INSERT INTO versions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    m.id, m.model, m.number, m.parent, m.created_at, m.message,
-                    json.dumps(m.metrics), json.dumps(m.hparams), m.raw_bytes,
-                    stored_bytes, params, manifest_oid, json.dumps(m.info),
-                ),
-            )
-            c.execute("DELETE FROM plane_bytes WHERE version=?", (m.id,))
-            c.executemany(
-                "INSERT INTO plane_bytes VALUES (?,?,?)",
-                [(m.id, p, b) for p, b in enumerate(m.plane_bytes())],
-            )
-            c.execute("DELETE FROM version_objects WHERE version=?", (m.id,))
-            c.executemany(
-                "INSERT OR IGNORE INTO version_objects VALUES (?,?)",
-                [(m.id, oid) for oid in {*m.packs, manifest_oid} if oid],
-            )
-            c.execute("DELETE FROM links WHERE version=?", (m.id,))
-            c.executemany("INSERT INTO links VALUES (?,?)", [(m.id, t) for t in sorted(link_targets(m))])
-            c.execute("DELETE FROM tensors WHERE version=?", (m.id,))
-            c.executemany(
-                "INSERT INTO tensors VALUES (?,?,?)",
-                [(t["digest"], m.id, i) for i, t in enumerate(m.tensors) if t["data"]["kind"] != DROPPED],
-            )
+            self._insert(c, m, manifest_oid, stored_bytes)
             c.execute("COMMIT")
         except BaseException:
             c.execute("ROLLBACK")
             raise
+
+    def upsert_many(self, rows: Iterable[tuple[Manifest, str, int]]) -> int:
+        """Index many versions in one transaction (bulk imports, rebuilds)."""
+        c = self._conn()
+        c.execute("BEGIN IMMEDIATE")
+        n = 0
+        try:
+            for m, manifest_oid, stored_bytes in rows:
+                self._insert(c, m, manifest_oid, stored_bytes)
+                n += 1
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        return n
+
+    def _insert(self, c: sqlite3.Connection, m: Manifest, manifest_oid: str, stored_bytes: int) -> None:
+        c.execute("DELETE FROM versions WHERE id=? OR (model=? AND number=?)", (m.id, m.model, m.number))
+        c.execute(
+            "INSERT INTO versions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                m.id, m.model, m.number, m.parent, m.created_at, m.message,
+                json.dumps(m.metrics), json.dumps(m.hparams), m.raw_bytes,
+                stored_bytes, model_params(m), manifest_oid, json.dumps(m.info),
+                self._graph(c, m.extra.get("graph")),
+            ),
+        )
+        c.execute("DELETE FROM plane_bytes WHERE version=?", (m.id,))
+        c.executemany(
+            "INSERT INTO plane_bytes VALUES (?,?,?)",
+            [(m.id, p, b) for p, b in enumerate(m.plane_bytes())],
+        )
+        c.execute("DELETE FROM version_objects WHERE version=?", (m.id,))
+        c.executemany(
+            "INSERT OR IGNORE INTO version_objects VALUES (?,?)",
+            [(m.id, oid) for oid in {*m.packs, manifest_oid} if oid],
+        )
+        c.execute("DELETE FROM links WHERE version=?", (m.id,))
+        c.executemany("INSERT INTO links VALUES (?,?)", [(m.id, t) for t in sorted(link_targets(m))])
+        c.execute("DELETE FROM tensors WHERE version=?", (m.id,))
+        c.executemany(
+            "INSERT INTO tensors VALUES (?,?,?)",
+            [(t["digest"], m.id, i) for i, t in enumerate(m.tensors) if t["data"]["kind"] != DROPPED],
+        )
+
+    @staticmethod
+    def _graph(c: sqlite3.Connection, graph: dict[str, Any] | None) -> str | None:
+        """Index a network graph once per distinct architecture; returns its digest."""
+        if not graph:
+            return None
+        from modelhub_torch.graph import graph_digest
+
+        digest = graph_digest(graph)
+        if c.execute("SELECT 1 FROM graph_nodes WHERE graph=? LIMIT 1", (digest,)).fetchone() is None:
+            c.executemany(
+                "INSERT INTO graph_nodes VALUES (?,?,?,?,?,?,?,?,?)",
+                [
+                    (digest, i, n["name"], n["op"], n["type"], n["category"], n.get("kind"),
+                     json.dumps(n.get("attrs", {})), int(n.get("params", 0)))
+                    for i, n in enumerate(graph["nodes"])
+                ],
+            )
+            c.executemany(
+                "INSERT INTO graph_edges VALUES (?,?,?)", [(digest, a, b) for a, b in graph["edges"]]
+            )
+        return digest
 
     def clear(self) -> None:
         c = self._conn()

@@ -1,0 +1,110 @@
+"""Run a DQL statement against a repository's catalog; results as ``QueryResult``."""
+
+from __future__ import annotations
+
+import functools
+import re
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from modelhub_torch.dql.compiler import compile_select
+from modelhub_torch.dql.parser import Derive, DQLError, Evaluate, Select, caret_error, parse
+
+if TYPE_CHECKING:
+    from modelhub_torch.repository import Version
+
+BASE_COLUMNS = ["ref", "name", "version", "created", "params", "size"]
+
+
+@functools.lru_cache(maxsize=512)
+def _regex(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
+
+
+def _regexp(pattern: str, value: Any) -> bool:
+    return value is not None and _regex(pattern).match(str(value)) is not None
+
+
+def prepare_connection(conn: sqlite3.Connection) -> None:
+    """What compiled queries expect of a connection: REGEXP for node patterns and a
+    case-sensitive LIKE (``ilike`` is the case-insensitive one)."""
+    conn.create_function("regexp", 2, _regexp, deterministic=True)
+    conn.execute("PRAGMA case_sensitive_like = ON")
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS q_tags (version TEXT NOT NULL, alias TEXT NOT NULL)")
+
+
+class QueryResult:
+    """The versions a ``select`` found, in order. Iterating yields ``Version`` objects
+    (built on demand); ``columns`` names what ``to_dicts()`` reports for each: the
+    version's ref, name, number, creation time, parameter count and stored size, plus
+    every metric/hparam/info field the query mentioned."""
+
+    def __init__(self, rows: list[sqlite3.Row], columns: list[str], to_version: Callable[[Any], Version]):
+        self._rows = rows
+        self._extra = columns
+        self._to_version = to_version
+        self.columns = BASE_COLUMNS + [c for c in columns if c not in BASE_COLUMNS]
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __iter__(self) -> Iterator[Version]:
+        return (self._to_version(r) for r in self._rows)
+
+    def __getitem__(self, i: int) -> Version:
+        return self._to_version(self._rows[i])
+
+    @property
+    def refs(self) -> list[str]:
+        return [f"{r['model']}@v{r['number']}" for r in self._rows]
+
+    def to_dicts(self) -> list[dict[str, Any]]:
+        out = []
+        for r in self._rows:
+            d = {
+                "ref": f"{r['model']}@v{r['number']}",
+                "name": r["model"],
+                "version": r["number"],
+                "created": r["created_at"],
+                "params": r["params"],
+                "size": r["stored_bytes"],
+            }
+            for c in self._extra:
+                d[c] = r[c]
+            out.append(d)
+        return out
+
+    def __repr__(self) -> str:
+        return f"QueryResult({len(self)} versions: {', '.join(self.refs[:5])}{' ...' if len(self) > 5 else ''})"
+
+
+def execute(
+    conn: sqlite3.Connection,
+    text: str,
+    resolve: Callable[[str], str],
+    tags: Callable[[], Iterable[tuple[str, str]]],
+    to_version: Callable[[Any], Version],
+) -> QueryResult:
+    """Parse, compile and run ``text`` on a catalog connection. ``resolve`` maps refs to
+    version ids (lineage predicates); ``tags`` yields ``(version id, alias)`` pairs and
+    is called only when the query mentions tags."""
+    stmt = parse(text)
+    if isinstance(stmt, (Derive, Evaluate)):
+        kind = stmt.kind if isinstance(stmt, Derive) else "evaluate"
+        raise caret_error(
+            text, stmt.pos,
+            f"'{kind}' statements parse, but this version of modelhub_torch runs only 'select' "
+            "(enumeration — slice, construct, evaluate — is not implemented yet; see docs/DQL.md)",
+        )
+    assert isinstance(stmt, Select)
+    compiled = compile_select(stmt, text, resolve)
+    prepare_connection(conn)
+    if compiled.needs_tags:
+        conn.execute("DELETE FROM temp.q_tags")
+        conn.executemany("INSERT INTO temp.q_tags VALUES (?, ?)", list(tags()))
+    try:
+        rows = conn.execute(compiled.sql, compiled.params).fetchall()
+    except sqlite3.Error as exc:  # a compiler bug, never the user's: say so plainly
+        raise DQLError(f"internal error running the query ({exc}); please report it with the query") from exc
+    return QueryResult(rows, compiled.columns, to_version)
