@@ -7,6 +7,7 @@
 3. Restore the best version bit for bit and evaluate it.
 4. Resume training from it with ``ckpt_path="modelhub://..."`` and start a fine-tune
    with ``modelhub copy``.
+5. Query the repository with DQL: metrics, lineage and the recorded network.
 
 Run it with ``make demo``; the repository is left in ./demo-hub/repo for you to explore
 (``.venv/bin/modelhub --repo demo-hub/repo list``).
@@ -15,6 +16,7 @@ Run it with ``make demo``; the repository is left in ./demo-hub/repo for you to 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -47,7 +49,7 @@ def step(title: str) -> None:
 
 def modelhub(*args: str) -> None:
     cmd = [sys.executable, "-m", "modelhub_torch.cli", "--repo", str(REPO), *args]
-    print("$ modelhub " + " ".join(args), flush=True)
+    print("$ modelhub " + shlex.join(args), flush=True)
     subprocess.run(cmd, check=True)
 
 
@@ -95,6 +97,11 @@ def main() -> int:
     trainer.fit(DigitsCNN(), train_dl, val_dl, ckpt_path=url)
     modelhub("copy", "digits-cnn@best", "digits-finetune", "-m", "start of a fine-tune")
     modelhub("list")
+
+    step("5. query the repository with DQL (metadata, lineage and the recorded network)")
+    modelhub("query", 'select m where m.name like "digits%" and m.metrics.val_acc > 0.97 '
+             'and m["conv*"].next has RELU order by m.metrics.val_acc desc limit 3')
+    modelhub("query", f'select m where m.ancestors has "{best.ref}"')
     modelhub("verify")
     print(f"\nDone. Explore it yourself: .venv/bin/modelhub --repo {REPO.relative_to(ROOT)} list")
     return 0 if same else 1
