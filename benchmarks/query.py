@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import random
-import statistics
 import sys
 import tempfile
 import time
@@ -26,8 +25,11 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 os.environ.setdefault("PYTHONWARNINGS", "ignore")
 warnings.filterwarnings("ignore")
+
+from storage import median_time  # noqa: E402
 
 from modelhub_torch import Repository  # noqa: E402
 from modelhub_torch.dql.engine import execute  # noqa: E402
@@ -149,13 +151,7 @@ QUERIES: list[tuple[str, str, Callable[[dict], bool], Callable[[dict], Any] | No
 
 
 def median_ms(fn: Callable[[], Any], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+    return median_time(fn, repeats) * 1e3
 
 
 def main(argv: list[str] | None = None) -> int:
