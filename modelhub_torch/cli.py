@@ -18,6 +18,7 @@ import math
 import os
 import re
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -237,6 +238,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("out", metavar="OUT")
     c.add_argument("--force", action="store_true", help="overwrite OUT")
     c.add_argument("--allow-pickle", action="store_true", help="load versions holding pickled objects")
+
+    c = cmd("eval", "evaluate a version on inputs from FILE (.pt/.npz), optionally progressively")
+    c.add_argument("ref", metavar="REF")
+    c.add_argument("--data", required=True, metavar="FILE",
+                   help=".pt holding a tensor, (x, y) or {'x': ..., 'y': ...}; .npz with arrays x [y]")
+    c.add_argument("--progressive", action="store_true", help="read high-order planes first (docs/PROGRESSIVE.md)")
+    c.add_argument("-k", type=int, default=1, help="top-k (default 1)")
+    c.add_argument("--module", metavar="PKG.MOD:CLASS",
+                   help="the architecture (default: the class the version recorded, built from its hparams)")
 
     c = cmd("query", "run a DQL statement, e.g. 'select m where m.metrics.val_acc > 0.9' (docs/DQL.md)")
     c.add_argument("text", metavar="DQL")
@@ -811,6 +821,83 @@ def cmd_export(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+def _eval_data(path: str) -> tuple[Any, Any]:
+    """Inputs and (optional) labels from a .pt or .npz file."""
+    import numpy as np
+    import torch
+
+    if path.endswith(".npz"):
+        with np.load(path) as z:
+            keys = list(z.keys())
+            x = z["x"] if "x" in z else z[keys[0]]
+            y = z["y"] if "y" in z else (z[keys[1]] if len(keys) > 1 and "x" not in z else None)
+            return torch.from_numpy(np.asarray(x)).float(), None if y is None else torch.from_numpy(np.asarray(y)).long()
+    obj = torch.load(path, weights_only=True)
+    if isinstance(obj, dict):
+        x = obj.get("x", obj.get("inputs"))
+        y = obj.get("y", obj.get("labels"))
+    elif isinstance(obj, (tuple, list)):
+        x, y = obj[0], (obj[1] if len(obj) > 1 else None)
+    else:
+        x, y = obj, None
+    if not isinstance(x, torch.Tensor):
+        raise CliError(f"{path}: expected a tensor of inputs (or (x, y) / {{'x': ..., 'y': ...}})")
+    return x, y
+
+
+def _eval_module(repo: Repository, v: Version, spec: str | None) -> Any:
+    """The architecture: --module PKG.MOD:CLASS, else the class the version recorded."""
+    import importlib
+
+    path = spec or v.info.get("module")
+    if not path:
+        raise CliError(f"{v.ref} does not record its module class; pass --module PKG.MOD:CLASS")
+    mod_name, _, cls_name = path.replace(":", ".").rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(mod_name), cls_name)
+    except (ImportError, AttributeError) as exc:
+        raise CliError(f"cannot import {path} ({exc}); pass --module PKG.MOD:CLASS importable from here") from None
+    try:
+        return cls(**v.hparams)
+    except TypeError as exc:
+        raise CliError(f"cannot build {path} from {v.ref}'s hparams ({exc}); pass --module") from None
+
+
+def cmd_eval(args: argparse.Namespace, out: Output) -> int:
+    import torch
+
+    repo = _open(args)
+    v = repo.version(args.ref)
+    x, y = _eval_data(args.data)
+    module = _eval_module(repo, v, args.module).eval()
+    t0 = time.perf_counter()
+    if args.progressive:
+        from modelhub_torch.progressive import ProgressiveModel
+
+        res = ProgressiveModel(module, repo, v.ref).predict(x, k=args.k)
+        topk, read, full = res.topk, res.bytes_read, res.bytes_full
+        tiers = {str(t): share for t, share in sorted(res.share_by_tier().items())}
+    else:
+        module.load_state_dict(repo.load_state_dict(v.ref))
+        with torch.no_grad():
+            topk = module(x).topk(args.k, dim=1).indices
+        read = full = None
+        tiers = {}
+    seconds = time.perf_counter() - t0
+    doc: dict[str, Any] = {"ref": v.ref, "inputs": int(x.shape[0]), "k": args.k, "seconds": seconds,
+                           "decided_by_planes": tiers, "bytes_read": read, "bytes_full": full}
+    lines = [f"{v.ref}: {x.shape[0]} inputs, top-{args.k}, {seconds:.2f} s"]
+    if y is not None:
+        acc = float((topk == y.reshape(-1, 1)).any(dim=1).float().mean())
+        doc["accuracy"] = acc
+        lines.append(f"accuracy (top-{args.k}): {acc:.4f}")
+    if args.progressive:
+        lines.append("decided with " + ", ".join(f"{t} plane{'s' if t != '1' else ''}: {100 * s:.1f}%" for t, s in tiers.items()))
+        lines.append(f"bytes read: {human_size(read)} of {human_size(full)} ({100 * read / max(1, full):.0f}% of a full load)")
+    out.emit(doc, "\n".join(lines))
+    return 0
+
+
 def cmd_query(args: argparse.Namespace, out: Output) -> int:
     repo = _open(args)
     result = repo.query(args.text)
@@ -916,6 +1003,7 @@ COMMANDS = {
     "desc": cmd_desc,
     "diff": cmd_diff,
     "export": cmd_export,
+    "eval": cmd_eval,
     "query": cmd_query,
     "copy": cmd_copy,
     "tag": cmd_tag,

@@ -1,0 +1,148 @@
+"""Progressive inference through the store: plane-wise reads, byte accounting, tiers,
+and answers equal to the full-precision forward on real digits data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from modelhub_torch import Repository
+from modelhub_torch.cli import main
+from modelhub_torch.progressive import ProgressiveModel, progressive_predict
+from modelhub_torch.progressive.intervals import known_mask
+from modelhub_torch.progressive.planes import PlaneReader
+
+
+def digits() -> tuple[torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return torch.tensor(d.data / 16.0, dtype=torch.float32), torch.tensor(d.target, dtype=torch.long)
+
+
+class MLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(64, 128), nn.Linear(128, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.relu(self.fc1(x)))
+
+
+class SmallCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 16, 3, padding=1)
+        self.fc = nn.Linear(16 * 4 * 4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.view(-1, 1, 8, 8)
+        x = F.max_pool2d(F.relu(self.conv2(F.relu(self.conv1(x)))), 2)
+        return self.fc(x.flatten(1))
+
+
+def trained(module: nn.Module, steps: int = 150) -> nn.Module:
+    torch.manual_seed(0)
+    x, y = digits()
+    opt = torch.optim.Adam(module.parameters(), lr=1e-2)
+    for i in range(steps):
+        idx = torch.randint(0, len(x), (128,), generator=torch.Generator().manual_seed(i))
+        opt.zero_grad()
+        F.cross_entropy(module(x[idx]), y[idx]).backward()
+        opt.step()
+    return module.eval()
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    torch.manual_seed(0)
+    repo = Repository.init(tmp_path_factory.mktemp("prog") / "hub")
+    mlp, cnn = trained(MLP()), trained(SmallCNN())
+    repo.commit(mlp, "mlp", metrics={"acc": 1.0})
+    repo.commit(cnn, "cnn")
+    return repo, mlp, cnn
+
+
+def test_plane_reads_are_incremental_and_counted(hub) -> None:
+    repo, mlp, _ = hub
+    r = PlaneReader(repo, "mlp@latest")
+    m = repo.manifest(repo.resolve("mlp@latest"))
+    frames = {t["path"].removeprefix(""): t for t in m.tensors}
+    per_plane = [sum(int(c["frames"][p][1]) for t in frames.values() for c in t["data"]["chunks"]) for p in range(4)]
+    assert r.bytes_full == sum(per_plane)
+    for k in range(1, 5):
+        for name in r.tensors:
+            r.fetch(name, k)
+            r.fetch(name, k)  # already known: nothing read again
+        assert r.bytes_read == sum(per_plane[:k])
+        for name, t in r.tensors.items():
+            true = mlp.state_dict()[name].contiguous().view(-1).view(torch.int32).numpy().view(np.uint32)
+            mask = np.uint32(known_mask("float32", k, t.layout))
+            assert t.layout == "exp-first"
+            assert np.array_equal(r.bits(name) & mask, true & mask)
+    assert all(torch.equal(r.tensor(n), mlp.state_dict()[n]) for n in r.tensors)
+
+
+@pytest.mark.parametrize("which", ["mlp", "cnn"])
+@pytest.mark.parametrize("k", [1, 5])
+def test_answers_equal_the_full_forward(hub, which: str, k: int) -> None:
+    repo, mlp, cnn = hub
+    module = {"mlp": mlp, "cnn": cnn}[which]
+    x, _ = digits()
+    want = module(x).topk(k, dim=1).indices
+    res = ProgressiveModel(type(module)(), repo, f"{which}@v1").predict(x, k=k)
+    assert torch.equal(res.topk, want)
+    assert set(res.planes.tolist()) <= {1, 2, 3, 4} and res.bytes_read <= res.bytes_full
+    shares = res.share_by_tier()
+    assert abs(sum(shares.values()) - 1) < 1e-9
+
+
+def test_low_planes_are_read_only_when_needed(hub) -> None:
+    repo, mlp, _ = hub
+    x, _ = digits()
+    pm = ProgressiveModel(MLP(), repo, "mlp@v1", start_planes=2)
+    after_two = pm.bytes_read
+    res = pm.predict(x[:1], k=1)
+    if int(res.planes[0]) == 2:  # decided with two planes: nothing more was read
+        assert res.bytes_read == after_two < res.bytes_full
+    one_shot = progressive_predict(MLP(), repo, "mlp@v1", x[:50], k=1)
+    assert torch.equal(one_shot.topk, mlp(x[:50]).topk(1, dim=1).indices)
+
+
+def test_unsupported_and_mismatched_modules_are_refused(hub) -> None:
+    from modelhub_torch import ModelHubError
+
+    repo, _, _ = hub
+
+    class Sorts(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(64, 128), nn.Linear(128, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc2(torch.sort(self.fc1(x), dim=1).values)
+
+    with pytest.raises(ModelHubError, match="sort"):
+        ProgressiveModel(Sorts(), repo, "mlp@v1")
+    with pytest.raises(ModelHubError, match="no weights named"):
+        ProgressiveModel(SmallCNN(), repo, "mlp@v1")
+
+
+def test_cli_eval_progressive(hub, tmp_path, capsys) -> None:
+    repo, mlp, _ = hub
+    x, y = digits()
+    data = tmp_path / "digits.pt"
+    torch.save({"x": x, "y": y}, data)
+    args = ["--repo", repo.url, "--json", "eval", "mlp@v1", "--data", str(data), "--module", f"{__name__}:MLP"]
+    assert main([*args, "--progressive"]) == 0
+    import json
+
+    doc = json.loads(capsys.readouterr().out)
+    acc = float((mlp(x).argmax(1) == y).float().mean())
+    assert doc["accuracy"] == pytest.approx(acc) and doc["bytes_read"] <= doc["bytes_full"]
+    assert abs(sum(doc["decided_by_planes"].values()) - 1) < 1e-9
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(acc)
