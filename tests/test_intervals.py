@@ -436,6 +436,40 @@ def test_wrong_bound_is_caught() -> None:
     assert wrong == 0 and outside == 0
 
 
+@pytest.mark.parametrize("name", ["mlp", "cnn", "resbn"])
+@pytest.mark.parametrize("k", [1, 5])
+def test_pairwise_decisions_equal_float32_topk(name: str, k: int) -> None:
+    """IntervalNet.decide (differences of logits through the final Linear) decides at
+    least what the plain rule does, and every decision equals the float32 top-k."""
+    model, shape = build(name, seed=2)
+    net = IntervalNet(model)
+    x = torch.cat([inputs(shape, 1000, 9), near_ties(model, shape, 150, k, 11)])
+    with torch.no_grad():
+        ref = model(x).topk(k).indices
+    more = 0
+    for layout in LAYOUTS:
+        for planes in (2, 3, 4):
+            w = plane_weights(model, net.param_names, planes, layout)
+            plain, _ = decide_topk(*net.bounds(x, w), k)
+            decided, top = net.decide(x, w, k)
+            assert bool((decided | ~plain).all())  # never fewer than the plain rule
+            assert torch.equal(top[decided], ref[decided])
+            more += int(decided.sum() - plain.sum())
+    assert more > 0  # the differences decide inputs the plain bounds cannot
+
+
+def test_pairwise_rule_catches_a_wrong_bound() -> None:
+    model, shape = build("mlp", seed=1)
+    ties = near_ties(model, shape, 150, 1, 7)
+    w = plane_weights(model, IntervalNet(model).param_names, 4, "ieee")
+    with torch.no_grad():
+        ref = model(ties).topk(1).indices
+    decided, top = IntervalNet(model, _rounding=False).decide(ties, w, 1)
+    assert bool((top[decided] != ref[decided]).any())  # unsound without the widening...
+    decided, top = IntervalNet(model).decide(ties, w, 1)
+    assert torch.equal(top[decided], ref[decided])  # ...and exact with it
+
+
 def test_decide_topk_rule() -> None:
     lo = torch.tensor([[5.0, 1.0, 3.0, 0.0], [5.0, 4.0, 3.0, 0.0], [5.0, 1.0, 3.0, 0.0]], dtype=torch.float64)
     hi = torch.tensor([[6.0, 2.0, 4.0, 1.0], [6.0, 5.0, 4.0, 1.0], [6.0, 3.0, 4.0, 1.0]], dtype=torch.float64)

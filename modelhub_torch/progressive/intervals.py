@@ -592,6 +592,20 @@ class IntervalNet:
                 self._plan.append((node, handler))
         if placeholders != 1:
             raise UnsupportedLayerError("the model must take exactly one input tensor")
+        self._head = self._linear_head()
+
+    def _linear_head(self) -> tuple[torch.fx.Node, str, str | None, int] | None:
+        """The output's producer when it is an ``nn.Linear`` on a 2-d input: its input
+        node, weight and bias names, fan-in (for the pairwise decision)."""
+        out = next(n for n in self._graph.nodes if n.op == "output")
+        head = out.args[0]
+        if not isinstance(head, torch.fx.Node) or head.op != "call_module":
+            return None
+        mod = self.module.get_submodule(str(head.target)) if head.target else self.module
+        if type(mod) is not nn.Linear or not isinstance(head.args[0], torch.fx.Node):
+            return None
+        prefix = f"{head.target}." if head.target else ""
+        return head.args[0], prefix + "weight", (prefix + "bias" if mod.bias is not None else None), mod.in_features
 
     # -- construction ----------------------------------------------------------------
 
@@ -830,6 +844,8 @@ class IntervalNet:
                 kwargs = torch.fx.node.map_arg(node.kwargs, lambda n: env[n])
                 env[node] = handler(ctx, tuple(args), dict(kwargs))  # type: ignore[misc]
         assert result is not None
+        self._last_head_input = env.get(self._head[0]) if self._head is not None else None
+        self._last_ctx = ctx
         lo, hi = result.lo, result.hi
         if bool(ctx.bad.any()):
             shape = (-1,) + (1,) * (lo.dim() - 1)
@@ -837,6 +853,68 @@ class IntervalNet:
             lo = torch.where(bad, -math.inf, lo)
             hi = torch.where(bad, math.inf, hi)
         return lo, hi
+
+
+    @torch.no_grad()
+    def decide(
+        self, x: torch.Tensor, weights: Mapping[str, tuple[torch.Tensor, torch.Tensor]], k: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Like ``decide_topk(*self.bounds(x, weights), k)``, and more often decided when
+        the network ends in ``nn.Linear``: the logit *differences* l_a − l_b are then
+        bounded directly, (W_a − W_b)·h + (b_a − b_b) with one interval h for the
+        penultimate activations, so the uncertainty that h shares between two logits
+        cancels instead of counting twice. Each difference is widened by both logits'
+        float32 rounding (each within γ_{n+1}·(|W|·|h| + |b|)) and our float64 rounding.
+        Either rule deciding is sound, so the result is their union."""
+        lo, hi = self.bounds(x, weights)
+        decided, topk = decide_topk(lo, hi, k)
+        h = self._last_head_input
+        if self._head is None or h is None or h.lo.dim() != 2 or bool(decided.all()):
+            return decided, topk
+        ctx = self._last_ctx
+        _, wname, bname, n = self._head
+        w_lo, w_hi = ctx.param(wname)
+        b_lo, b_hi = ctx.param(bname) if bname else (torch.zeros(w_lo.shape[0], dtype=torch.float64),) * 2
+        todo = (~decided & ~ctx.bad).nonzero().flatten()
+        if todo.numel() == 0:
+            return decided, topk
+        centre = ((lo + hi) / 2)[todo]
+        order = torch.argsort(centre, dim=1, descending=True, stable=True)
+        wmax = torch.maximum(w_lo.abs(), w_hi.abs())
+        bmax = torch.maximum(b_lo.abs(), b_hi.abs())
+        for start in range(0, todo.numel(), 256):  # [rows, classes, fan-in] stays small
+            rows = todo[start : start + 256]
+            ordr = order[start : start + 256]
+            ok = self._pairs_positive(h.lo[rows], h.hi[rows], ordr, k, w_lo, w_hi, b_lo, b_hi, wmax, bmax, n)
+            decided[rows[ok]] = True
+            topk[rows[ok]] = ordr[ok, :k]
+        return decided, topk
+
+    def _pairs_positive(self, h_lo, h_hi, order, k, w_lo, w_hi, b_lo, b_hi, wmax, bmax, n) -> torch.Tensor:
+        """Rows where every needed difference l_a − l_b (a ranked above b) is > 0: the
+        k candidates in order, and the k-th above every other class."""
+        rows, c = order.shape
+        a_idx = torch.cat([order[:, :k - 1], order[:, k - 1 : k].expand(rows, c - k)], dim=1)
+        b_idx = torch.cat([order[:, 1:k], order[:, k:]], dim=1)  # [rows, c-1] pairs (a, b)
+        d_lo = w_lo[a_idx] - w_hi[b_idx]  # [rows, c-1, n], exact or one rounding (widened below)
+        d_hi = w_hi[a_idx] - w_lo[b_idx]
+        hl, hh = h_lo.unsqueeze(1), h_hi.unsqueeze(1)
+        if bool((h_lo >= 0).all()):
+            low = (d_lo.clamp(min=0) * hl - (-d_lo).clamp(min=0) * hh).sum(-1)
+        else:
+            hc, hr = (hl + hh) / 2, (hh - hl) / 2
+            dc, dr = (d_lo + d_hi) / 2, (d_hi - d_lo) / 2
+            low = (dc * hc).sum(-1) - (dc.abs() * hr + dr * torch.maximum(hl.abs(), hh.abs())).sum(-1)
+        low = low + (b_lo[a_idx] - b_hi[b_idx])
+        hmax = torch.maximum(h_lo.abs(), h_hi.abs()).unsqueeze(1)
+        s_a = (wmax[a_idx] * hmax).sum(-1) + bmax[a_idx]  # bounds |W_a|·|h| + |b_a|
+        s_b = (wmax[b_idx] * hmax).sum(-1) + bmax[b_idx]
+        # float32 rounding of both logits, float64 rounding of this sum of 2n+2 terms
+        # (each difference term carries one more rounding: hence 2·eps on its size)
+        err = (s_a + s_b) * (2.0 * _dot_eps(2 * n + 2)) + 2 * (n + 2) * _TINY32
+        if not self._rounding:
+            err = torch.zeros_like(err)
+        return (low - err > 0).all(dim=1)
 
 
 _LEAF_TYPES = (

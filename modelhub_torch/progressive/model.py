@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from modelhub_torch.errors import ModelHubError
-from modelhub_torch.progressive.intervals import IntervalNet, decide_topk, known_mask, weight_bounds
+from modelhub_torch.progressive.intervals import IntervalNet, known_mask, weight_bounds
 from modelhub_torch.progressive.planes import PlaneReader
 
 if TYPE_CHECKING:
@@ -119,8 +119,7 @@ class ProgressiveModel:
             if strategy == "all":
                 self._fetch(tier)
             while True:
-                lo, hi = self.net.bounds(x[todo], self._weights(tier))
-                decided, idx = decide_topk(lo, hi, k)
+                decided, idx = self.net.decide(x[todo], self._weights(tier), k)
                 topk[todo[decided]] = idx[decided]
                 planes[todo[decided]] = tier
                 todo = todo[~decided]
