@@ -8,6 +8,7 @@
 4. Resume training from it with ``ckpt_path="modelhub://..."`` and start a fine-tune
    with ``modelhub copy``.
 5. Query the repository with DQL: metrics, lineage and the recorded network.
+6. Predict progressively: the high-order bytes first, the rest only where unsure.
 
 Run it with ``make demo``; the repository is left in ./demo-hub/repo for you to explore
 (``.venv/bin/modelhub --repo demo-hub/repo list``).
@@ -50,7 +51,9 @@ def step(title: str) -> None:
 def modelhub(*args: str) -> None:
     cmd = [sys.executable, "-m", "modelhub_torch.cli", "--repo", str(REPO), *args]
     print("$ modelhub " + shlex.join(args), flush=True)
-    subprocess.run(cmd, check=True)
+    # examples/ on the path, so `modelhub eval` can import the recorded module class
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))}
+    subprocess.run(cmd, check=True, env=env)
 
 
 def bits_equal(a: dict, b: dict) -> bool:
@@ -102,6 +105,25 @@ def main() -> int:
     modelhub("query", 'select m where m.name like "digits%" and m.metrics.val_acc > 0.97 '
              'and m["conv*"].next has RELU order by m.metrics.val_acc desc limit 3')
     modelhub("query", f'select m where m.ancestors has "{best.ref}"')
+
+    step("6. progressive predict: decide from the high-order bytes, read the rest only when unsure")
+    from digits import digits_tensors
+
+    from modelhub_torch.progressive import ProgressiveModel
+
+    x = torch.cat([t.tensors[0] for t in digits_tensors()])
+    y = torch.cat([t.tensors[1] for t in digits_tensors()])
+    res = ProgressiveModel(DigitsCNN(), REPO, "digits-cnn@latest").predict(x, k=1)
+    full = DigitsCNN.load_from_checkpoint(make_url(REPO, "digits-cnn@latest")).eval()
+    with torch.no_grad():
+        same = torch.equal(res.topk, full(x).topk(1, dim=1).indices)
+    shares = ", ".join(f"{t} plane{'s' if t > 1 else ''}: {100 * v:.1f}%" for t, v in sorted(res.share_by_tier().items()))
+    print(f"{len(x)} digits: same answers as the full-precision model: {same}; decided with {shares}")
+    print(f"read {res.bytes_read:,} of {res.bytes_full:,} bytes ({100 * res.bytes_read / res.bytes_full:.0f}%);"
+          f" accuracy {float((res.topk[:, 0] == y).float().mean()):.3f}")
+    data = WORK / "digits.pt"
+    torch.save({"x": x, "y": y}, data)
+    modelhub("eval", "digits-cnn@latest", "--data", str(data), "--progressive")
     modelhub("verify")
     print(f"\nDone. Explore it yourself: .venv/bin/modelhub --repo {REPO.relative_to(ROOT)} list")
     return 0 if same else 1
