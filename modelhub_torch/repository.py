@@ -431,10 +431,13 @@ class Repository:
             listed = self.refs.listed_numbers(model)
             number = (listed[-1] if listed else 0) + 1
             if expect_number is not None and number != expect_number:
+                why = (
+                    f"another process committed to {model!r} meanwhile; give each run its own model name"
+                    if number > expect_number
+                    else f"an earlier commit meant as {model}@v{number} did not complete"
+                )
                 raise ModelHubError(
-                    f"expected to commit {model}@v{expect_number} but the next version is "
-                    f"{model}@v{number}: another process committed to {model!r} meanwhile; "
-                    "give each run its own model name"
+                    f"expected to commit {model}@v{expect_number} but the next version is {model}@v{number}: {why}"
                 )
             if parent is not None:
                 parent_vid: str | None = self.resolve(parent)
@@ -469,6 +472,7 @@ class Repository:
             old_moid = self.refs.manifest_of(old.id)
             self.refs.set_manifest(new.id, new_oid)
             self._invalidate(new.id)
+            self.catalog.upsert(new, new_oid, self._stored_bytes(new, new_oid))
             # objects are content-addressed: never delete what the new manifests use, nor
             # what any other version's current manifest shares (packs are salted, so that
             # is a second line of defence; gc reclaims whatever is kept needlessly)
@@ -476,7 +480,6 @@ class Repository:
             for oid in [*old.packs, old_moid]:
                 if oid and oid not in survive and not (self.catalog.object_users(oid) - {old.id}):
                     self.objects.delete(oid)
-            self.catalog.upsert(new, new_oid, self._stored_bytes(new, new_oid))
 
     # ------------------------------------------------------------------ query
     def query(self, text: str) -> QueryResult:
@@ -492,6 +495,25 @@ class Repository:
                     yield vid, alias
 
         return execute(self.catalog.connection(), text, self.resolve, tags, self._version)
+
+    def _possible_dependents(self, vid: str) -> set[str]:
+        """Versions whose manifests may point into ``vid`` under the commit policy: the
+        other versions of its model (reverse deltas, contexts, keyframe chains) and its
+        children in other models (forward deltas, copies)."""
+        row = self.catalog.row(vid)
+        out = {r["id"] for r in self.catalog.rows(row["model"])} if row else set()
+        out |= self.catalog.children(vid)
+        return out - {vid}
+
+    def _refresh_rows(self, vids: Iterable[str]) -> None:
+        """Re-index versions whose manifest was switched since their row was written (by
+        another machine on a shared remote, or a crash between switch and index): prune
+        must see every current link."""
+        for v in vids:
+            moid = self.refs.manifest_of(v)
+            row = self.catalog.row(v)
+            if moid and (row is None or row["manifest"] != moid):
+                self._index(v)
 
     # ------------------------------------------------------------------- copy
     def copy(self, ref: str | Version, new_model: str, message: str = "") -> Version:
@@ -509,7 +531,7 @@ class Repository:
         return self.commit(
             weights, new_model, parent=src.id, hparams=src.hparams,
             message=message or f"copy of {src.ref}", info={"copied_from": src.ref},
-            graph=self.manifest(src.id).extra.get("graph"),
+            graph=self.manifest(src.id).extra.get("graph"), expect_number=1,
         )
 
     # ------------------------------------------------------------------ prune
@@ -526,6 +548,7 @@ class Repository:
         with self._lock:
             self._sync_index()
             vid = self.resolve(ref)
+            self._refresh_rows(self._possible_dependents(vid))
             replaced = Pruner(self, vid, sorted(self.catalog.dependents(vid))).run(set(keys))
             if replaced:
                 new_oids = [self.objects.put(new.to_bytes()) for new, _ in replaced]

@@ -157,3 +157,14 @@ def test_desc_and_diff_show_the_network(repo: Repository, capsys) -> None:
     assert main(["--repo", repo.url, "--json", "diff", "alexnet_a@v1", "alexnet_a@v2"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["network"]["added"] == [] and doc["network"]["changed"] == []
+
+
+def test_booleans_match_json_booleans(tmp_path) -> None:
+    repo = Repository.init(tmp_path / "r")
+    repo.commit({"w": torch.ones(3)}, "a", hparams={"use_bn": True, "lr": 0.1})
+    repo.commit({"w": torch.zeros(3)}, "b", hparams={"use_bn": False, "lr": 1})
+    assert repo.query("select m where m.hparams.use_bn = true").refs == ["a@v1"]
+    assert repo.query("select m where m.hparams.use_bn != true").refs == ["b@v1"]
+    assert repo.query("select m where m.hparams.use_bn in (false)").refs == ["b@v1"]
+    assert repo.query("select m where m.hparams.lr = 1").refs == ["b@v1"]  # 1, not true
+    assert repo.query("select m where m.hparams.use_bn = 1").refs == []  # true is not a number

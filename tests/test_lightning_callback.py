@@ -230,3 +230,23 @@ def _logging_step(module):
         return loss
 
     return step
+
+
+@pytest.mark.parametrize("async_save", [False, True])
+def test_a_failed_commit_stops_the_run_with_its_error(tmp_path, async_save: bool) -> None:
+    repo = Repository.init(tmp_path / "hub")
+    calls = {"n": 0}
+    real_commit = repo.commit
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError("disk full (simulated)")
+        return real_commit(*args, **kwargs)
+
+    repo.commit = flaky  # type: ignore[method-assign]
+    cb = ModelHubCheckpoint(repo, "mlp", async_save=async_save)
+    with pytest.raises((OSError, Exception), match="disk full"):
+        fit(tmp_path, [cb], epochs=4)
+    assert [v.number for v in repo.versions("mlp")] == [1]
+    assert repo.verify() == []

@@ -115,3 +115,26 @@ def test_prune_refuses_what_it_cannot_do(tmp_path) -> None:
         repo.prune("listy@v1", STATE_KEYS)
     # entries that are absent: nothing happens
     assert repo.prune("plain@v1", STATE_KEYS).raw_bytes == 12
+
+
+def test_prune_sees_links_its_index_missed(tmp_path, monkeypatch) -> None:
+    """A parent re-encoded against v3 by another writer (remote repositories keep one
+    index per machine) or a crash between the manifest switch and the index update:
+    prune must still find the parent's deltas into v3 before dropping anything."""
+    import os
+
+    ckpts = _trajectory(3, seed=3)
+    url = "memory://prune-stale-" + os.urandom(4).hex()
+    monkeypatch.setenv("MODELHUB_CACHE", str(tmp_path / "cache-a"))
+    a = Repository.init(url)
+    a.commit(ckpts[0], "m")
+    a.commit(ckpts[1], "m")
+    monkeypatch.setenv("MODELHUB_CACHE", str(tmp_path / "cache-b"))
+    b = Repository(url)  # indexes v1, v2 as they are now
+    a.commit(ckpts[2], "m")  # v2 becomes a reverse delta against v3
+    assert b.catalog.dependents(b.resolve("m@v3")) == set()  # b's index is stale
+    b.prune("m@v3", STATE_KEYS)
+    assert_bit_equal(b.load("m@v2"), ckpts[1])
+    assert_bit_equal(b.load("m@v1"), ckpts[0])
+    assert_bit_equal(b.load("m@v3"), _weights_only(ckpts[2]))
+    assert b.verify() == []

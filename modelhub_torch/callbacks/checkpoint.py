@@ -32,7 +32,7 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from modelhub_torch.callbacks.fs import make_url, parse_url
-from modelhub_torch.errors import ModelHubError
+from modelhub_torch.errors import ModelHubError, RefNotFoundError
 from modelhub_torch.repository import Repository
 from modelhub_torch.store.refs import check_name
 
@@ -265,19 +265,38 @@ class ModelHubCheckpoint(ModelCheckpoint):
         number = self._next
         if filepath != self._url(number):
             raise ModelHubError(f"internal: asked to save {filepath!r} while the next version is v{number}")
-        self._raise_failed()
-        checkpoint = trainer._checkpoint_connector.dump_checkpoint(self.save_weights_only)
+        failure: BaseException | None = None
+        if trainer.is_global_zero:
+            try:
+                self._raise_failed()
+            except ModelHubError as exc:
+                failure = exc
+        checkpoint = trainer._checkpoint_connector.dump_checkpoint(self.save_weights_only)  # collective
+        if trainer.is_global_zero and failure is None:
+            try:
+                job = self._commit_job(trainer, checkpoint, number)
+                if not self.save_weights_only:
+                    with self._lock:  # known at once, so the next checkpoint's state lists it
+                        self._with_state.append(f"{self.model}@v{number}")
+                if self.async_save:
+                    self._submit(job, _clone(checkpoint))
+                else:
+                    job(checkpoint)
+                for logger in trainer.loggers:
+                    logger.after_save_checkpoint(proxy(self))
+            except Exception as exc:
+                failure = exc
+        # every rank learns whether rank zero stored the version, so none waits forever
+        # at the barrier for a rank that raised
+        failed = bool(trainer.strategy.broadcast(failure is not None))
+        if failed:
+            self._error = None
+            if failure is not None:
+                raise failure
+            raise ModelHubError(f"rank zero could not commit {self.model}@v{number}; see its log")
         self._next += 1
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
-        if trainer.is_global_zero:
-            job = self._commit_job(trainer, checkpoint, number)
-            if self.async_save:
-                self._submit(job, _clone(checkpoint))
-            else:
-                job(checkpoint)
-            for logger in trainer.loggers:
-                logger.after_save_checkpoint(proxy(self))
         trainer.strategy.barrier("ModelHubCheckpoint.save")
 
     def _commit_job(self, trainer: pl.Trainer, checkpoint: dict[str, Any], number: int) -> Any:
@@ -324,13 +343,10 @@ class ModelHubCheckpoint(ModelCheckpoint):
             assert self.repo is not None
             v = self.repo.commit(ckpt, self.model, parent=parent, metrics=metrics, hparams=hparams,
                                  message=message, info=info, graph=graph, expect_number=number)
-            with self._lock:
-                if not self.save_weights_only:
-                    self._with_state.append(v.ref)
             if best:
                 self.repo.tag(self.ref_of(best), "best")
             if self.trainer_state == "latest":
-                self._prune_state(keep | {v.ref}, precision_key)
+                self._prune_state(keep | {v.ref}, precision_key, upto=v.number)
 
         return job
 
@@ -344,13 +360,22 @@ class ModelHubCheckpoint(ModelCheckpoint):
             paths = self.best_k_models.keys()
         return {self.ref_of(p) for p in paths}
 
-    def _prune_state(self, keep: set[str], precision_key: str) -> None:
+    def _prune_state(self, keep: set[str], precision_key: str, upto: int) -> None:
+        """Prune the trainer state of this history's versions below number ``upto`` that
+        are neither kept nor pending (async commits queued after this one)."""
         assert self.repo is not None
+
+        def committed(ref: str) -> bool:
+            return int(ref.rpartition("@v")[2]) < upto
+
         with self._lock:
-            drop = [r for r in self._with_state if r not in keep]
-            self._with_state = [r for r in self._with_state if r in keep]
+            drop = [r for r in self._with_state if r not in keep and committed(r)]
+            self._with_state = [r for r in self._with_state if r not in drop]
         for ref in drop:
-            self.repo.prune(ref, (*TRAINER_STATE_KEYS, precision_key))
+            try:
+                self.repo.prune(ref, (*TRAINER_STATE_KEYS, precision_key))
+            except RefNotFoundError:
+                log.warning("cannot prune %s: no such version (a failed commit?)", ref)
 
     # ------------------------------------------------------------- async
     def _submit(self, job: Any, checkpoint: dict[str, Any]) -> None:
@@ -386,11 +411,13 @@ class ModelHubCheckpoint(ModelCheckpoint):
         self.wait()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        super().on_exception(trainer, pl_module, exception)
+        # the exception being handled stays the one the user sees: a failure to save
+        # now (or an earlier background failure) is logged, not raised over it
         try:
+            super().on_exception(trainer, pl_module, exception)
             self.wait()
-        except ModelHubError as exc:
-            log.error("%s", exc)
+        except Exception as exc:
+            log.error("ModelHubCheckpoint could not save on %s: %s", type(exception).__name__, exc)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         try:
@@ -411,7 +438,7 @@ class ModelHubCheckpoint(ModelCheckpoint):
         super().load_state_dict(state_dict)
         if state_dict.get("model") == self.model and state_dict.get("dirpath") == self.dirpath:
             # versions of the resumed run that still hold trainer state: pruned in turn
-            self._with_state = [r for r in state_dict.get("with_trainer_state", []) if r not in self._with_state]
+            self._with_state += [r for r in state_dict.get("with_trainer_state", []) if r not in self._with_state]
 
 
 def _refuse_sharded(trainer: pl.Trainer) -> None:

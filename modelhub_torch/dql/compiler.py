@@ -168,7 +168,7 @@ def _operand(node: Any, ctx: _Ctx, want_column: bool = False) -> tuple[str, str]
     """SQL and type ("number" | "text" | "json" | "any") of an operand."""
     if isinstance(node, Literal):
         if isinstance(node.value, bool):
-            return ctx.bind(1 if node.value else 0), "number"
+            return ctx.bind(1 if node.value else 0), "bool"  # json_extract gives 1/0 for true/false
         return ctx.bind(node.value), "number" if isinstance(node.value, (int, float)) else "text"
     if isinstance(node, Count):
         return _count(node, ctx), "number"
@@ -202,7 +202,7 @@ def _typed(sql: str, typ: str, want: str) -> str:
     strings as strings (a metric that is a string never equals 0.9)."""
     if typ != "json":
         return ""
-    kinds = "('integer','real')" if want == "number" else "('text')"
+    kinds = {"number": "('integer','real')", "bool": "('true','false')"}.get(want, "('text')")
     arg = sql.replace("json_extract(", "json_type(", 1)
     return f"{arg} IN {kinds} AND "
 
@@ -211,15 +211,21 @@ def _compare(node: Compare, ctx: _Ctx) -> str:
     left, lt = _operand(node.left, ctx)
     right, rt = _operand(node.right, ctx)
     for (side, t), (other, ot) in (((node.left, lt), (node.right, rt)), ((node.right, rt), (node.left, lt))):
-        if t in ("number", "text") and ot in ("number", "text") and t != ot and isinstance(side, Field):
+        if t in ("number", "text") and ot in ("number", "text", "bool") and t != ot and isinstance(side, Field):
             raise ctx.error(other, f"{_describe(side)} is a {t}; compare it with a {t}, not a {ot}")
     guard = ""
-    if lt == "json" and rt in ("number", "text"):
+    if lt == "json" and rt in ("number", "text", "bool"):
         guard = _typed(left, lt, rt)
-    elif rt == "json" and lt in ("number", "text"):
+    elif rt == "json" and lt in ("number", "text", "bool"):
         guard = _typed(right, rt, lt)
     op = "=" if node.op == "=" else node.op
     return f"({guard}{left} {op} {right})"
+
+
+def _literal_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    return "number" if isinstance(value, (int, float)) else "text"
 
 
 def _describe(f: Field) -> str:
@@ -244,11 +250,11 @@ def _like(node: Like, ctx: _Ctx) -> str:
 
 def _in_list(node: InList, ctx: _Ctx) -> str:
     sql, typ = _operand(node.operand, ctx)
-    kinds = {"number" if isinstance(v.value, (int, float)) else "text" for v in node.values}
+    kinds = {_literal_type(v.value) for v in node.values}
     if typ in ("number", "text") and kinds - {typ}:
         raise ctx.error(node, f"{_describe(node.operand)} is a {typ}; list only {typ}s")
     guard = _typed(sql, typ, kinds.pop()) if len(kinds) == 1 else ""
-    marks = ", ".join(ctx.bind(v.value) for v in node.values)
+    marks = ", ".join(ctx.bind(int(v.value) if isinstance(v.value, bool) else v.value) for v in node.values)
     return f"({guard}{sql} {'NOT ' if node.negate else ''}IN ({marks}))"
 
 

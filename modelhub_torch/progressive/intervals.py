@@ -882,9 +882,11 @@ class IntervalNet:
         order = torch.argsort(centre, dim=1, descending=True, stable=True)
         wmax = torch.maximum(w_lo.abs(), w_hi.abs())
         bmax = torch.maximum(b_lo.abs(), b_hi.abs())
-        for start in range(0, todo.numel(), 256):  # [rows, classes, fan-in] stays small
-            rows = todo[start : start + 256]
-            ordr = order[start : start + 256]
+        # a handful of float64 [rows, classes, fan-in] arrays live at once: ~32 MiB each
+        step = max(1, (1 << 22) // max(1, lo.shape[1] * n))
+        for start in range(0, todo.numel(), step):
+            rows = todo[start : start + step]
+            ordr = order[start : start + step]
             ok = self._pairs_positive(h.lo[rows], h.hi[rows], ordr, k, w_lo, w_hi, b_lo, b_hi, wmax, bmax, n)
             decided[rows[ok]] = True
             topk[rows[ok]] = ordr[ok, :k]

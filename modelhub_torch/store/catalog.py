@@ -292,6 +292,10 @@ class Catalog:
             for r in self._conn().execute("SELECT version FROM version_objects WHERE oid=?", (oid,))
         }
 
+    def children(self, version_id: str) -> set[str]:
+        """Versions whose parent is ``version_id``."""
+        return {r[0] for r in self._conn().execute("SELECT id FROM versions WHERE parent=?", (version_id,))}
+
     def dependents(self, version_id: str) -> set[str]:
         """Versions whose current manifest points into ``version_id``'s tensors."""
         return {
