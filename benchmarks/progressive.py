@@ -23,7 +23,7 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from storage import median_time
+from storage import median_time, table
 
 from modelhub_torch import Repository
 from modelhub_torch.progressive import ProgressiveModel
@@ -123,10 +123,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"{flat.bytes_read:,} ({100 * flat.bytes_read / flat.bytes_full:.0f}%)", f"{res.bytes_full:,}",
                     f"{median_time(progressive, 3) * 1e3:.0f}", f"{median_time(ordinary, 3) * 1e3:.1f}",
                 ])
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     print(f"digits, {len(x)} inputs, {os.cpu_count()} CPUs; every answer equals the ordinary forward")
-    for r in [header, ["-" * w for w in widths], *rows]:
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+    print(table(rows, header))
     return 0
 
 

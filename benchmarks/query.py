@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 os.environ.setdefault("PYTHONWARNINGS", "ignore")
 warnings.filterwarnings("ignore")
 
-from storage import median_time  # noqa: E402
+from storage import median_time, table  # noqa: E402
 
 from modelhub_torch import Repository  # noqa: E402
 from modelhub_torch.dql.engine import execute  # noqa: E402
@@ -198,9 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             t_dql = median_ms(lambda text=text: dql(text), args.repeats)
             t_scan = median_ms(lambda keep=keep, key=key, limit=limit: scan(runs, keep, key, limit), max(3, args.repeats // 5))
             rows.append([label, f"{len(ours):,}", f"{t_dql:.1f}", f"{t_scan:.0f}", f"{t_scan / t_dql:,.0f}x"])
-        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-        for r in [header, ["-" * w for w in widths], *rows]:
-            print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+        print(table(rows, header))
         for label, text, *_ in QUERIES:
             print(f"  {label}: {text}")
         if not args.no_real:

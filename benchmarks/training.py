@@ -33,6 +33,7 @@ warnings.filterwarnings("ignore")
 import pytorch_lightning as pl  # noqa: E402
 from digits import DigitsCNN, loaders  # noqa: E402
 from pytorch_lightning.callbacks import ModelCheckpoint  # noqa: E402
+from storage import table  # noqa: E402
 
 from modelhub_torch import Repository  # noqa: E402
 from modelhub_torch.callbacks import ModelHubCheckpoint  # noqa: E402
@@ -123,10 +124,8 @@ def main(argv: list[str] | None = None) -> int:
             f"1/{mc_bytes / b:.2f}" if b else "-", f"{med(s, 'fit_s'):.2f}",
             f"{save * 1e3:.1f}" if save else "-", f"{save / mc_save:.2f}x" if save else "-",
         ])
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     print(f"digits CNN, {args.epochs} epochs, one checkpoint per epoch; medians of {args.repeats} fits; {os.cpu_count()} CPUs")
-    for r in [header, ["-" * w for w in widths], *rows]:
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+    print(table(rows, header))
     return 0
 
 

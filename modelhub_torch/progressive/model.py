@@ -59,6 +59,7 @@ class ProgressiveModel:
         self.start_planes = start_planes
         self._module = module
         self._exact: torch.nn.Module | None = None
+        self._bounds: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self._fetch(start_planes)
 
     @property
@@ -74,15 +75,20 @@ class ProgressiveModel:
             self.store.fetch(name, planes)
 
     def _weights(self, planes: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Every weight's bounds with what is known of it at this tier; a tensor's bounds
+        change only when a plane of it is read, so they are computed once per plane."""
         out = {}
         for name, t in self.store.tensors.items():
-            if t.exact is not None or not t.separable:
-                w = self.store.tensor(name).to(torch.float64)
-                out[name] = (w, w)
-                continue
-            mask = known_mask(t.dtype, min(planes, t.known), t.layout)
-            lo, hi = weight_bounds(self.store.bits(name), mask, t.dtype)
-            out[name] = (torch.from_numpy(lo).reshape(t.shape), torch.from_numpy(hi).reshape(t.shape))
+            known = t.width if (t.exact is not None or not t.separable) else min(planes, t.known)
+            key = (name, known)
+            if key not in self._bounds:
+                if known == t.width:
+                    w = self.store.tensor(name).to(torch.float64)
+                    self._bounds[key] = (w, w)
+                else:
+                    lo, hi = weight_bounds(self.store.bits(name), known_mask(t.dtype, known, t.layout), t.dtype)
+                    self._bounds[key] = (torch.from_numpy(lo).reshape(t.shape), torch.from_numpy(hi).reshape(t.shape))
+            out[name] = self._bounds[key]
         return out
 
     def _exact_module(self) -> torch.nn.Module:
