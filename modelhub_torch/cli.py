@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from modelhub_torch import __version__
 from modelhub_torch.errors import ModelHubError
 from modelhub_torch.manifest import DROPPED
+from modelhub_torch.pas.planner import ALGORITHMS, SCHEMES
 
 if TYPE_CHECKING:
     from modelhub_torch.repository import Repository, Version
@@ -264,6 +265,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = cmd("verify", "re-hash every object and decode every version")
     c.add_argument("--rebuild-index", action="store_true", help="rebuild the catalog from refs and manifests")
+
+    c = cmd("archive", "re-plan how every version is stored: least storage within a recreation budget (PAS)")
+    c.add_argument("--budget", type=float, default=2.0, metavar="ALPHA",
+                   help="each version may take ALPHA x its fastest possible recreation time (default 2)")
+    c.add_argument("--scheme", choices=SCHEMES, default="independent",
+                   help="a version's recreation time: sum (independent) or max (parallel) over its tensors")
+    c.add_argument("--algorithm", choices=ALGORITHMS, default="pas-mt", help="planner (default pas-mt)")
+    c.add_argument("--cold", metavar="URL", help="second storage tier (any fsspec URL) for low-order planes")
+    c.add_argument("--hot-planes", type=int, default=2, metavar="N",
+                   help="high-order planes that always stay in the repository (default 2)")
+    c.add_argument("--cold-price", type=float, default=0.25, metavar="P",
+                   help="cost of a cold byte relative to a repository byte (default 0.25)")
+    c.add_argument("--lossy", metavar="SCHEME", help="fp16 | bf16 | fixed:K | quant:K, for the versions of --versions")
+    c.add_argument("--versions", nargs="+", default=[], metavar="REF", help="versions --lossy applies to (opt-in)")
+    c.add_argument("--data", metavar="FILE", help="inputs [and labels] (as for eval) to check lossy versions' accuracy")
+    c.add_argument("--module", metavar="PKG.MOD:CLASS", help="architecture for the accuracy check (as for eval)")
+    c.add_argument("--measure", action="store_true", help="load every version before and after, report load times")
+    c.add_argument("--dry-run", action="store_true", help="plan and report without rewriting anything")
 
     c = cmd("gc", "delete objects no version references")
     c.add_argument("--dry-run", action="store_true", help="only report what would go")
@@ -568,6 +587,10 @@ def cmd_desc(args: argparse.Namespace, out: Output) -> int:
             stored = 0
         else:
             how = "delta" if data.get("base") else "whole"
+            if data.get("lossy"):
+                how = f"lossy {data['lossy'].get('scheme', '?')}"
+            if data.get("cold_from") is not None:
+                how += f", planes {data['cold_from']}+ cold"
             if data.get("base"):
                 base = refs.get(data["base"]["version"], data["base"]["version"][:12])
             stored = sum(int(f[1]) for c in data["chunks"] for f in c["frames"])
@@ -604,6 +627,11 @@ def cmd_desc(args: argparse.Namespace, out: Output) -> int:
         ["metrics:", fmt_kv(v.metrics) or "-"],
         ["hparams:", fmt_kv(v.hparams) or "-"],
     ]
+    lossy = m.extra.get("lossy")
+    doc["lossy"] = lossy
+    if lossy:
+        head.append(["lossy:", f"{', '.join(lossy)} — archived lossily: its float tensors are rounded "
+                               "values, not the bits committed"])
     text = "\n".join(f"{k:<9} {val}" for k, val in head) + "\n\n"
     rows = []
     for t in tensors:
@@ -983,6 +1011,94 @@ def cmd_verify(args: argparse.Namespace, out: Output) -> int:
     return 1 if problems else 0
 
 
+def _load_times(repo: Repository) -> list[float]:
+    """Seconds to load each version (a fresh reader per version, as a user's load)."""
+    times = []
+    versions = repo.versions()
+    if versions:
+        repo.load(versions[0].ref, weights_only=False)  # warm-up: compiled kernels, imports
+    for v in versions:
+        t0 = time.perf_counter()
+        repo.load(v.ref, weights_only=False)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _accuracy(repo: Repository, v: Version, x: Any, y: Any, spec: str | None) -> tuple[Any, float | None]:
+    """Top-1 predictions of a version on ``x`` and its accuracy on ``y`` (if given)."""
+    import torch
+
+    module = _eval_module(repo, v, spec).eval()
+    module.load_state_dict(repo.load_state_dict(v.ref))
+    with torch.no_grad():
+        pred = module(x).argmax(dim=1)
+    return pred, (float((pred == y.reshape(-1)).float().mean()) if y is not None else None)
+
+
+def cmd_archive(args: argparse.Namespace, out: Output) -> int:
+    repo = _open(args)
+    if args.lossy and not args.versions:
+        raise CliError("lossy archival is opt-in per version: name them with --versions REF [REF ...]")
+    if args.versions and not args.lossy:
+        raise CliError("--versions names the versions for --lossy; give --lossy SCHEME too")
+    lossy = {ref: args.lossy for ref in args.versions}
+    checks: dict[str, Any] = {}
+    if args.data and lossy:
+        x, y = _eval_data(args.data)
+        for ref in lossy:
+            v = repo.version(ref)
+            checks[v.ref] = _accuracy(repo, v, x, y, args.module)
+    before = _load_times(repo) if args.measure and not args.dry_run else []
+    r = repo.archive(
+        args.budget, scheme=args.scheme, algorithm=args.algorithm, lossy=lossy or None, cold=args.cold,
+        hot_planes=args.hot_planes, cold_price=args.cold_price, dry_run=args.dry_run,
+    )
+    doc = r.to_json()
+    verb = "planned" if r.dry_run else "archived"
+    lines = [
+        f"{verb} {r.versions} versions ({r.matrices} tensors, {r.edges} candidate edges) with {r.algorithm}, "
+        f"{r.scheme} scheme, budget {r.alpha:g}x, in {r.seconds:.1f} s",
+    ]
+    if r.dry_run:
+        lines.append(f"storage now {human_size(r.stored_before)}; the plan stores {human_size(r.planned_storage)} of "
+                     "tensor data (nothing was rewritten)")
+    else:
+        ratio = r.stored_before / r.stored_after if r.stored_after else float("inf")
+        lines.append(f"storage: {human_size(r.stored_before)} -> {human_size(r.stored_after)} ({ratio:.2f}x)"
+                     + (f", of which {human_size(r.cold_after)} in the cold tier" if r.cold_after else ""))
+    priced = f" (cold bytes counted x{args.cold_price:g})" if args.cold or repo.settings.get("cold") else ""
+    lines.append(f"tensor data under this plan {human_size(r.planned_storage)}{priced}; minimum (MST) "
+                 f"{human_size(r.mst_storage)}, fastest (SPT) {human_size(r.spt_storage)}")
+    lines.append(
+        f"version recreation (modelled): mean {1e3 * r.recreation_mean_s:.1f} ms, worst "
+        f"{1e3 * r.recreation_max_s:.1f} ms (fastest possible: mean {1e3 * r.spt_recreation_mean_s:.1f} ms, "
+        f"worst {1e3 * r.spt_recreation_max_s:.1f} ms)"
+    )
+    if not r.feasible:
+        lines.append("warning: no plan met every budget; this is the least-violating one found")
+    if before:
+        after = _load_times(repo)
+        doc["load_before_s"] = {"mean": sum(before) / len(before), "max": max(before)}
+        doc["load_after_s"] = {"mean": sum(after) / len(after), "max": max(after)}
+        lines.append(
+            f"measured load: mean {1e3 * doc['load_after_s']['mean']:.1f} ms, worst "
+            f"{1e3 * doc['load_after_s']['max']:.1f} ms (before: mean {1e3 * doc['load_before_s']['mean']:.1f} ms, "
+            f"worst {1e3 * doc['load_before_s']['max']:.1f} ms)"
+        )
+    if checks and not r.dry_run:
+        x, y = _eval_data(args.data)
+        rows, doc["accuracy"] = [], {}
+        for ref, (pred0, acc0) in checks.items():
+            pred1, acc1 = _accuracy(repo, repo.version(ref), x, y, args.module)
+            agree = float((pred0 == pred1).float().mean())
+            doc["accuracy"][ref] = {"before": acc0, "after": acc1, "agreement": agree}
+            rows.append([ref, args.lossy, fmt_num(acc0), fmt_num(acc1), f"{100 * agree:.1f}%"])
+        lines.append("")
+        lines.append(table(["VERSION", "LOSSY", "ACC BEFORE", "ACC AFTER", "SAME TOP-1"], rows, right={2, 3, 4}))
+    out.emit(doc, "\n".join(lines))
+    return 0
+
+
 def cmd_gc(args: argparse.Namespace, out: Output) -> int:
     repo = _open(args)
     r = repo.gc(dry_run=args.dry_run)
@@ -1009,6 +1125,7 @@ COMMANDS = {
     "tag": cmd_tag,
     "stats": cmd_stats,
     "verify": cmd_verify,
+    "archive": cmd_archive,
     "gc": cmd_gc,
 }
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from modelhub_torch.errors import ModelHubError
 from modelhub_torch.manifest import DROPPED, Manifest
-from modelhub_torch.pas.codec import CodecConfig, shared_pool
+from modelhub_torch.pas.codec import CodecConfig, RepoCodecs, shared_pool
 from modelhub_torch.pas.dtypes import dtype_name, tensor_bits
 from modelhub_torch.progress import byte_bar
 from modelhub_torch.reader import TensorReader, digest_bits
@@ -68,10 +68,9 @@ class CommitJob:
         # each parent tensor is decoded once: caching them would hold a model's worth
         self.reader = repo.reader(cache_bytes=0)
         s = repo.settings
-        self.mat_cfg = CodecConfig.from_json(s["materialize"])
-        self.delta_cfg = CodecConfig.from_json(s["delta"])
+        c = RepoCodecs.from_settings(s)
+        self.mat_cfg, self.delta_cfg, self.exp_first = c.materialize, c.delta, c.exp_first
         self.keyframe_interval = max(1, int(s["keyframe_interval"]))
-        self.exp_first = s["layout"] == "exp-first"
         p = self.parent
         self.rewrite = p is not None and p.model == model
         # keyframes sit at multiples of the interval: v1..vK-1 chain to vK (stored whole)
@@ -306,7 +305,7 @@ class CommitJob:
 
         def work(c: int) -> tuple[Any, list]:
             s, e = int(starts[c]), int(starts[c + 1])
-            (_, frames), = self.reader.fetch(g, [records[c]], None)  # one chunk's bytes only
+            (_, frames), = self.reader.fetch(g, [records[c]], None, grec["data"].get("cold_from"))  # one chunk only
             gchunk = np.empty(e - s, pbits.dtype)
             codec.decode_chunk(frames, e - s, gchunk, pbits[s:e], cfg, where)
             return gchunk, codec.encode_chunk(gchunk, pbits[s:e], cfg, nbits[s:e])
@@ -345,10 +344,16 @@ class CommitJob:
         copy_unchanged(self.reader, p, recs, changed, out)
 
 
-def copy_unchanged(reader: TensorReader, m: Manifest, recs: list[dict], changed: set[int], out: PackSet) -> None:
-    """Move a manifest's untouched frames into its new packs (packs stay owned by one manifest)."""
+def copy_unchanged(
+    reader: TensorReader, m: Manifest, recs: list[dict], changed: set[int], out: PackSet, cold: PackSet | None = None
+) -> None:
+    """Move a manifest's untouched frames into its new packs (packs stay owned by one
+    manifest). Cold-tier frames go to ``cold``; without it they come back to the hot tier."""
     for i, rec in enumerate(recs):
         if i in changed or rec["data"]["kind"] != "planes":
             continue
-        chunks = reader.fetch(m, rec["data"]["chunks"], None)
-        rec["data"]["chunks"] = out.add(chunks)
+        cold_from = rec["data"].get("cold_from")
+        chunks = reader.fetch(m, rec["data"]["chunks"], None, cold_from)
+        if cold is None:
+            rec["data"].pop("cold_from", None)
+        rec["data"]["chunks"] = out.add(chunks, cold, cold_from)

@@ -36,6 +36,9 @@ class Manifest:
     tensors: list[dict[str, Any]]
     packs: list[str | None] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    # plane packs in the cold tier: frames of records with ``cold_from`` live here for
+    # planes >= cold_from (archive --cold); empty for every manifest a commit writes
+    cold_packs: list[str | None] = field(default_factory=list)
 
     @property
     def ref(self) -> str:
@@ -59,9 +62,23 @@ class Manifest:
         """Records that still hold data (not dropped)."""
         return [t for t in self.tensors if t["data"]["kind"] != DROPPED]
 
+    def objects(self) -> set[str]:
+        """The pack objects this manifest references (both tiers)."""
+        return {oid for oid in (*self.packs, *self.cold_packs) if oid}
+
+    def cold_bytes(self) -> int:
+        """Bytes of this manifest's frames that live in the cold tier."""
+        total = 0
+        for t in self.tensors:
+            data = t["data"]
+            k = data.get("cold_from")
+            if data["kind"] == "planes" and k is not None:
+                total += sum(int(f[1]) for c in data["chunks"] for f in c["frames"][k:])
+        return total
+
     def plane_bytes(self) -> list[int]:
-        """Bytes this manifest's own packs hold, per plane."""
-        sizes = [0] * len(self.packs)
+        """Bytes this manifest's own packs hold, per plane (both tiers)."""
+        sizes = [0] * max(len(self.packs), len(self.cold_packs))
         for t in self.tensors:
             data = t["data"]
             if data["kind"] == "planes":
@@ -86,6 +103,8 @@ class Manifest:
             "packs": self.packs,
             "extra": self.extra,
         }
+        if self.cold_packs:
+            doc["cold_packs"] = self.cold_packs
         text = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
         # stored as one zstd frame: per-tensor records (digests, frame tables) are
         # repetitive JSON, 14 KiB -> ~3 KiB for a small CNN checkpoint
@@ -121,6 +140,7 @@ class Manifest:
                 tensors=doc["tensors"],
                 packs=doc["packs"],
                 extra=doc.get("extra", {}),
+                cold_packs=doc.get("cold_packs", []),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise FormatError(f"{where} lacks a field: {exc}") from exc

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from modelhub_torch.commit import copy_unchanged
 from modelhub_torch.errors import ModelHubError
 from modelhub_torch.manifest import DROPPED, Manifest
-from modelhub_torch.pas.codec import CodecConfig
+from modelhub_torch.pas.codec import RepoCodecs
 from modelhub_torch.writer import PackSet, encode_all
 
 if TYPE_CHECKING:
@@ -55,9 +55,8 @@ class Pruner:
         self.vid = vid
         self.others = others
         self.reader = repo.reader(cache_bytes=0)
-        s = repo.settings
-        self.mat_cfg = CodecConfig.from_json(s["materialize"])
-        self.exp_first = s["layout"] == "exp-first"
+        c = RepoCodecs.from_settings(repo.settings)
+        self.mat_cfg, self.exp_first = c.materialize, c.exp_first
 
     def run(self, keys: set[str]) -> list[tuple[Manifest, Manifest]]:
         m = self.repo.manifest(self.vid)

@@ -12,7 +12,7 @@ from typing import Any
 import blake3
 import numpy as np
 
-from modelhub_torch.errors import CorruptObjectError, FormatError, ModelHubError
+from modelhub_torch.errors import CorruptObjectError, FormatError
 from modelhub_torch.manifest import DROPPED, Manifest
 from modelhub_torch.pas import codec
 from modelhub_torch.pas.dtypes import uint_dtype
@@ -24,6 +24,23 @@ def digest_bits(bits: np.ndarray) -> str:
     data = memoryview(np.ascontiguousarray(bits)).cast("B")
     threads = blake3.blake3.AUTO if len(data) >= (16 << 20) else 1
     return blake3.blake3(data, max_threads=threads).hexdigest()
+
+
+def lossy_values(codes: np.ndarray, transform: dict[str, Any], dtype: str) -> np.ndarray:
+    """The bits of the values a lossy record's codes stand for."""
+    from modelhub_torch.pas import lossy
+
+    code_dtype = transform.get("code_dtype")
+    try:
+        typed = codes.view(np.dtype("uint16" if code_dtype == "bfloat16" else code_dtype))
+        values = lossy.decode(typed, transform, dtype)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise FormatError(f"bad lossy transform {transform!r}: {exc}") from exc
+    return np.ascontiguousarray(values).view(uint_dtype(dtype))
+
+
+class _Cycle(Exception):
+    """A tensor's delta chain came back to itself (stale manifests mixed with new ones)."""
 
 
 class TensorReader:
@@ -44,9 +61,12 @@ class TensorReader:
         self._cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
         self._cached = 0
         self._lock = threading.Lock()
+        self._active = threading.local()  # (version, index) pairs being decoded by this thread
         self.bytes_read = 0
+        self._seen_versions: set[str] = set()
 
     def record(self, vid: str, idx: int) -> dict[str, Any]:
+        self._seen_versions.add(vid)
         m = self.manifest_of(vid)
         try:
             return m.tensors[idx]
@@ -67,30 +87,49 @@ class TensorReader:
 
     def decode(self, vid: str, idx: int, planes: int | None = None) -> np.ndarray:
         """Flat uint array of one tensor's bits (all planes unless ``planes`` given)."""
-        try:
-            return self._decode(vid, idx, planes)
-        except CorruptObjectError:
-            # A child's commit may have just re-encoded this version (or the one its
-            # `same` links lead to) and dropped the old packs: reload every manifest on
-            # the way once and retry before reporting corruption.
-            self._refresh_links(vid, idx)
-            with self._lock:
-                self._cache.clear()
-                self._cached = 0
-            return self._decode(vid, idx, planes)
-
-    def _refresh_links(self, vid: str, idx: int) -> None:
-        seen = set()
-        while (vid, idx) not in seen:
-            seen.add((vid, idx))
-            self.invalidate(vid)
+        stack = getattr(self._active, "stack", None)
+        if stack is not None:  # a base or context of a tensor this thread is decoding
+            if (vid, idx) in stack:
+                raise _Cycle(vid, idx)
+            stack.add((vid, idx))
             try:
-                data = self.record(vid, idx)["data"]
-            except ModelHubError:
-                return
-            if data["kind"] != "same":
-                return
-            vid, idx = data["version"], int(data["index"])
+                return self._decode(vid, idx, planes)
+            finally:
+                stack.discard((vid, idx))
+        try:
+            return self._decode_retrying(vid, idx, planes)
+        finally:
+            self._active.stack = None
+
+    RETRIES = 5
+
+    def _decode_retrying(self, vid: str, idx: int, planes: int | None) -> np.ndarray:
+        # A child's commit or an archive may re-encode versions on the way and drop the
+        # old packs (a missing object), or manifests cached before an archive may mix
+        # with ones read after it (a cycle): forget every manifest and decoded base seen,
+        # read the current ones and retry (each concurrent commit can cause one miss).
+        for attempt in range(self.RETRIES + 1):
+            self._active.stack = {(vid, idx)}
+            try:
+                return self._decode(vid, idx, planes)
+            except (_Cycle, CorruptObjectError) as exc:
+                if attempt == self.RETRIES:
+                    if isinstance(exc, _Cycle):
+                        raise FormatError(
+                            f"the stored tensors of version {exc.args[0]} form a cycle of deltas; "
+                            "the repository is damaged — run 'modelhub verify'"
+                        ) from None
+                    raise
+                self._forget_all()
+        raise AssertionError("unreachable")
+
+    def _forget_all(self) -> None:
+        with self._lock:
+            self._cache.clear()
+            self._cached = 0
+            seen = set(self._seen_versions)
+        for v in seen:
+            self.invalidate(v)
 
     def _decode(self, vid: str, idx: int, planes: int | None) -> np.ndarray:
         want = self.record(vid, idx)
@@ -146,7 +185,12 @@ class TensorReader:
             raise FormatError(f"unknown tensor record kind {data['kind']!r}")
         cfg = codec.CodecConfig.from_json(data["codec"])
         n = int(np.prod(rec["shape"], dtype=np.int64)) * (2 if rec["dtype"].startswith("complex") else 1)
-        out = np.empty(n, uint_dtype(rec["dtype"]))
+        transform = data.get("lossy")
+        if transform is not None:  # lossy codes (archive --lossy): decoded whole, then mapped
+            planes = None
+            out = np.empty(n, uint_dtype(transform["code_dtype"]))
+        else:
+            out = np.empty(n, uint_dtype(rec["dtype"]))
         base = context = None
         if data.get("context") is not None:
             # context-coded deltas are not plane-separable: base and context are needed
@@ -158,21 +202,26 @@ class TensorReader:
             b = data["base"]
             base = self.decode(b["version"], int(b["index"]), planes)
         m = self.manifest_of(vid)
-        chunks = self.fetch(m, data["chunks"], planes)
+        chunks = self.fetch(m, data["chunks"], planes, data.get("cold_from"))
         where = f"{m.ref} tensor {rec['path']!r}"
-        return codec.decode_tensor(chunks, out, base, cfg, where, context=context)
+        codec.decode_tensor(chunks, out, base, cfg, where, context=context)
+        if transform is not None:
+            return lossy_values(out, transform, rec["dtype"])
+        return out
 
     def fetch(
-        self, m: Manifest, chunks: Sequence[dict[str, Any]], planes: int | None
+        self, m: Manifest, chunks: Sequence[dict[str, Any]], planes: int | None, cold_from: int | None = None
     ) -> list[tuple[int, list[codec.Frame]]]:
-        """Read the frames of the leading ``planes`` planes, one read call per pack."""
+        """Read the frames of the leading ``planes`` planes, one read call per pack
+        (planes ``>= cold_from`` from the manifest's cold-tier packs)."""
         wanted: dict[int, list[tuple[int, int]]] = {}
         for chunk in chunks:
             for p, frame in enumerate(chunk["frames"][:planes]):
                 wanted.setdefault(p, []).append((int(frame[0]), int(frame[1])))
         payloads: dict[int, list[bytes]] = {}
         for p, ranges in wanted.items():
-            oid = m.packs[p]
+            packs = m.cold_packs if cold_from is not None and p >= cold_from else m.packs
+            oid = packs[p] if p < len(packs) else None
             if oid is None:
                 raise FormatError(f"{m.ref} references plane pack {p}, which it does not list")
             payloads[p] = self.objects.get_ranges(oid, ranges)

@@ -24,6 +24,7 @@ import torch
 from modelhub_torch.commit import CommitJob
 
 if TYPE_CHECKING:
+    from modelhub_torch.archive import ArchiveReport
     from modelhub_torch.dql.engine import QueryResult
 from modelhub_torch.errors import (
     AmbiguousRefError,
@@ -59,6 +60,8 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     # re-code the grandparent's deltas with neighbour-delta context at each commit:
     # ~5% smaller on fine-tune trajectories, at the cost of about half the commit speed
     "context_coding": True,
+    # the cold tier (any fsspec URL) archive --cold moved low-order planes to, or None
+    "cold": None,
 }
 LAYOUTS = ("exp-first", "ieee")
 
@@ -151,12 +154,17 @@ class Repository:
                 f"repository format {self.settings.get('format')} is not supported by this "
                 f"modelhub_torch (reads {REPO_FORMAT})"
             )
-        self.objects = ObjectStore(self.loc)
+        cold = self.settings.get("cold")
+        self.objects = ObjectStore(self.loc, Location(cold) if cold else None)
         self.refs = RefStore(self.loc)
         self._lock = RepoLock(self.loc)
         self._manifests: dict[str, tuple[str, Manifest]] = {}
         self._mlock = threading.Lock()
+        # manifests of an unfinished archive this process could not roll forward itself
+        # (a read-only location): they are the current ones
+        self._pending: dict[str, str] = {}
         self.catalog = Catalog(catalog_path(self.loc))
+        self._finish_switch()
         self._sync_index()
 
     # ---------------------------------------------------------------- creation
@@ -191,7 +199,7 @@ class Repository:
 
     # --------------------------------------------------------------- manifests
     def manifest(self, version_id: str) -> Manifest:
-        moid = self.refs.manifest_of(version_id)
+        moid = self._pending.get(version_id) or self.refs.manifest_of(version_id)
         if moid is None:
             raise RefNotFoundError(f"version {version_id} has no manifest ref")
         with self._mlock:
@@ -462,7 +470,7 @@ class Repository:
         self.refs.set_manifest(m.id, moid)
         self.refs.set_number(m.model, m.number, m.id)  # the commit point
         self.catalog.upsert(m, moid, self._stored_bytes(m, moid))
-        self._switch(replaced, new_oids, {moid, *m.packs})
+        self._switch(replaced, new_oids, {moid, *m.objects()})
         return self.version(m.id)
 
     def _switch(self, replaced: list[tuple[Manifest, Manifest]], new_oids: list[str], keep: set[str]) -> None:
@@ -476,10 +484,44 @@ class Repository:
             # objects are content-addressed: never delete what the new manifests use, nor
             # what any other version's current manifest shares (packs are salted, so that
             # is a second line of defence; gc reclaims whatever is kept needlessly)
-            survive = {new_oid, *new.packs, *keep}
-            for oid in [*old.packs, old_moid]:
+            survive = {new_oid, *new.objects(), *keep}
+            for oid in [*old.objects(), old_moid]:
                 if oid and oid not in survive and not (self.catalog.object_users(oid) - {old.id}):
                     self.objects.delete(oid)
+
+    def _finish_switch(self) -> None:
+        """Roll an interrupted archive forward (its journal is its commit point)."""
+        from modelhub_torch.store.switch import read_switch
+
+        if not read_switch(self.loc):
+            return
+        try:
+            with self._lock:
+                pending = read_switch(self.loc)
+                if pending:
+                    self._apply_switch(pending)
+        except OSError:
+            self._pending = read_switch(self.loc)  # cannot write here: read through the journal
+
+    def _apply_switch(self, manifests: dict[str, str]) -> None:
+        """Point every journalled version at its new manifest, re-index, drop the journal,
+        then delete what no current manifest uses. Idempotent: safe to repeat after a crash."""
+        from modelhub_torch.store.switch import clear_switch
+
+        live = {vid for m in self.refs.models() for vid in self.refs.numbers(m).values()}
+        for vid, moid in manifests.items():
+            if vid in live and self.refs.manifest_of(vid) != moid:
+                self.refs.set_manifest(vid, moid)
+            self._invalidate(vid)
+        rows = []
+        for vid, moid in manifests.items():
+            if vid in live:
+                m = self.manifest(vid)
+                rows.append((m, moid, self._stored_bytes(m, moid)))
+        self.catalog.upsert_many(rows)
+        clear_switch(self.loc)
+        self._pending = {}
+        self.gc()
 
     # ------------------------------------------------------------------ query
     def query(self, text: str) -> QueryResult:
@@ -554,6 +596,39 @@ class Repository:
                 new_oids = [self.objects.put(new.to_bytes()) for new, _ in replaced]
                 self._switch(replaced, new_oids, set())
             return self.version(vid)
+
+    # ---------------------------------------------------------------- archive
+    def archive(
+        self,
+        alpha: float = 2.0,
+        *,
+        scheme: str = "independent",
+        algorithm: str = "pas-mt",
+        lossy: dict[str, str] | None = None,
+        cold: str | None = None,
+        hot_planes: int = 2,
+        cold_price: float = 0.25,
+        sample_bytes: int = 4 << 20,
+        dry_run: bool = False,
+    ) -> ArchiveReport:
+        """Re-plan how every version is stored: smallest storage such that each snapshot
+        recreates within ``alpha`` x its fastest possible time (the paper's PAS plan).
+
+        ``scheme``: a snapshot's recreation cost is the sum ("independent") or the max
+        ("parallel") of its tensors' path costs. ``algorithm``: "pas-mt", "pas-pt", "mst",
+        "spt" or "last". ``lossy``: ``{ref: "fp16"|"bf16"|"fixed:K"|"quant:K"}`` stores those
+        versions' float tensors lossily (opt-in; they load as the rounded values from then
+        on). ``cold``: an fsspec URL for a second storage tier; a tensor's planes from
+        ``hot_planes`` on may be placed there (its bytes priced at ``cold_price``).
+        Every other version loads bit-identical before and after; a crash at any point
+        leaves the old or the new layout. ``dry_run`` plans and reports without writing.
+        """
+        from modelhub_torch.archive import archive
+
+        return archive(
+            self, alpha=alpha, scheme=scheme, algorithm=algorithm, lossy=lossy, cold=cold,
+            hot_planes=hot_planes, cold_price=cold_price, sample_bytes=sample_bytes, dry_run=dry_run,
+        )
 
     # -------------------------------------------------------------------- load
     def load(
@@ -661,7 +736,7 @@ class Repository:
                 continue
             referenced.add(moid)
             try:
-                referenced.update(p for p in self.manifest(vid).packs if p)
+                referenced.update(self.manifest(vid).objects())
             except ModelHubError as exc:
                 problems.append(Problem("bad-manifest", live[vid], str(exc)))
         for oid in tqdm(sorted(referenced), desc="objects", disable=not progress, unit="obj"):
@@ -703,7 +778,7 @@ class Repository:
                 moid = self.refs.manifest_of(vid)
                 if moid:
                     keep.add(moid)
-                    keep.update(p for p in self.manifest(vid).packs if p)
+                    keep.update(self.manifest(vid).objects())
             removed = freed = 0
             for oid in list(self.objects):
                 if oid not in keep:

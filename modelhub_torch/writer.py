@@ -38,13 +38,20 @@ class PackSet:
             w.write(os.urandom(PACK_SALT_BYTES))
         return w
 
-    def add(self, chunks: list[tuple[int, list[codec.Frame]]]) -> list[dict[str, Any]]:
-        """Append coded chunks; returns their manifest records ``{n, frames}``."""
+    def add(
+        self,
+        chunks: list[tuple[int, list[codec.Frame]]],
+        cold: PackSet | None = None,
+        cold_from: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Append coded chunks; returns their manifest records ``{n, frames}``. With
+        ``cold``, frames of planes ``>= cold_from`` go to that (cold-tier) pack set."""
         out = []
         for n, frames in chunks:
             refs = []
             for p, (kind, payload) in enumerate(frames):
-                off = self._writer(p).write(payload)
+                target = cold if cold is not None and cold_from is not None and p >= cold_from else self
+                off = target._writer(p).write(payload)
                 refs.append([off, len(payload), kind])
             out.append({"n": n, "frames": refs})
         return out

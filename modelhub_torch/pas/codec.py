@@ -82,6 +82,19 @@ class CodecConfig:
 
 _FIELDS = tuple(f.name for f in fields(CodecConfig))
 
+
+@dataclass(frozen=True)
+class RepoCodecs:
+    """The codecs a repository's settings (modelhub.json) name for whole tensors and deltas."""
+
+    materialize: CodecConfig
+    delta: CodecConfig
+    exp_first: bool  # whole floats in exponent-first layout
+
+    @classmethod
+    def from_settings(cls, s: dict[str, Any]) -> RepoCodecs:
+        return cls(CodecConfig.from_json(s["materialize"]), CodecConfig.from_json(s["delta"]), s["layout"] == "exp-first")
+
 Frame = tuple[str, bytes]  # (plane codec, payload)
 
 

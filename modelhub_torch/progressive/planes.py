@@ -82,6 +82,7 @@ class PlaneReader:
                 and data["kind"] == "planes"
                 and data.get("base") is None
                 and data.get("context") is None
+                and data.get("lossy") is None
                 and int(data["codec"].get("group_from", 8)) >= width
             )
             layout = "exp-first" if int(data["codec"].get("exp_bits", 0)) else "ieee"
@@ -128,7 +129,9 @@ class PlaneReader:
 
     def _read_plane(self, t: StoredTensor, p: int) -> np.ndarray:
         chunks = t.record["data"]["chunks"]
-        oid = t.manifest.packs[p]
+        cold_from = t.record["data"].get("cold_from")
+        packs = t.manifest.cold_packs if cold_from is not None and p >= cold_from else t.manifest.packs
+        oid = packs[p] if p < len(packs) else None
         if oid is None:
             raise CorruptObjectError(f"{t.manifest.ref} lists no pack for plane {p}")
         ranges = [(int(c["frames"][p][0]), int(c["frames"][p][1])) for c in chunks]

@@ -206,7 +206,7 @@ class Catalog:
         c.execute("DELETE FROM version_objects WHERE version=?", (m.id,))
         c.executemany(
             "INSERT OR IGNORE INTO version_objects VALUES (?,?)",
-            [(m.id, oid) for oid in {*m.packs, manifest_oid} if oid],
+            [(m.id, oid) for oid in {*m.objects(), manifest_oid} if oid],
         )
         c.execute("DELETE FROM links WHERE version=?", (m.id,))
         c.executemany("INSERT INTO links VALUES (?,?)", [(m.id, t) for t in sorted(link_targets(m))])

@@ -63,10 +63,16 @@ class ObjectWriter:
 
 
 class ObjectStore:
-    """Content-addressed blobs under ``<root>/objects``."""
+    """Content-addressed blobs under ``<root>/objects``.
 
-    def __init__(self, loc: Location):
+    ``cold``: a second tier (any fsspec location) that ``archive`` moves low-order plane
+    packs to. Reads try this store first, then the cold one, so where an object lives is
+    invisible to readers; objects are named by content, so moving one changes no name.
+    """
+
+    def __init__(self, loc: Location, cold: Location | None = None):
         self.loc = loc
+        self.cold = ObjectStore(cold) if cold is not None else None
 
     @staticmethod
     def rel(oid: str) -> str:
@@ -81,18 +87,28 @@ class ObjectStore:
         return w.commit()
 
     def exists(self, oid: str) -> bool:
-        return self.loc.exists(self.rel(oid))
+        if self.loc.exists(self.rel(oid)):
+            return True
+        return self.cold is not None and self.cold.exists(oid)
+
+    def is_cold(self, oid: str) -> bool:
+        """Whether the object lives in the cold tier only."""
+        return self.cold is not None and not self.loc.exists(self.rel(oid)) and self.cold.exists(oid)
 
     def size(self, oid: str) -> int:
         try:
             return self.loc.size(self.rel(oid))
         except FileNotFoundError:
+            if self.cold is not None:
+                return self.cold.size(oid)
             raise self._missing(oid) from None
 
     def get(self, oid: str, verify: bool = True) -> bytes:
         try:
             data = self.loc.read(self.rel(oid))
         except FileNotFoundError:
+            if self.cold is not None:
+                return self.cold.get(oid, verify)
             raise self._missing(oid) from None
         if verify and hash_bytes(data) != oid:
             raise CorruptObjectError(
@@ -106,6 +122,8 @@ class ObjectStore:
         try:
             parts = self.loc.read_ranges(self.rel(oid), ranges)
         except FileNotFoundError:
+            if self.cold is not None:
+                return self.cold.get_ranges(oid, ranges)
             raise self._missing(oid) from None
         for (off, n), part in zip(ranges, parts):
             if len(part) != n:
@@ -123,12 +141,17 @@ class ObjectStore:
 
     def delete(self, oid: str) -> None:
         self.loc.delete(self.rel(oid))
+        if self.cold is not None:
+            self.cold.delete(oid)
 
     def __iter__(self) -> Iterator[str]:
+        """Every object id, in either tier (an id held by both is listed twice)."""
         for rel in self.loc.walk_files(OBJECTS):
             parts = rel.replace("\\", "/").split("/")
             if len(parts) == 3 and len(parts[1]) == 2:
                 yield parts[1] + parts[2]
+        if self.cold is not None:
+            yield from self.cold
 
     @staticmethod
     def _missing(oid: str) -> CorruptObjectError:

@@ -1,0 +1,198 @@
+"""``archive``: re-plan how a whole repository is stored (the paper's PAS storage plan).
+
+Steps, all under the repository lock: measure the matrix storage graph (``graph.py``)
+with a calibrated recreation model (``costs.py``); give every snapshot the budget
+``alpha x`` its shortest-path recreation cost; solve (``pas/planner.py``); write every
+version's new manifest and packs (``rewrite.py``); commit through one journal file
+(``store/switch.py``); switch the refs; delete what only the old layout used. A crash
+before the journal leaves the old layout (plus garbage ``gc`` removes); after it, the
+next open finishes the switch.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from modelhub_torch.archive.costs import DecodeModel
+from modelhub_torch.archive.graph import GraphBuilder, RepoGraph
+from modelhub_torch.archive.rewrite import Rewriter
+from modelhub_torch.errors import ModelHubError
+from modelhub_torch.pas import lossy as lossy_mod
+from modelhub_torch.pas.codec import RepoCodecs
+from modelhub_torch.pas.planner import ALGORITHMS, SCHEMES, Plan, solve
+
+if TYPE_CHECKING:
+    from modelhub_torch.repository import Repository
+
+__all__ = ["ArchiveReport", "archive", "plan_repository"]
+
+
+@dataclass(frozen=True)
+class ArchiveReport:
+    """What an archive did, with the figures ``modelhub archive`` prints."""
+
+    algorithm: str
+    scheme: str
+    alpha: float
+    versions: int
+    matrices: int
+    edges: int
+    stored_before: int  # bytes of manifests and packs, both tiers
+    stored_after: int
+    cold_after: int  # of stored_after, bytes in the cold tier
+    planned_storage: float  # the plan's storage cost (cold bytes weighted by cold_price)
+    mst_storage: float
+    spt_storage: float
+    recreation_mean_s: float  # modelled snapshot recreation under the plan
+    recreation_max_s: float
+    spt_recreation_mean_s: float
+    spt_recreation_max_s: float
+    feasible: bool
+    lossy: dict[str, str] = field(default_factory=dict)  # ref -> scheme
+    seconds: float = 0.0
+    dry_run: bool = False
+    decode_model: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def plan_repository(
+    repo: Repository,
+    *,
+    alpha: float = 2.0,
+    scheme: str = "independent",
+    algorithm: str = "pas-mt",
+    lossy: dict[str, str] | None = None,
+    cold: bool = False,
+    hot_planes: int = 2,
+    cold_price: float = 0.25,
+    sample_bytes: int = 4 << 20,
+    decode_model: DecodeModel | None = None,
+) -> tuple[RepoGraph, Plan, Plan, Plan, DecodeModel]:
+    """Measure the storage graph and solve it (no writes): ``(graph, plan, spt, mst, model)``."""
+    if scheme not in SCHEMES:
+        raise ModelHubError(f"unknown scheme {scheme!r}; expected one of {', '.join(SCHEMES)}")
+    if algorithm not in ALGORITHMS:
+        raise ModelHubError(f"unknown algorithm {algorithm!r}; expected one of {', '.join(ALGORITHMS)}")
+    if not (alpha >= 1.0):
+        raise ModelHubError(f"the budget factor alpha must be >= 1 (1 = every snapshot at its fastest), got {alpha}")
+    if hot_planes < 1:
+        raise ModelHubError(f"hot_planes must be at least 1, got {hot_planes}")
+    order = [
+        vid
+        for model in sorted(repo.refs.models())
+        for _, vid in sorted(repo.refs.numbers(model).items())
+    ]
+    if not order:
+        raise ModelHubError(f"{repo.url} holds no versions; there is nothing to archive")
+    manifests = {vid: repo.manifest(vid) for vid in order}
+    schemes: dict[str, lossy_mod.LossyScheme] = {}
+    for ref, text in (lossy or {}).items():
+        schemes[repo.resolve(ref)] = lossy_mod.parse_scheme(text)
+    if decode_model is None:
+        c = RepoCodecs.from_settings(repo.settings)
+        decode_model = DecodeModel.calibrate(repo.objects, c.materialize, c.delta, repo.objects.cold if cold else None)
+    reader = repo.reader()
+    builder = GraphBuilder(
+        repo, reader, decode_model, lossy=schemes, cold=cold, hot_planes=hot_planes,
+        cold_price=cold_price, sample_bytes=sample_bytes,
+    )
+    rg = builder.build(manifests, order)
+    spt = solve(rg.graph, algorithm="spt", scheme=scheme)
+    mst = solve(rg.graph, algorithm="mst", scheme=scheme)
+    budgets = {g: alpha * c for g, c in spt.group_costs.items()}
+    plan = spt if algorithm == "spt" else solve(rg.graph, budgets, scheme=scheme, algorithm=algorithm)
+    return rg, plan, spt, mst, decode_model
+
+
+def archive(
+    repo: Repository,
+    *,
+    alpha: float = 2.0,
+    scheme: str = "independent",
+    algorithm: str = "pas-mt",
+    lossy: dict[str, str] | None = None,
+    cold: str | None = None,
+    hot_planes: int = 2,
+    cold_price: float = 0.25,
+    sample_bytes: int = 4 << 20,
+    dry_run: bool = False,
+    decode_model: DecodeModel | None = None,
+) -> ArchiveReport:
+    """Re-plan the whole repository's storage; see ``Repository.archive``."""
+    t0 = time.perf_counter()
+    with repo._lock:
+        repo._sync_index()
+        if cold is not None and not dry_run:
+            _set_cold(repo, cold)
+        before = _stored(repo)
+        rg, plan, spt, mst, model = plan_repository(
+            repo, alpha=alpha, scheme=scheme, algorithm=algorithm, lossy=lossy,
+            cold=cold is not None or repo.objects.cold is not None,
+            hot_planes=hot_planes, cold_price=cold_price, sample_bytes=sample_bytes, decode_model=decode_model,
+        )
+        if not dry_run:
+            reader = repo.reader()
+            new = Rewriter(repo, reader, rg, plan, hot_planes).run()
+            _switch(repo, new)
+        after = _stored(repo) if not dry_run else before
+        cold_after = sum(repo.manifest(v).cold_bytes() for v in rg.order) if not dry_run else 0
+    costs = list(plan.group_costs.values())
+    spt_costs = list(spt.group_costs.values())
+    return ArchiveReport(
+        algorithm=algorithm, scheme=scheme, alpha=alpha, versions=len(rg.order), matrices=len(rg.graph),
+        edges=len(rg.graph.edges), stored_before=before, stored_after=after, cold_after=cold_after,
+        planned_storage=plan.storage_cost, mst_storage=mst.storage_cost, spt_storage=spt.storage_cost,
+        recreation_mean_s=statistics.fmean(costs), recreation_max_s=max(costs),
+        spt_recreation_mean_s=statistics.fmean(spt_costs), spt_recreation_max_s=max(spt_costs),
+        feasible=plan.feasible, lossy={rg.manifests[v].ref: text for v, text in _lossy_refs(repo, lossy).items()},
+        seconds=time.perf_counter() - t0, dry_run=dry_run, decode_model=model.to_json(),
+    )
+
+
+def _lossy_refs(repo: Repository, lossy: dict[str, str] | None) -> dict[str, str]:
+    return {repo.resolve(ref): text for ref, text in (lossy or {}).items()}
+
+
+def _stored(repo: Repository) -> int:
+    return sum(r["stored_bytes"] for r in repo.catalog.rows())
+
+
+def _set_cold(repo: Repository, url: str) -> None:
+    """Record the cold tier in the settings (before any object is written there)."""
+    import json
+
+    from modelhub_torch.repository import CONFIG_FILE
+    from modelhub_torch.store.location import Location
+    from modelhub_torch.store.objects import ObjectStore
+
+    loc = Location(url)
+    have = repo.settings.get("cold")
+    if have and Location(have).url != loc.url:
+        raise ModelHubError(
+            f"{repo.url} already keeps its cold tier at {have}; archive there (or archive without "
+            "--cold first to bring everything back) before choosing another location"
+        )
+    if loc.url == repo.loc.url:
+        raise ModelHubError("the cold tier must be another location than the repository itself")
+    loc.makedirs("objects")
+    loc.makedirs("tmp")
+    if not have:
+        settings = json.loads(repo.loc.read(CONFIG_FILE))
+        settings["cold"] = loc.url
+        repo.loc.write_atomic(CONFIG_FILE, json.dumps(settings, indent=2).encode())
+        repo.settings["cold"] = loc.url
+    repo.objects.cold = ObjectStore(loc)
+
+
+def _switch(repo: Repository, new: list) -> None:
+    """New manifests in, journal written (the commit point), refs switched, old objects out."""
+    from modelhub_torch.store.switch import write_switch
+
+    mapping = {m.id: repo.objects.put(m.to_bytes()) for m in new}
+    write_switch(repo.loc, mapping, "archive")
+    repo._apply_switch(mapping)
