@@ -124,6 +124,10 @@ def main() -> int:
     data = WORK / "digits.pt"
     torch.save({"x": x, "y": y}, data)
     modelhub("eval", "digits-cnn@latest", "--data", str(data), "--progressive")
+
+    step("7. archive: re-plan storage (least bytes with every version within 2x its fastest load)")
+    modelhub("archive", "--budget", "2", "--measure")
+    modelhub("archive", "--lossy", "quant:4", "--versions", "digits-cnn@v5", "--data", str(data))
     modelhub("verify")
     print(f"\nDone. Explore it yourself: .venv/bin/modelhub --repo {REPO.relative_to(ROOT)} list")
     return 0 if same else 1

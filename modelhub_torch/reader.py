@@ -30,10 +30,8 @@ def lossy_values(codes: np.ndarray, transform: dict[str, Any], dtype: str) -> np
     """The bits of the values a lossy record's codes stand for."""
     from modelhub_torch.pas import lossy
 
-    code_dtype = transform.get("code_dtype")
     try:
-        typed = codes.view(np.dtype("uint16" if code_dtype == "bfloat16" else code_dtype))
-        values = lossy.decode(typed, transform, dtype)
+        values = lossy.decode(codes.view(lossy.code_dtype(transform)), transform, dtype)
     except (TypeError, ValueError, KeyError) as exc:
         raise FormatError(f"bad lossy transform {transform!r}: {exc}") from exc
     return np.ascontiguousarray(values).view(uint_dtype(dtype))

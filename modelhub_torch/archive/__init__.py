@@ -105,7 +105,11 @@ def plan_repository(
     spt = solve(rg.graph, algorithm="spt", scheme=scheme)
     mst = solve(rg.graph, algorithm="mst", scheme=scheme)
     budgets = {g: alpha * c for g, c in spt.group_costs.items()}
-    plan = spt if algorithm == "spt" else solve(rg.graph, budgets, scheme=scheme, algorithm=algorithm)
+    # LAST knows no groups: epsilon = alpha - 1 bounds every tensor's path by alpha x its
+    # shortest, hence every snapshot by alpha x its fastest (the paper's comparison)
+    plan = spt if algorithm == "spt" else solve(
+        rg.graph, budgets, scheme=scheme, algorithm=algorithm, epsilon=alpha - 1.0
+    )
     return rg, plan, spt, mst, decode_model
 
 
