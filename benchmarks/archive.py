@@ -39,6 +39,10 @@ from modelhub_torch.pas.codec import RepoCodecs
 ALGORITHMS = ("mst", "spt", "last", "pas-mt", "pas-pt")
 
 
+def kib(n: float) -> str:
+    return f"{n / 1024:,.0f} KiB"
+
+
 def digits_data(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     train, val = trajectories._digits_loaders(seed, batch_size=64)
     xt, yt = train.dataset.tensors
@@ -128,25 +132,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(base.versions())} versions, {len(objs)} checkpoints; decode model: "
               + ", ".join(f"{k} {v:.3g}" for k, v in model.to_json().items() if v), flush=True)
         rows = [
-            ["ModelCheckpoint .ckpt files", "-", fmt_bytes(mc_bytes), "-", "-", "-", "-", "-"],
-            ["torch.save per version", "-", fmt_bytes(anchors.torch_save_bytes(objs)), "-", "-", "-", "-", "-"],
-            ["as committed (reverse deltas)", "-", fmt_bytes(committed), "-", "-",
+            ["ModelCheckpoint .ckpt files", "-", kib(mc_bytes), "-", "-", "-", "-", "-"],
+            ["torch.save per version", "-", kib(anchors.torch_save_bytes(objs)), "-", "-", "-", "-", "-"],
+            ["as committed (reverse deltas)", "-", kib(committed), "-", "-",
              f"{1e3 * statistics.fmean(times0):.1f}", f"{1e3 * max(times0):.1f}", "-"],
         ]
-        spt_bytes = None
+        sizes: dict[str, int] = {}
         for algorithm in ALGORITHMS:
             for alpha in alphas if algorithm not in ("mst", "spt") else [alphas[-1]]:
                 root = work / f"{algorithm}-{alpha}"
                 shutil.copytree(work / "base", root, ignore=shutil.ignore_patterns("index"))
                 repo = Repository(root)
                 r = archive(repo, alpha=alpha, scheme=args.scheme, algorithm=algorithm, decode_model=model)
-                stored = repo_bytes(root)
-                if algorithm == "spt":
-                    spt_bytes = stored
+                stored = sizes[f"{algorithm} {alpha:g}"] = repo_bytes(root)
                 t = load_times(repo)
                 assert repo.verify() == [], f"{algorithm} {alpha}: verify failed"
                 rows.append([
-                    algorithm, "-" if algorithm in ("mst", "spt") else f"{alpha:g}", fmt_bytes(stored),
+                    algorithm, "-" if algorithm in ("mst", "spt") else f"{alpha:g}", kib(stored),
                     f"{1e3 * r.recreation_mean_s:.2f}", f"{1e3 * r.recreation_max_s:.2f}",
                     f"{1e3 * statistics.fmean(t):.1f}", f"{1e3 * max(t):.1f}", "yes" if r.feasible else "NO",
                 ])
@@ -154,9 +156,11 @@ def main(argv: list[str] | None = None) -> int:
                 repo.catalog.close()
                 shutil.rmtree(root)
         print()
-        print(f"Storage plans, {args.scheme} scheme, budget = alpha x each snapshot's SPT recreation"
-              f" (SPT stores {fmt_bytes(spt_bytes or 0)})")
-        print(table(rows, ["plan", "alpha", "stored", "model mean ms", "model max ms", "load mean ms",
+        mst = sizes[f"mst {alphas[-1]:g}"]
+        for r in rows:
+            r.insert(3, f"{100 * (int(r[2].split()[0].replace(',', '')) * 1024 / mst - 1):+.1f}%")
+        print(f"Storage plans, {args.scheme} scheme, budget = alpha x each snapshot's SPT recreation")
+        print(table(rows, ["plan", "alpha", "stored", "vs MST", "model mean ms", "model max ms", "load mean ms",
                            "load max ms", "feasible"]))
 
         print()

@@ -95,12 +95,16 @@ def test_alpha_trades_storage_for_recreation(tmp_path) -> None:
     _check_all(repo, expect)
 
 
-def test_dry_run_writes_nothing(built) -> None:
+def test_dry_run_writes_nothing(built, tmp_path) -> None:
     repo, _expect = built
     root = Path(repo.url)
     before = sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file() and "index" not in p.parts)
     r = repo.archive(3.0, dry_run=True)
     assert r.dry_run and r.stored_after == r.stored_before
+    r = repo.archive(3.0, dry_run=True, cold=str(tmp_path / "cold"), cold_price=0.01)
+    assert r.planned_storage < r.spt_storage and r.cold_after == 0
+    assert "cold" not in json.loads((root / "modelhub.json").read_text()) or repo.settings["cold"] is None
+    assert repo.objects.cold is None
     assert sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file() and "index" not in p.parts) == before
 
 

@@ -23,6 +23,7 @@ from modelhub_torch.errors import ModelHubError
 from modelhub_torch.pas import lossy as lossy_mod
 from modelhub_torch.pas.codec import RepoCodecs
 from modelhub_torch.pas.planner import ALGORITHMS, SCHEMES, Plan, solve
+from modelhub_torch.store.objects import ObjectStore
 
 if TYPE_CHECKING:
     from modelhub_torch.repository import Repository
@@ -67,13 +68,14 @@ def plan_repository(
     scheme: str = "independent",
     algorithm: str = "pas-mt",
     lossy: dict[str, str] | None = None,
-    cold: bool = False,
+    cold: ObjectStore | None = None,
     hot_planes: int = 2,
     cold_price: float = 0.25,
     sample_bytes: int = 4 << 20,
     decode_model: DecodeModel | None = None,
 ) -> tuple[RepoGraph, Plan, Plan, Plan, DecodeModel]:
-    """Measure the storage graph and solve it (no writes): ``(graph, plan, spt, mst, model)``."""
+    """Measure the storage graph and solve it (no writes): ``(graph, plan, spt, mst, model)``.
+    ``cold``: the cold tier's store, when edges may place planes there."""
     if scheme not in SCHEMES:
         raise ModelHubError(f"unknown scheme {scheme!r}; expected one of {', '.join(SCHEMES)}")
     if algorithm not in ALGORITHMS:
@@ -95,10 +97,12 @@ def plan_repository(
         schemes[repo.resolve(ref)] = lossy_mod.parse_scheme(text)
     if decode_model is None:
         c = RepoCodecs.from_settings(repo.settings)
-        decode_model = DecodeModel.calibrate(repo.objects, c.materialize, c.delta, repo.objects.cold if cold else None)
+        decode_model = DecodeModel.calibrate(repo.objects, c.materialize, c.delta, cold)
+    elif cold is not None and not decode_model.cold_read_Bps:
+        raise ModelHubError("the decode model given has no cold-tier figures; calibrate it with the cold store")
     reader = repo.reader()
     builder = GraphBuilder(
-        repo, reader, decode_model, lossy=schemes, cold=cold, hot_planes=hot_planes,
+        repo, reader, decode_model, lossy=schemes, cold=cold is not None, hot_planes=hot_planes,
         cold_price=cold_price, sample_bytes=sample_bytes,
     )
     rg = builder.build(manifests, order)
@@ -131,12 +135,13 @@ def archive(
     t0 = time.perf_counter()
     with repo._lock:
         repo._sync_index()
-        if cold is not None and not dry_run:
-            _set_cold(repo, cold)
+        cold_store = repo.objects.cold
+        if cold is not None:
+            cold_store = _cold_store(repo, cold, record=not dry_run)
         before = _stored(repo)
         rg, plan, spt, mst, model = plan_repository(
             repo, alpha=alpha, scheme=scheme, algorithm=algorithm, lossy=lossy,
-            cold=cold is not None or repo.objects.cold is not None,
+            cold=cold_store,
             hot_planes=hot_planes, cold_price=cold_price, sample_bytes=sample_bytes, decode_model=decode_model,
         )
         if not dry_run:
@@ -166,31 +171,34 @@ def _stored(repo: Repository) -> int:
     return sum(r["stored_bytes"] for r in repo.catalog.rows())
 
 
-def _set_cold(repo: Repository, url: str) -> None:
-    """Record the cold tier in the settings (before any object is written there)."""
+def _cold_store(repo: Repository, url: str, record: bool) -> ObjectStore:
+    """The cold tier at ``url``, recorded in the settings (before any object is written
+    there) unless ``record`` is false (a dry run)."""
     import json
 
     from modelhub_torch.repository import CONFIG_FILE
     from modelhub_torch.store.location import Location
-    from modelhub_torch.store.objects import ObjectStore
 
     loc = Location(url)
     have = repo.settings.get("cold")
     if have and Location(have).url != loc.url:
         raise ModelHubError(
-            f"{repo.url} already keeps its cold tier at {have}; archive there (or archive without "
-            "--cold first to bring everything back) before choosing another location"
+            f"{repo.url} already keeps its cold tier at {have}; a repository has one cold tier: "
+            f"archive with --cold {have} (or without --cold, which keeps using it)"
         )
     if loc.url == repo.loc.url:
         raise ModelHubError("the cold tier must be another location than the repository itself")
-    loc.makedirs("objects")
-    loc.makedirs("tmp")
-    if not have:
-        settings = json.loads(repo.loc.read(CONFIG_FILE))
-        settings["cold"] = loc.url
-        repo.loc.write_atomic(CONFIG_FILE, json.dumps(settings, indent=2).encode())
-        repo.settings["cold"] = loc.url
-    repo.objects.cold = ObjectStore(loc)
+    loc.makedirs("tmp")  # the calibration probe goes there
+    store = ObjectStore(loc)
+    if record:
+        loc.makedirs("objects")
+        if not have:
+            settings = json.loads(repo.loc.read(CONFIG_FILE))
+            settings["cold"] = loc.url
+            repo.loc.write_atomic(CONFIG_FILE, json.dumps(settings, indent=2).encode())
+            repo.settings["cold"] = loc.url
+        repo.objects.cold = store
+    return store
 
 
 def _switch(repo: Repository, new: list) -> None:

@@ -188,12 +188,13 @@ class GraphBuilder:
         path_index = {vid: {r["path"]: i for i, r in enumerate(m.tensors) if r["data"]["kind"] != DROPPED}
                       for vid, m in rg.manifests.items()}
         cands: dict[str, set[str]] = {}
-        for (vid, _i), name in rg.unit_of.items():
+        for (vid, i), name in rg.unit_of.items():
             u = rg.units[name]
             if u.lossy is not None or u.kept_lossy:
                 continue
+            path = rg.manifests[vid].tensors[i]["path"]  # (one content may sit at several paths)
             for w in near.get(vid, ()):
-                j = path_index[w].get(u.path)
+                j = path_index[w].get(path)
                 if j is None:
                     continue
                 other = rg.unit_of.get((w, j))
