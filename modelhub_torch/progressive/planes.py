@@ -2,9 +2,14 @@
 
 A tensor stored whole is plane-separable: plane p of every chunk is one frame of the
 manifest's pack p, decodable alone. Such tensors are fetched plane by plane, only as
-far as the caller asks, and each frame is read once. Everything else (reverse deltas
-with context coding, integer buffers) is read whole on first use: its bits are then
-known exactly, and the bytes it cost are counted the same way.
+far as the caller asks, and each frame is read once. A delta is plane-separable too when
+its op never carries across bytes (XOR, or subtraction with 1-byte lanes) and no plane
+is regrouped: the top q IEEE planes of the tensor are its delta's top q planes combined
+with its base's top q IEEE planes (recursively down the chain; a whole float base in
+exponent-first layout needs one plane more for q = 1, since its first plane holds the
+exponent and no sign). Everything else (context-coded or lane-4 deltas, lossy codes,
+integer buffers) is read whole on first use: its bits are then known exactly, and the
+bytes it cost are counted the same way.
 """
 
 from __future__ import annotations
@@ -40,7 +45,8 @@ class StoredTensor:
     index: int  # the record's index in that manifest
     record: dict[str, Any]
     separable: bool
-    layout: str  # "exp-first" | "ieee"
+    layout: str  # "exp-first" | "ieee" (the planes kept for a delta are IEEE planes)
+    delta: bool = False  # a plane-separable delta: planes come from the chain
     planes: list[np.ndarray] = field(default_factory=list)  # decoded planes read so far
     exact: np.ndarray | None = None  # all bits (non-separable tensors, or all planes read)
 
@@ -77,19 +83,25 @@ class PlaneReader:
             rec = hm.tensors[hi]
             data = rec["data"]
             width = np.dtype(uint_dtype(rec["dtype"])).itemsize
-            separable = (
-                rec["dtype"] in FLOATS
-                and data["kind"] == "planes"
-                and data.get("base") is None
-                and data.get("context") is None
-                and data.get("lossy") is None
-                and int(data["codec"].get("group_from", 8)) >= width
-            )
-            layout = "exp-first" if int(data["codec"].get("exp_bits", 0)) else "ieee"
+            delta = rec["dtype"] in FLOATS and self._separable_chain(hv, hi)
+            separable = rec["dtype"] in FLOATS and (_whole(data, width) or delta)
+            layout = "exp-first" if int(data["codec"].get("exp_bits", 0)) and not delta else "ieee"
             self.tensors[name] = StoredTensor(name, rec["dtype"], tuple(rec["shape"]), width, hm, hi, rec,
-                                              separable, layout)
+                                              separable, layout, delta)
+        self._raw: dict[tuple[str, int], list[np.ndarray]] = {}  # stored planes read, per record
         seen: set[tuple[str, int]] = set()
         self.bytes_full = sum(self._full_bytes(t.manifest.id, t.index, seen) for t in self.tensors.values())
+
+    def _separable_chain(self, vid: str, idx: int) -> bool:
+        """Whether a record is a delta whose whole chain is plane-separable."""
+        rec = self.repo.manifest(vid).tensors[idx]
+        data = rec["data"]
+        width = np.dtype(uint_dtype(rec["dtype"])).itemsize
+        if not _separable_delta(data, width):
+            return False
+        bv, bi = self.reader.resolve(data["base"]["version"], int(data["base"]["index"]))
+        brec = self.repo.manifest(bv).tensors[bi]
+        return _whole(brec["data"], width) or self._separable_chain(bv, bi)
 
     def _full_bytes(self, vid: str, idx: int, seen: set[tuple[str, int]]) -> int:
         """Bytes a full decode of one record reads: its frames and its chain's."""
@@ -116,8 +128,10 @@ class PlaneReader:
             t.exact = self.reader.decode(t.manifest.id, t.index)
             self.bytes_read += self.reader.bytes_read - before
             return
+        if t.delta:
+            t.planes = self._ieee_planes(t.manifest.id, t.index, min(planes, t.width))
         while len(t.planes) < min(planes, t.width):
-            t.planes.append(self._read_plane(t, len(t.planes)))
+            t.planes.append(self._stored_planes(t.manifest.id, t.index, len(t.planes) + 1)[-1])
         if len(t.planes) == t.width:
             bits = self.bits(name)
             if digest_bits(bits) != t.record["digest"]:
@@ -127,17 +141,48 @@ class PlaneReader:
                 )
             t.exact = bits
 
-    def _read_plane(self, t: StoredTensor, p: int) -> np.ndarray:
-        chunks = t.record["data"]["chunks"]
-        cold_from = t.record["data"].get("cold_from")
-        packs = t.manifest.cold_packs if cold_from is not None and p >= cold_from else t.manifest.packs
+    def _stored_planes(self, vid: str, idx: int, q: int) -> list[np.ndarray]:
+        """The first ``q`` stored planes of one record, each frame read once."""
+        have = self._raw.setdefault((vid, idx), [])
+        if len(have) < q:
+            m = self.repo.manifest(vid)
+            rec = m.tensors[idx]
+            while len(have) < q:
+                have.append(self._read_plane(m, rec, len(have)))
+        return have[:q]
+
+    def _ieee_planes(self, vid: str, idx: int, q: int) -> list[np.ndarray]:
+        """The first ``q`` IEEE planes of a tensor in a plane-separable chain."""
+        vid, idx = self.reader.resolve(vid, idx)
+        rec = self.repo.manifest(vid).tensors[idx]
+        data = rec["data"]
+        width = np.dtype(uint_dtype(rec["dtype"])).itemsize
+        if data.get("base") is None:
+            exp_bits = int(data["codec"].get("exp_bits", 0))
+            if not exp_bits:
+                return self._stored_planes(vid, idx, q)
+            need = min(width, q if 8 * q >= exp_bits + 1 else q + 1)  # the sign is in stored plane 1
+            word = _word(self._stored_planes(vid, idx, need), width)
+            from_exp_first_numpy(word.copy(), exp_bits, word)
+            return _split(word, width)[:q]
+        base = self._ieee_planes(data["base"]["version"], int(data["base"]["index"]), q)
+        deltas = self._stored_planes(vid, idx, q)
+        if data["codec"]["op"] == "xor":
+            return [b ^ d for b, d in zip(base, deltas)]
+        # 1-byte lanes: element byte = base byte + unzigzag(delta byte), mod 256
+        return [(b + ((d >> 1) ^ (0 - (d & 1)).astype(np.uint8))).astype(np.uint8) for b, d in zip(base, deltas)]
+
+    def _read_plane(self, m: Manifest, rec: dict[str, Any], p: int) -> np.ndarray:
+        chunks = rec["data"]["chunks"]
+        cold_from = rec["data"].get("cold_from")
+        packs = m.cold_packs if cold_from is not None and p >= cold_from else m.packs
         oid = packs[p] if p < len(packs) else None
         if oid is None:
-            raise CorruptObjectError(f"{t.manifest.ref} lists no pack for plane {p}")
+            raise CorruptObjectError(f"{m.ref} lists no pack for plane {p}")
         ranges = [(int(c["frames"][p][0]), int(c["frames"][p][1])) for c in chunks]
         payloads = self.repo.objects.get_ranges(oid, ranges)
         self.bytes_read += sum(n for _, n in ranges)
-        where = f"{t.manifest.ref} tensor {t.name!r} plane {p}"
+        where = f"{m.ref} tensor {rec['path']!r} plane {p}"
         parts = [
             np.frombuffer(entropy.decode_plane(c["frames"][p][2], payload, int(c["n"]), where), np.uint8)
             for c, payload in zip(chunks, payloads)
@@ -149,12 +194,8 @@ class PlaneReader:
         t = self.tensors[name]
         if t.exact is not None:
             return t.exact
-        udt = np.dtype(uint_dtype(t.dtype))
         n = int(np.prod(t.shape, dtype=np.int64))
-        word = np.zeros(n, np.uint64)
-        for p, plane in enumerate(t.planes):
-            word |= plane.astype(np.uint64) << np.uint64(8 * (t.width - 1 - p))
-        out = word.astype(udt)
+        out = _word(t.planes, t.width) if t.planes else np.zeros(n, uint_dtype(t.dtype))
         if t.layout == "exp-first":
             exp_bits = {"float32": 8, "float16": 5, "bfloat16": 8}[t.dtype]
             from_exp_first_numpy(out.copy(), exp_bits, out)
@@ -170,3 +211,38 @@ class PlaneReader:
         if t.exact is None:
             raise ModelHubError(f"{name!r} is not fully read yet")
         return bits_to_tensor(t.exact.copy(), t.dtype, list(t.shape)).to(torch.device("cpu"))
+
+
+def _whole(data: dict[str, Any], width: int) -> bool:
+    """A record stored whole with planes decodable one by one."""
+    return (
+        data["kind"] == "planes"
+        and data.get("base") is None
+        and data.get("context") is None
+        and data.get("lossy") is None
+        and int(data["codec"].get("group_from", 8)) >= width
+    )
+
+
+def _separable_delta(data: dict[str, Any], width: int) -> bool:
+    """A delta whose plane p depends only on plane p of its base and of itself."""
+    if data["kind"] != "planes" or data.get("base") is None or data.get("context") is not None:
+        return False
+    codec = data["codec"]
+    if data.get("lossy") is not None or int(codec.get("group_from", 8)) < width:
+        return False
+    return codec["op"] == "xor" or (codec["op"] == "sub" and int(codec.get("lane", 4)) == 1)
+
+
+def _word(planes: list[np.ndarray], width: int) -> np.ndarray:
+    """Elements with the given leading planes (the others zero)."""
+    word = np.zeros(planes[0].shape[0], np.uint64)
+    for p, plane in enumerate(planes):
+        word |= plane.astype(np.uint64) << np.uint64(8 * (width - 1 - p))
+    return word.astype(np.dtype(f"u{width}"))
+
+
+def _split(word: np.ndarray, width: int) -> list[np.ndarray]:
+    """The byte planes of elements, most significant first."""
+    w = word.astype(np.uint64)
+    return [((w >> np.uint64(8 * (width - 1 - p))) & np.uint64(0xFF)).astype(np.uint8) for p in range(width)]
