@@ -865,8 +865,26 @@ class IntervalNet:
         penultimate activations, so the uncertainty that h shares between two logits
         cancels instead of counting twice. Each difference is widened by both logits'
         float32 rounding (each within γ_{n+1}·(|W|·|h| + |b|)) and our float64 rounding.
-        Either rule deciding is sound, so the result is their union."""
+        Inputs both rules leave open get a third pass with affine forms, which keep the
+        dependence between layers (``progressive/affine.py``). Any rule deciding is sound,
+        so the result is their union."""
+        decided, topk = self._decide_intervals(x, weights, k)
+        from modelhub_torch.progressive.affine import AffineNet, within_reach
+
+        lo, hi = self._last_bounds
+        rest = (~decided & ~self._last_ctx.bad & within_reach(lo, hi, k)).nonzero().flatten()
+        if self._rounding and rest.numel():
+
+            ok, top = AffineNet(self).decide(x[rest], self._last_ctx.weights, k)
+            decided[rest[ok]] = True
+            topk[rest[ok]] = top[ok]
+        return decided, topk
+
+    def _decide_intervals(
+        self, x: torch.Tensor, weights: Mapping[str, tuple[torch.Tensor, torch.Tensor]], k: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         lo, hi = self.bounds(x, weights)
+        self._last_bounds = (lo, hi)
         decided, topk = decide_topk(lo, hi, k)
         h = self._last_head_input
         if self._head is None or h is None or h.lo.dim() != 2 or bool(decided.all()):

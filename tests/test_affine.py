@@ -1,0 +1,136 @@
+"""Affine-form bounds (progressive/affine.py): the float32 forward pass of networks whose
+weights are *any* completion of the known planes lies inside the forms, decisions equal
+every such network's top-k, and dropping the rounding terms is caught."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from test_intervals import build, inputs, near_ties, plane_weights
+from torch import nn
+
+from modelhub_torch.progressive import affine
+from modelhub_torch.progressive.affine import AffineNet, _Form
+from modelhub_torch.progressive.intervals import IntervalNet, known_mask
+
+
+class LeNet(nn.Module):
+    """Functional max-pools after convolutions: the layers the weight symbols serve."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 6, 3, padding=1), nn.Conv2d(6, 16, 3, padding=1)
+        self.fc1, self.fc2 = nn.Linear(16 * 2 * 2, 32), nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        return self.fc2(F.relu(self.fc1(x.flatten(1))))
+
+
+def model_and_shape(name: str, seed: int) -> tuple[nn.Module, tuple[int, ...]]:
+    if name == "lenet":
+        torch.manual_seed(seed)
+        return LeNet().eval(), (1, 8, 8)
+    return build(name, seed)
+
+
+def completion(model: nn.Module, names: list[str], planes: int, layout: str, seed: int) -> nn.Module:
+    """A copy of ``model`` whose float32 weights keep the known planes' bits and draw
+    the unknown low bits at random: one network the bounds must hold for."""
+    rng = np.random.default_rng(seed)
+    mask = np.uint32(known_mask("float32", planes, layout))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    for name in names:
+        bits = state[name].contiguous().numpy().view(np.uint32)
+        noise = rng.integers(0, 2**32, size=bits.shape, dtype=np.uint32)
+        state[name] = torch.from_numpy(((bits & mask) | (noise & ~mask)).view(np.float32).copy())
+    other = copy.deepcopy(model)
+    other.load_state_dict(state)
+    return other.eval()
+
+
+def pair_lower_bounds(form: _Form) -> torch.Tensor:
+    """[N, C, C]: a lower bound of z_a − z_b for every ordered pair (a, b)."""
+    ca, cb = form.c.unsqueeze(2), form.c.unsqueeze(1)
+    ga, gb = form.g.unsqueeze(3), form.g.unsqueeze(2)
+    spread = (ga - gb).abs().sum(1)
+    size = ca.abs() + cb.abs() + ga.abs().sum(1) + gb.abs().sum(1)
+    return (ca - cb) - spread - size * 1e-12
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn", "lenet", "resbn", "functional"])
+def test_forms_contain_every_completion_of_the_known_planes(name: str) -> None:
+    model, shape = model_and_shape(name, 3)
+    net = IntervalNet(model)
+    x = inputs(shape, 64, 5)
+    for layout, planes in (("exp-first", 2), ("ieee", 2), ("exp-first", 1)):
+        w = plane_weights(model, net.param_names, planes, layout)
+        form, bad = AffineNet(net).logits(x, net._weights(w))
+        box = form.box()
+        low = pair_lower_bounds(form)
+        for seed in range(3):
+            with torch.no_grad():
+                ref = completion(model, net.param_names, planes, layout, seed)(x).double()
+            ok = ~bad
+            inside = (box.lo <= ref) & (ref <= box.hi)
+            assert bool(inside[ok].all()), f"{name} {layout}@{planes}: a logit outside its form"
+            diff = ref.unsqueeze(2) - ref.unsqueeze(1)
+            assert bool((diff[ok] >= low[ok]).all()), f"{name} {layout}@{planes}: a difference below its bound"
+        if planes == 2 and layout == "exp-first" and name != "resbn":
+            # the forms are useful: most rows have a width far below the logits' spread
+            width = (box.hi - box.lo)[~bad].amax(1)
+            assert float(width.median()) < float(ref.abs().amax(1).median())
+
+
+@pytest.mark.parametrize("name", ["cnn", "lenet"])
+@pytest.mark.parametrize("k", [1, 5])
+def test_affine_decisions_equal_every_completions_topk(name: str, k: int) -> None:
+    model, shape = model_and_shape(name, 4)
+    net = IntervalNet(model)
+    x = torch.cat([inputs(shape, 300, 6), near_ties(model, shape, 60, k, 8)])
+    w = plane_weights(model, net.param_names, 2, "exp-first")
+    decided, top = AffineNet(net).decide(x, net._weights(w), k)
+    assert int(decided.sum()) > 0
+    for seed in range(3):
+        with torch.no_grad():
+            ref = completion(model, net.param_names, 2, "exp-first", seed)(x).topk(k).indices
+        assert torch.equal(top[decided], ref[decided])
+    assert bool((top[~decided] == -1).all())
+
+
+def test_weight_symbols_tighten_convolutions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A symbol per convolution weight (shared across positions) decides more than a
+    fresh symbol per output does, on the same inputs and bounds."""
+    model, shape = model_and_shape("lenet", 1)
+    net = IntervalNet(model)
+    x = inputs(shape, 400, 9)
+    w = net._weights(plane_weights(model, net.param_names, 2, "exp-first"))
+    shared, _ = AffineNet(net).decide(x, w, 1)
+    monkeypatch.setattr(affine, "WEIGHT_SYMBOL_ELEMS", 0)
+    fresh, _ = AffineNet(net).decide(x, w, 1)
+    assert int(shared.sum()) > int(fresh.sum())
+
+
+def test_affine_rounding_terms_are_needed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With exact weights only rounding separates near-ties: dropping the rounding terms
+    of the affine pass makes it decide some of them the float64 way, which is wrong."""
+    model, shape = model_and_shape("lenet", 2)
+    net = IntervalNet(model)
+    ties = near_ties(model, shape, 150, 1, 7)
+    w = net._weights(plane_weights(model, net.param_names, 4, "ieee"))
+    with torch.no_grad():
+        ref = model(ties).topk(1).indices
+    decided, top = AffineNet(net).decide(ties, w, 1)
+    assert torch.equal(top[decided], ref[decided])
+    for name in ("_dot_eps", "_gamma"):
+        monkeypatch.setattr(affine, name, lambda *a: 0.0)
+    monkeypatch.setattr(affine, "_TINY32", 0.0)
+    monkeypatch.setattr(affine, "_U32", 0.0)
+    monkeypatch.setattr(affine, "_U64", 0.0)
+    decided, top = AffineNet(net).decide(ties, w, 1)
+    assert bool((top[decided] != ref[decided]).any())
