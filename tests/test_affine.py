@@ -5,6 +5,7 @@ every such network's top-k, and dropping the rounding terms is caught."""
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -89,7 +90,8 @@ def test_forms_contain_every_completion_of_the_known_planes(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["cnn", "lenet"])
 @pytest.mark.parametrize("k", [1, 5])
-def test_affine_decisions_equal_every_completions_topk(name: str, k: int) -> None:
+def test_affine_decisions_equal_every_completions_topk(name: str, k: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(affine, "PROBE_ROWS", 10**9)  # every row gets the pass
     model, shape = model_and_shape(name, 4)
     net = IntervalNet(model)
     x = torch.cat([inputs(shape, 300, 6), near_ties(model, shape, 60, k, 8)])
@@ -106,6 +108,7 @@ def test_affine_decisions_equal_every_completions_topk(name: str, k: int) -> Non
 def test_weight_symbols_tighten_convolutions(monkeypatch: pytest.MonkeyPatch) -> None:
     """A symbol per convolution weight (shared across positions) decides more than a
     fresh symbol per output does, on the same inputs and bounds."""
+    monkeypatch.setattr(affine, "PROBE_ROWS", 10**9)  # try every row either way
     model, shape = model_and_shape("lenet", 1)
     net = IntervalNet(model)
     x = inputs(shape, 400, 9)
@@ -134,3 +137,12 @@ def test_affine_rounding_terms_are_needed(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(affine, "_U64", 0.0)
     decided, top = AffineNet(net).decide(ties, w, 1)
     assert bool((top[decided] != ref[decided]).any())
+
+
+def test_within_reach_picks_rows_worth_the_pass() -> None:
+    lo = torch.tensor([[9.0, 0.0, 0.0], [5.0, 4.0, 0.0], [1.0, -math.inf, 0.0], [2.0, 1.9, 0.0]], dtype=torch.float64)
+    hi = torch.tensor([[11.0, 2.0, 1.0], [7.0, 6.0, 1.0], [3.0, 1.0, 1.0], [40.0, 38.0, 0.5]], dtype=torch.float64)
+    # row 0: gap 9 vs spread 2; row 1: gap 1 vs spread 2; row 2: infinite; row 3: gap 1.05 vs spread 37.05
+    assert affine.within_reach(lo, hi, 1).tolist() == [True, True, False, False]
+    # top-2 also needs the first two classes apart: row 0 gap 9, spread 2 → still in reach
+    assert affine.within_reach(lo, hi, 2).tolist() == [True, True, False, False]

@@ -58,6 +58,8 @@ MAX_ROW_ELEMS = 1 << 20
 # is within REACH times its gap: beyond that no measured form decided (largest ratio
 # seen deciding: 7.3, LeNet-like CNN at 2 planes), and rows at 1 plane are all beyond
 REACH = 16.0
+# when the forms decide none of the first PROBE_ROWS rows, the others are not tried
+PROBE_ROWS = 32
 # a convolution's weight symbols per row at most (symbols × output elements)
 WEIGHT_SYMBOL_ELEMS = 1 << 21
 
@@ -356,7 +358,11 @@ class AffineNet:
             if per_row > MAX_ROW_ELEMS:
                 break  # too costly for this network: the remaining rows stay undecided
             start = rows.stop
+            if start >= PROBE_ROWS and not bool(decided.any()):
+                break  # the forms decide none of a first sample: not worth the rest
             step = max(1, BUDGET_ELEMS // per_row)
+            if start < PROBE_ROWS:
+                step = min(step, PROBE_ROWS - start)
         return decided, topk
 
 

@@ -857,7 +857,8 @@ class IntervalNet:
 
     @torch.no_grad()
     def decide(
-        self, x: torch.Tensor, weights: Mapping[str, tuple[torch.Tensor, torch.Tensor]], k: int
+        self, x: torch.Tensor, weights: Mapping[str, tuple[torch.Tensor, torch.Tensor]], k: int,
+        affine: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Like ``decide_topk(*self.bounds(x, weights), k)``, and more often decided when
         the network ends in ``nn.Linear``: the logit *differences* l_a − l_b are then
@@ -867,14 +868,14 @@ class IntervalNet:
         float32 rounding (each within γ_{n+1}·(|W|·|h| + |b|)) and our float64 rounding.
         Inputs both rules leave open get a third pass with affine forms, which keep the
         dependence between layers (``progressive/affine.py``). Any rule deciding is sound,
-        so the result is their union."""
+        so the result is their union. ``affine=False`` skips the third pass (cheaper when
+        sharper weights are about to arrive anyway)."""
         decided, topk = self._decide_intervals(x, weights, k)
         from modelhub_torch.progressive.affine import AffineNet, within_reach
 
         lo, hi = self._last_bounds
         rest = (~decided & ~self._last_ctx.bad & within_reach(lo, hi, k)).nonzero().flatten()
-        if self._rounding and rest.numel():
-
+        if affine and self._rounding and rest.numel():
             ok, top = AffineNet(self).decide(x[rest], self._last_ctx.weights, k)
             decided[rest[ok]] = True
             topk[rest[ok]] = top[ok]

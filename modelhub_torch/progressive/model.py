@@ -42,6 +42,7 @@ class ProgressiveModel:
     (its own weights are never used or changed)."""
 
     CHOICE_SAMPLE = 128  # undecided inputs used to pick the next layer to sharpen
+    AFFINE_EARLY_ROWS = 64  # below this many undecided inputs the affine pass runs after every layer
 
     def __init__(self, module: torch.nn.Module, repo: Repository | str, ref: str, start_planes: int = 1):
         from modelhub_torch.repository import Repository
@@ -125,7 +126,10 @@ class ProgressiveModel:
             if strategy == "all":
                 self._fetch(tier)
             while True:
-                decided, idx = self.net.decide(x[todo], self._weights(tier), k)
+                # the costly affine pass once the tier is complete, or for a few inputs
+                complete = all(t.known >= tier for t in self.store.tensors.values())
+                affine = complete or todo.numel() <= self.AFFINE_EARLY_ROWS
+                decided, idx = self.net.decide(x[todo], self._weights(tier), k, affine=affine)
                 topk[todo[decided]] = idx[decided]
                 planes[todo[decided]] = tier
                 todo = todo[~decided]
