@@ -3,7 +3,7 @@
 Three models trained here (an MLP 64-128-10, a LeNet-like CNN, a residual CNN with
 BatchNorm and GELU), committed to a local repository, then evaluated with
 ProgressiveModel for k = 1 and 5: the share of inputs still undecided after 1, 2 and
-3 planes, the bytes read against a full load, and the wall time against a full load
+3 planes (and, as the baseline, with plain interval bounds alone), the bytes read against a full load, and the wall time against a full load
 plus the ordinary forward. Every answer is checked against the ordinary forward.
 The wall times are taken twice: with the whole store on local disk, and with the two
 low-order planes archived to a slower fsspec location (``archive --cold``; a local
@@ -35,6 +35,7 @@ from storage import median_time, table
 
 from modelhub_torch import Repository
 from modelhub_torch.progressive import ProgressiveModel
+from modelhub_torch.progressive.intervals import decide_topk
 
 
 class SlowFileSystem(LocalFileSystem):
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=300, help="training steps per model")
     args = ap.parse_args(argv)
     x, y = digits()
-    header = ["model", "k", "acc", "undecided @1", "@2", "@3", "bytes: layer-wise", "all at once", "full",
+    header = ["model", "k", "acc", "undecided @1", "@2", "@3", "plain intervals @2", "@3", "bytes: layer-wise", "all at once", "full",
               "progressive ms", "load+predict ms"]
     slow_header = ["model", "k", "batch", "undecided @2", "bytes read", "progressive ms", "load+predict ms"]
     rows, slow_rows = [], []
@@ -185,11 +186,19 @@ def main(argv: list[str] | None = None) -> int:
                 assert torch.equal(flat.topk, res.topk), (name, k)
                 n = len(x)
                 undecided = [float((res.planes > t).sum()) / n for t in (1, 2, 3)]
+                # the baseline: plain interval bounds and the top-k rule alone, per tier
+                pm = ProgressiveModel(cls(), repo, f"{name}@latest")
+                plain = []
+                for tier in (1, 2, 3):
+                    for layer in pm.store.tensors:
+                        pm.store.fetch(layer, tier)
+                    plain_decided, _ = decide_topk(*pm.net.bounds(x, pm._weights(tier)), k)
+                    plain.append(float((~plain_decided).float().mean()))
                 if name == "mlp" and k == 1:
+                    open_rows = (res.planes > 2).nonzero().flatten()
                     pm = ProgressiveModel(cls(), repo, f"{name}@latest")
                     for layer in pm.store.tensors:
                         pm.store.fetch(layer, 2)
-                    open_rows = (res.planes > 2).nonzero().flatten()
                     flips = flippable(model, pm._weights(2), x[open_rows])
                     certificate = (f"mlp, k=1: {len(open_rows)} inputs undecided at 2 planes; for "
                                    f"{int(flips.sum())} of them weights within the 2-plane bounds change the "
@@ -206,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
 
                 rows.append([
                     name, str(k), f"{acc:.3f}", *(f"{100 * u:.1f}%" for u in undecided),
+                    *(f"{100 * u:.1f}%" for u in plain[1:]),
                     f"{res.bytes_read:,} ({100 * res.bytes_read / res.bytes_full:.0f}%)",
                     f"{flat.bytes_read:,} ({100 * flat.bytes_read / flat.bytes_full:.0f}%)", f"{res.bytes_full:,}",
                     f"{median_time(progressive, 3) * 1e3:.0f}", f"{median_time(ordinary, 3) * 1e3:.1f}",
