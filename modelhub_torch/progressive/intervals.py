@@ -871,11 +871,13 @@ class IntervalNet:
         so the result is their union. ``affine=False`` skips the third pass (cheaper when
         sharper weights are about to arrive anyway)."""
         decided, topk = self._decide_intervals(x, weights, k)
-        from modelhub_torch.progressive.affine import AffineNet, within_reach
+        if not (affine and self._rounding):
+            return decided, topk
+        from modelhub_torch.progressive.affine import AffineNet, within_reach  # imports this module
 
         lo, hi = self._last_bounds
         rest = (~decided & ~self._last_ctx.bad & within_reach(lo, hi, k)).nonzero().flatten()
-        if affine and self._rounding and rest.numel():
+        if rest.numel():
             ok, top = AffineNet(self).decide(x[rest], self._last_ctx.weights, k)
             decided[rest[ok]] = True
             topk[rest[ok]] = top[ok]
