@@ -16,7 +16,7 @@ from torch import nn
 
 from modelhub_torch.progressive import affine
 from modelhub_torch.progressive.affine import AffineNet, _Form
-from modelhub_torch.progressive.intervals import IntervalNet, known_mask
+from modelhub_torch.progressive.intervals import IntervalNet, _Iv, known_mask
 
 
 class LeNet(nn.Module):
@@ -146,3 +146,20 @@ def test_within_reach_picks_rows_worth_the_pass() -> None:
     assert affine.within_reach(lo, hi, 1).tolist() == [True, True, False, False]
     # top-2 also needs the first two classes apart: row 0 gap 9, spread 2 → still in reach
     assert affine.within_reach(lo, hi, 2).tolist() == [True, True, False, False]
+
+
+def test_forms_from_different_branches_keep_their_own_symbols() -> None:
+    """A fresh symbol of one branch is never the same symbol as another branch's:
+    adding two forms bounds the sum by the sum of both radii, whatever their signs."""
+    ctx = affine._AffineCtx({}, 1)
+    a = affine._from_box(ctx, _Iv(torch.tensor([[-1.0, 0.0]], dtype=torch.float64),
+                                  torch.tensor([[1.0, 0.0]], dtype=torch.float64)))
+    neg = _Form(-a.c, -a.g)  # −a: the same symbol, opposite sign
+    b = affine._from_box(ctx, _Iv(torch.tensor([[-2.0, -2.0]], dtype=torch.float64),
+                                  torch.tensor([[2.0, 2.0]], dtype=torch.float64)))
+    assert ctx.symbols == 3 and a.symbols == 1 and b.symbols == 3
+    total = affine._add(ctx, neg, b).box()
+    assert float(total.hi[0, 0]) >= 3.0 and float(total.lo[0, 0]) <= -3.0
+    assert float(total.hi[0, 1]) >= 2.0 and float(total.hi[0, 1]) < 2.001
+    same = affine._add(ctx, a, neg).box()  # a + (−a): the shared symbol cancels (float32 rounding left)
+    assert float(same.hi.abs().max()) < 1e-6 and float(same.lo.abs().max()) < 1e-6

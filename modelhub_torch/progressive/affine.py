@@ -92,14 +92,34 @@ class _Form:
         return _Iv(self.c - r, self.c + r)
 
 
-def _pad(f: _Form, s: int) -> torch.Tensor:
-    if f.symbols == s:
-        return f.g
-    extra = torch.zeros((f.g.shape[0], s - f.symbols, *f.g.shape[2:]), dtype=f.g.dtype)
-    return torch.cat([f.g, extra], dim=1)
+class _AffineCtx(_Ctx):
+    """The interval pass's per-call state plus the count of noise symbols created so far.
+
+    Symbols are numbered globally in creation order and every form's generators are
+    indexed by that number (zeros for symbols it does not depend on), so two forms from
+    different branches never mistake each other's fresh symbols for one shared symbol."""
+
+    def __init__(self, weights: dict[str, tuple[torch.Tensor, torch.Tensor]], n: int) -> None:
+        super().__init__(weights, n, True)
+        self.symbols = 0
 
 
-def _fresh(c: torch.Tensor, g: torch.Tensor, rad: torch.Tensor) -> _Form:
+def _pad(g: torch.Tensor, s: int) -> torch.Tensor:
+    """Generators ``g`` extended with zeros to the first ``s`` symbols."""
+    if g.shape[1] == s:
+        return g
+    extra = torch.zeros((g.shape[0], s - g.shape[1], *g.shape[2:]), dtype=g.dtype)
+    return torch.cat([g, extra], dim=1)
+
+
+def _append(ctx: _AffineCtx, g: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """``g`` followed by the generators ``new`` of brand-new symbols (numbered next)."""
+    out = torch.cat([_pad(g, ctx.symbols), new], dim=1)
+    ctx.symbols += new.shape[1]
+    return out
+
+
+def _fresh(ctx: _AffineCtx, c: torch.Tensor, g: torch.Tensor, rad: torch.Tensor) -> _Form:
     """``c + g·ε`` plus one new symbol per element with radius ``rad`` (zeros dropped)."""
     n = c.shape[0]
     flat = rad.reshape(n, -1)
@@ -109,21 +129,21 @@ def _fresh(c: torch.Tensor, g: torch.Tensor, rad: torch.Tensor) -> _Form:
     m = flat.shape[1]
     new = torch.zeros((n, keep.numel(), m), dtype=c.dtype)
     new[:, torch.arange(keep.numel()), keep] = flat[:, keep]
-    return _Form(c, torch.cat([g, new.reshape(n, keep.numel(), *c.shape[1:])], dim=1))
+    return _Form(c, _append(ctx, g, new.reshape(n, keep.numel(), *c.shape[1:])))
 
 
-def _from_box(iv: _Iv) -> _Form:
+def _from_box(ctx: _AffineCtx, iv: _Iv) -> _Form:
     c = (iv.lo + iv.hi) * 0.5
     r = torch.maximum(iv.hi - c, c - iv.lo)
     r = torch.where(iv.hi == iv.lo, torch.zeros_like(r), torch.nextafter(r, torch.full_like(r, math.inf)))
-    return _fresh(c, torch.zeros((c.shape[0], 0, *c.shape[1:]), dtype=c.dtype), r)
+    return _fresh(ctx, c, torch.zeros((c.shape[0], 0, *c.shape[1:]), dtype=c.dtype), r)
 
 
 # --------------------------------------------------------------------------- layers
 
 
 def _affine_map(
-    ctx: _Ctx, x: _Form, wname: str, bname: str | None, op: Any, n: int, bshape: tuple,
+    ctx: _AffineCtx, x: _Form, wname: str, bname: str | None, op: Any, n: int, bshape: tuple,
     patches: Any = None,
 ) -> _Form:
     """``W·x + b`` on a form. ``patches`` (convolutions) maps the centre to its
@@ -147,7 +167,7 @@ def _affine_map(
         out, j = w0.shape[0], p.shape[1]
         eye = torch.eye(out, dtype=c.dtype)
         wg = torch.einsum("oj,njl,op->nojpl", wr.reshape(out, j), p, eye)
-        g = torch.cat([g, wg.reshape(N, out * j, *c.shape[1:])], dim=1)
+        g = _append(ctx, g, wg.reshape(N, out * j, *c.shape[1:]))
         # ΔW·(x − c): the generators' part, a fresh symbol per output below
         noise = op(x.g.abs().sum(1), wr) + op(x.c.abs(), wr) * (4 * _U64)
     else:
@@ -160,14 +180,14 @@ def _affine_map(
         if shared:
             eye = torch.eye(c.shape[1], dtype=c.dtype).reshape(1, c.shape[1], c.shape[1], *([1] * (c.dim() - 2)))
             bg = (br.reshape(1, -1, *([1] * (c.dim() - 1))) * eye).expand(N, -1, *c.shape[1:])
-            g = torch.cat([g, bg], dim=1)
+            g = _append(ctx, g, bg)
         else:
             noise = noise + br.reshape(bshape)
         s = s + torch.maximum(b_lo.abs(), b_hi.abs()).reshape(bshape)
     ctx.flag(s)
     # the float32 reference's rounding and ours (centre and every generator)
     rad = noise * (1.0 + 4.0 * _gamma(n + 4, _U64)) + s * _dot_eps(n) + (n + 2) * _TINY32
-    return _fresh(c, g, torch.nextafter(rad, torch.full_like(rad, math.inf)))
+    return _fresh(ctx, c, g, torch.nextafter(rad, torch.full_like(rad, math.inf)))
 
 
 def _weight_symbols_fit(w0: torch.Tensor, out: torch.Tensor) -> bool:
@@ -175,7 +195,7 @@ def _weight_symbols_fit(w0: torch.Tensor, out: torch.Tensor) -> bool:
     return w0.numel() * out[0].numel() <= WEIGHT_SYMBOL_ELEMS
 
 
-def _relu(ctx: _Ctx, x: _Form) -> _Form:
+def _relu(ctx: _AffineCtx, x: _Form) -> _Form:
     box = x.box()
     lo, hi = box.lo, box.hi
     pos, neg = lo >= 0, hi <= 0
@@ -188,10 +208,10 @@ def _relu(ctx: _Ctx, x: _Form) -> _Form:
     g = lam.unsqueeze(1) * x.g
     # float64 rounding of λ·c and λ·g, outward
     err = (x.c.abs() + x.g.abs().sum(1)) * lam * (4 * _gamma(x.symbols + 2, _U64)) + _TINY32 * cross
-    return _fresh(c, g, torch.where(cross, mu * 0.5 + err, torch.zeros_like(err)))
+    return _fresh(ctx, c, g, torch.where(cross, mu * 0.5 + err, torch.zeros_like(err)))
 
 
-def _maxpool2d(ctx: _Ctx, x: _Form, k: int, s: int) -> _Form:
+def _maxpool2d(ctx: _AffineCtx, x: _Form, k: int, s: int) -> _Form:
     box = x.box()
     N, S = x.c.shape[0], x.symbols
     lo = box.lo.unfold(2, k, s).unfold(3, k, s)  # [N, C, Ho, Wo, k, k]
@@ -207,7 +227,7 @@ def _maxpool2d(ctx: _Ctx, x: _Form, k: int, s: int) -> _Form:
     # max − x_best lies in [0, max(0, max others' upper − x_best's lower)]
     mu = torch.nextafter((others - blo.squeeze(-1)).clamp(min=0.0), torch.full_like(others, math.inf))
     err = torch.where(mu > 0, (c.abs() + mu) * (2 * _U64) + _TINY32, torch.zeros_like(mu))
-    return _fresh(c + mu * 0.5, g, torch.nextafter(mu * 0.5 + err, torch.full_like(mu, math.inf)))
+    return _fresh(ctx, c + mu * 0.5, g, torch.nextafter(mu * 0.5 + err, torch.full_like(mu, math.inf)))
 
 
 def _reshape(x: _Form, fn: Any) -> _Form | None:
@@ -217,15 +237,15 @@ def _reshape(x: _Form, fn: Any) -> _Form | None:
     return _Form(c, x.g.reshape(x.g.shape[0], x.symbols, *c.shape[1:]))
 
 
-def _add(a: _Form, b: _Form) -> _Form:
+def _add(ctx: _AffineCtx, a: _Form, b: _Form) -> _Form:
     s = max(a.symbols, b.symbols)
     c = a.c + b.c
-    g = _pad(a, s) + _pad(b, s)
+    g = _pad(a.g, s) + _pad(b.g, s)
     # the float32 reference's rounding of a + b, and ours of the centre and each generator
     ba, bb = a.box(), b.box()
     mag = torch.maximum(ba.lo.abs(), ba.hi.abs()) + torch.maximum(bb.lo.abs(), bb.hi.abs())
     err = mag * ((_U32 + 4 * _U64) * (1 + 2.0**-40)) + (c.abs() + g.abs().sum(1)) * (2 * _U64) + _TINY32
-    return _fresh(c, g, torch.nextafter(err, torch.full_like(c, math.inf)))
+    return _fresh(ctx, c, g, torch.nextafter(err, torch.full_like(c, math.inf)))
 
 
 # --------------------------------------------------------------------------- network
@@ -243,7 +263,7 @@ class AffineNet:
         path = str(node.target)
         return self.module if path == "" else self.module.get_submodule(path)
 
-    def _exact(self, ctx: _Ctx, node: torch.fx.Node, args: tuple, kwargs: dict) -> _Form | None:
+    def _exact(self, ctx: _AffineCtx, node: torch.fx.Node, args: tuple, kwargs: dict) -> _Form | None:
         """The affine handler of one node, or None to bound it by the interval pass."""
         forms = [a for a in args if isinstance(a, _Form)]
         if node.op == "call_module":
@@ -292,7 +312,7 @@ class AffineNet:
             if fn is torch.flatten and isinstance(args[0], _Form):
                 return _reshape(args[0], lambda t: torch.flatten(t, *args[1:], **kwargs))
             if fn in (operator.add, torch.add) and len(forms) == 2 and len(args) == 2 and not kwargs:
-                return _add(args[0], args[1])
+                return _add(ctx, args[0], args[1])
             return None
         if node.op == "call_method" and isinstance(args[0], _Form):
             name = str(node.target)
@@ -306,7 +326,7 @@ class AffineNet:
     @torch.no_grad()
     def logits(self, x: torch.Tensor, weights: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> tuple[_Form, torch.Tensor]:
         """The output form and the rows that must not be decided (overflow risk)."""
-        ctx = _Ctx(weights, int(x.shape[0]), True)
+        ctx = _AffineCtx(weights, int(x.shape[0]))
         env: dict[torch.fx.Node, Any] = {}
         result = None
         for node, handler in self.net._plan:
@@ -327,7 +347,7 @@ class AffineNet:
                 iv_args = tuple(torch.fx.node.map_aggregate(args, boxed))
                 iv_kwargs = dict(torch.fx.node.map_aggregate(kwargs, boxed))
                 out = handler(ctx, iv_args, iv_kwargs)  # type: ignore[misc]
-                form = _from_box(out) if isinstance(out, _Iv) else out
+                form = _from_box(ctx, out) if isinstance(out, _Iv) else out
             if isinstance(form, _Form):
                 self._peak = max(self._peak, form.g[:1].numel())
                 box = form.box()
