@@ -130,6 +130,8 @@ def main() -> int:
     modelhub("archive", "--lossy", "quant:4", "--versions", "digits-cnn@v5", "--data", str(data))
     modelhub("verify")
     print(f"\nDone. Explore it yourself: .venv/bin/modelhub --repo {REPO.relative_to(ROOT)} list")
+    print("(eval builds the recorded class digits.DigitsCNN: add --module examples.digits:DigitsCNN from the"
+          " repository root)")
     return 0 if same else 1
 
 

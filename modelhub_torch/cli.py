@@ -881,6 +881,9 @@ def _eval_module(repo: Repository, v: Version, spec: str | None) -> Any:
     if not path:
         raise CliError(f"{v.ref} does not record its module class; pass --module PKG.MOD:CLASS")
     mod_name, _, cls_name = path.replace(":", ".").rpartition(".")
+    # like `python -m`, modules in the working directory are importable
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
     try:
         cls = getattr(importlib.import_module(mod_name), cls_name)
     except (ImportError, AttributeError) as exc:

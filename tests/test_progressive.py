@@ -188,3 +188,32 @@ def test_versions_stored_as_plane_separable_deltas_are_read_plane_wise(tmp_path,
         with torch.no_grad():
             assert torch.equal(res.topk, net(x).topk(1, dim=1).indices)
         assert float((res.planes <= 2).float().mean()) > 0.9  # most decided from the high planes
+
+
+def test_cli_eval_imports_module_from_working_directory(hub, tmp_path, capsys, monkeypatch) -> None:
+    """`--module mine:Net` finds mine.py in the working directory, as `python -m` would;
+    an unimportable one is refused with what to do."""
+    repo, mlp, _ = hub
+    x, y = digits()
+    data = tmp_path / "digits.pt"
+    torch.save({"x": x, "y": y}, data)
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    (workdir / "mine_mlp_arch.py").write_text(
+        "from torch import nn\nfrom torch.nn import functional as F\n\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.fc1, self.fc2 = nn.Linear(64, 128), nn.Linear(128, 10)\n\n"
+        "    def forward(self, x):\n"
+        "        return self.fc2(F.relu(self.fc1(x)))\n"
+    )
+    monkeypatch.chdir(workdir)
+    monkeypatch.setattr("sys.path", [p for p in __import__("sys").path if p not in ("", str(workdir))])
+    args = ["--repo", repo.url, "--json", "eval", "mlp@v1", "--data", str(data), "--progressive"]
+    assert main([*args, "--module", "mine_mlp_arch:Net"]) == 0
+    import json
+
+    assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(float((mlp(x).argmax(1) == y).float().mean()))
+    assert main([*args, "--module", "not_here_at_all:Net"]) != 0
+    assert "pass --module PKG.MOD:CLASS" in capsys.readouterr().err
