@@ -163,3 +163,43 @@ def test_forms_from_different_branches_keep_their_own_symbols() -> None:
     assert float(total.hi[0, 1]) >= 2.0 and float(total.hi[0, 1]) < 2.001
     same = affine._add(ctx, a, neg).box()  # a + (−a): the shared symbol cancels (float32 rounding left)
     assert float(same.hi.abs().max()) < 1e-6 and float(same.lo.abs().max()) < 1e-6
+
+
+class InplaceReused(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(64, 32), nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc1(x)
+        return self.fc2(F.relu(h, True) + h)  # the real forward adds relu(h) twice
+
+
+def test_inplace_op_on_a_reused_tensor_is_refused() -> None:
+    from modelhub_torch.progressive.intervals import UnsupportedLayerError
+
+    with pytest.raises(UnsupportedLayerError, match="in place"):
+        IntervalNet(InplaceReused().eval())
+    chain = nn.Sequential(nn.Linear(64, 32), nn.ReLU(inplace=True), nn.Linear(32, 10)).eval()
+    IntervalNet(chain)  # nothing else reads the ReLU's input: fine
+
+
+def test_same_padding_convolution_is_decided() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding="same"), nn.ReLU(), nn.Flatten(), nn.Linear(256, 10)).eval()
+    net = IntervalNet(model)
+    x = inputs((1, 8, 8), 64, 3)
+    w = plane_weights(model, net.param_names, 3, "exp-first")
+    decided, top = net.decide(x, w, 1)
+    with torch.no_grad():
+        ref = model(x).topk(1).indices
+    assert int(decided.sum()) > 0 and torch.equal(top[decided], ref[decided])
+
+
+def test_affine_pass_gives_up_on_networks_too_large(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, shape = model_and_shape("lenet", 1)
+    net = IntervalNet(model)
+    w = net._weights(plane_weights(model, net.param_names, 2, "exp-first"))
+    monkeypatch.setattr(affine, "MAX_ROW_ELEMS", 1000)
+    decided, top = AffineNet(net).decide(inputs(shape, 40, 2), w, 1)
+    assert not bool(decided.any()) and bool((top == -1).all())

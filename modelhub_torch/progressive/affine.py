@@ -92,6 +92,10 @@ class _Form:
         return _Iv(self.c - r, self.c + r)
 
 
+class _TooCostly(Exception):
+    """A form outgrew ``MAX_ROW_ELEMS`` per row: the pass gives up (rows stay undecided)."""
+
+
 class _AffineCtx(_Ctx):
     """The interval pass's per-call state plus the count of noise symbols created so far.
 
@@ -225,7 +229,8 @@ def _maxpool2d(ctx: _AffineCtx, x: _Form, k: int, s: int) -> _Form:
     g = x.g.unfold(3, k, s).unfold(4, k, s).reshape(N, S, *shp[1:], k * k)
     g = g.gather(-1, best.unsqueeze(1).expand(N, S, *best.shape[1:])).squeeze(-1)
     # max − x_best lies in [0, max(0, max others' upper − x_best's lower)]
-    mu = torch.nextafter((others - blo.squeeze(-1)).clamp(min=0.0), torch.full_like(others, math.inf))
+    gap = (others - blo.squeeze(-1)).clamp(min=0.0)
+    mu = torch.where(gap > 0, torch.nextafter(gap, torch.full_like(gap, math.inf)), gap)
     err = torch.where(mu > 0, (c.abs() + mu) * (2 * _U64) + _TINY32, torch.zeros_like(mu))
     return _fresh(ctx, c + mu * 0.5, g, torch.nextafter(mu * 0.5 + err, torch.full_like(mu, math.inf)))
 
@@ -288,7 +293,7 @@ class AffineNet:
                     return F.unfold(i, mod.kernel_size, mod.dilation, mod.padding, mod.stride)
 
                 return _affine_map(ctx, x, prefix + "weight", b, conv, n, (1, -1, 1, 1),
-                                   patches if mod.groups == 1 else None)
+                                   patches if mod.groups == 1 and not isinstance(mod.padding, str) else None)
             if t is nn.ReLU:
                 return _relu(ctx, x)
             if t is nn.MaxPool2d:
@@ -324,8 +329,11 @@ class AffineNet:
         return None
 
     @torch.no_grad()
-    def logits(self, x: torch.Tensor, weights: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> tuple[_Form, torch.Tensor]:
-        """The output form and the rows that must not be decided (overflow risk)."""
+    def logits(
+        self, x: torch.Tensor, weights: dict[str, tuple[torch.Tensor, torch.Tensor]], limit: int | None = None
+    ) -> tuple[_Form, torch.Tensor]:
+        """The output form and the rows that must not be decided (overflow risk); raises
+        ``_TooCostly`` when a form needs more than ``limit`` generator elements per row."""
         ctx = _AffineCtx(weights, int(x.shape[0]))
         env: dict[torch.fx.Node, Any] = {}
         result = None
@@ -350,6 +358,8 @@ class AffineNet:
                 form = _from_box(ctx, out) if isinstance(out, _Iv) else out
             if isinstance(form, _Form):
                 self._peak = max(self._peak, form.g[:1].numel())
+                if limit is not None and self._peak > limit:
+                    raise _TooCostly  # stop before the next layer makes it worse
                 box = form.box()
                 ctx.flag(box.lo)
                 ctx.flag(box.hi)
@@ -369,14 +379,15 @@ class AffineNet:
         while start < n:
             rows = slice(start, min(n, start + step))
             self._peak = 0
-            form, bad = self.logits(x[rows], weights)
+            try:
+                form, bad = self.logits(x[rows], weights, limit=MAX_ROW_ELEMS)
+            except _TooCostly:
+                break  # too costly for this network: the remaining rows stay undecided
             order = torch.argsort(form.c, dim=1, descending=True, stable=True)
             ok = _pairs_positive(form, order, k) & ~bad
             decided[rows] = ok
             topk[rows] = torch.where(ok.unsqueeze(1), order[:, :k], torch.full_like(order[:, :k], -1))
             per_row = max(1, self._peak)
-            if per_row > MAX_ROW_ELEMS:
-                break  # too costly for this network: the remaining rows stay undecided
             start = rows.stop
             if start >= PROBE_ROWS and not bool(decided.any()):
                 break  # the forms decide none of a first sample: not worth the rest

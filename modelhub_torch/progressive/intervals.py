@@ -587,6 +587,7 @@ class IntervalNet:
                     raise UnsupportedLayerError("the model must return one tensor")
                 self._plan.append((node, None))
             else:
+                self._check_inplace(node)
                 handler, kind = self._build(node, kinds)
                 kinds[node] = kind
                 self._plan.append((node, handler))
@@ -608,6 +609,25 @@ class IntervalNet:
         return head.args[0], prefix + "weight", (prefix + "bias" if mod.bias is not None else None), mod.in_features
 
     # -- construction ----------------------------------------------------------------
+
+    def _check_inplace(self, node: torch.fx.Node) -> None:
+        """An in-place op whose input is used again changes that other use in the real
+        forward, which the traced graph does not show: refused, never bounded wrongly.
+        (``nn.ReLU(inplace=True)`` in a plain chain is fine: nothing else reads its input.)"""
+        inplace = False
+        if node.op == "call_module":
+            path = str(node.target)
+            mod = self.module if path == "" else self.module.get_submodule(path)
+            inplace = bool(getattr(mod, "inplace", False))
+        elif node.op == "call_function":
+            inplace = bool(node.kwargs.get("inplace", False)) or any(
+                a is True for a in node.args[1:])  # F.relu(x, True), F.elu(x, 1.0, True), ...
+        elif node.op == "call_method":
+            inplace = str(node.target).endswith("_")
+        first = node.args[0] if node.args else None
+        if inplace and isinstance(first, torch.fx.Node) and len(first.users) > 1:
+            raise self._refuse(f"{node.name} ({node.target})",
+                               "in place on a tensor that is used again; use inplace=False")
 
     def _refuse(self, what: str, why: str = "") -> UnsupportedLayerError:
         extra = f" ({why})" if why else ""
