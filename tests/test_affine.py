@@ -203,3 +203,24 @@ def test_affine_pass_gives_up_on_networks_too_large(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(affine, "MAX_ROW_ELEMS", 1000)
     decided, top = AffineNet(net).decide(inputs(shape, 40, 2), w, 1)
     assert not bool(decided.any()) and bool((top == -1).all())
+
+
+class KeywordPool(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(1, 4, 3, padding=1), nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.max_pool2d(input=F.relu(self.conv(x)), kernel_size=2)
+        return self.fc(torch.flatten(h, 1))
+
+
+def test_keyword_max_pool_is_bounded_soundly() -> None:
+    torch.manual_seed(0)
+    model = KeywordPool().eval()
+    net = IntervalNet(model)
+    x = inputs((1, 8, 8), 64, 4)
+    decided, top = net.decide(x, plane_weights(model, net.param_names, 3, "exp-first"), 1)
+    with torch.no_grad():
+        ref = model(x).topk(1).indices
+    assert int(decided.sum()) > 0 and torch.equal(top[decided], ref[decided])

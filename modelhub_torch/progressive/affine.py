@@ -298,7 +298,7 @@ class AffineNet:
                 return _relu(ctx, x)
             if t is nn.MaxPool2d:
                 k, s = _pool_args(mod.kernel_size, mod.stride, mod.padding, mod.dilation, mod.ceil_mode)
-                return _maxpool2d(ctx, x, k, s) if k else None
+                return _maxpool2d(ctx, x, k, s) if k and x.c.dim() == 4 else None
             if t is nn.Flatten:
                 return _reshape(x, mod)
             if t is nn.Identity or (t in (nn.Dropout, nn.Dropout1d, nn.Dropout2d) and not mod.training):
@@ -308,18 +308,18 @@ class AffineNet:
             fn = node.target
             if fn in (F.relu, torch.relu) and forms and not kwargs.get("inplace", False):
                 return _relu(ctx, args[0])
-            if fn is F.max_pool2d and isinstance(args[0], _Form):
+            if fn is F.max_pool2d and args and isinstance(args[0], _Form) and args[0].c.dim() == 4:
                 k = args[1] if len(args) > 1 else kwargs.get("kernel_size")
                 stride = args[2] if len(args) > 2 else kwargs.get("stride")
                 k, s = _pool_args(k, stride, kwargs.get("padding", 0), kwargs.get("dilation", 1),
                                   kwargs.get("ceil_mode", False))
                 return _maxpool2d(ctx, args[0], k, s) if k and len(args) <= 3 else None
-            if fn is torch.flatten and isinstance(args[0], _Form):
+            if fn is torch.flatten and args and isinstance(args[0], _Form):
                 return _reshape(args[0], lambda t: torch.flatten(t, *args[1:], **kwargs))
             if fn in (operator.add, torch.add) and len(forms) == 2 and len(args) == 2 and not kwargs:
                 return _add(ctx, args[0], args[1])
             return None
-        if node.op == "call_method" and isinstance(args[0], _Form):
+        if node.op == "call_method" and args and isinstance(args[0], _Form):
             name = str(node.target)
             if name in ("view", "reshape", "flatten"):
                 rest = args[1:]
