@@ -44,6 +44,7 @@ from modelhub_torch.progressive.intervals import (
     _dot_eps,
     _gamma,
     _Iv,
+    needed_pairs,
 )
 
 if TYPE_CHECKING:
@@ -415,9 +416,8 @@ def _pool_args(k: Any, s: Any, padding: Any, dilation: Any, ceil: bool) -> tuple
 
 def _pairs_positive(form: _Form, order: torch.Tensor, k: int) -> torch.Tensor:
     """Every needed difference z_a − z_b (a ranked above b) has a positive lower bound."""
-    rows, c = order.shape
-    a_idx = torch.cat([order[:, : k - 1], order[:, k - 1 : k].expand(rows, c - k)], dim=1)
-    b_idx = torch.cat([order[:, 1:k], order[:, k:]], dim=1)
+    rows = order.shape[0]
+    a_idx, b_idx = needed_pairs(order, k)
     ca, cb = form.c.gather(1, a_idx), form.c.gather(1, b_idx)
     s = form.symbols
     ga = form.g.gather(2, a_idx.unsqueeze(1).expand(rows, s, -1))
@@ -433,10 +433,8 @@ def within_reach(lo: torch.Tensor, hi: torch.Tensor, k: int) -> torch.Tensor:
     centres) with a spread of at most ``REACH`` times its gap: the only rows worth the
     affine pass. A choice of work, not of soundness."""
     c, r = (lo + hi) * 0.5, (hi - lo) * 0.5
-    rows, n = c.shape
     order = torch.argsort(c, dim=1, descending=True, stable=True)
-    a_idx = torch.cat([order[:, : k - 1], order[:, k - 1 : k].expand(rows, n - k)], dim=1)
-    b_idx = torch.cat([order[:, 1:k], order[:, k:]], dim=1)
+    a_idx, b_idx = needed_pairs(order, k)
     gap = c.gather(1, a_idx) - c.gather(1, b_idx)
     spread = r.gather(1, a_idx) + r.gather(1, b_idx)
     return (spread <= REACH * gap).all(dim=1) & torch.isfinite(spread).all(dim=1)

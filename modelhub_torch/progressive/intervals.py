@@ -936,9 +936,7 @@ class IntervalNet:
     def _pairs_positive(self, h_lo, h_hi, order, k, w_lo, w_hi, b_lo, b_hi, wmax, bmax, n) -> torch.Tensor:
         """Rows where every needed difference l_a − l_b (a ranked above b) is > 0: the
         k candidates in order, and the k-th above every other class."""
-        rows, c = order.shape
-        a_idx = torch.cat([order[:, :k - 1], order[:, k - 1 : k].expand(rows, c - k)], dim=1)
-        b_idx = torch.cat([order[:, 1:k], order[:, k:]], dim=1)  # [rows, c-1] pairs (a, b)
+        a_idx, b_idx = needed_pairs(order, k)  # [rows, c-1] pairs (a, b)
         d_lo = w_lo[a_idx] - w_hi[b_idx]  # [rows, c-1, n], exact or one rounding (widened below)
         d_hi = w_hi[a_idx] - w_lo[b_idx]
         hl, hh = h_lo.unsqueeze(1), h_hi.unsqueeze(1)
@@ -971,6 +969,15 @@ _META_OPS = (operator.getitem, operator.add, operator.sub, operator.mul, operato
 
 
 # --------------------------------------------------------------------------- decision
+
+
+def needed_pairs(order: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The class pairs (a, b), a ranked above b, that an ordered top-k needs apart: each
+    of the first k above the next, the k-th above every class outside ([rows, c−1] each)."""
+    rows, c = order.shape
+    a_idx = torch.cat([order[:, : k - 1], order[:, k - 1 : k].expand(rows, c - k)], dim=1)
+    b_idx = torch.cat([order[:, 1:k], order[:, k:]], dim=1)
+    return a_idx, b_idx
 
 
 def decide_topk(lo: torch.Tensor, hi: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
