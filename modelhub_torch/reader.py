@@ -16,7 +16,7 @@ from modelhub_torch.errors import CorruptObjectError, FormatError
 from modelhub_torch.manifest import DROPPED, Manifest
 from modelhub_torch.pas import codec
 from modelhub_torch.pas.dtypes import uint_dtype
-from modelhub_torch.store.objects import ObjectStore
+from modelhub_torch.store.objects import MappedObjects, ObjectStore
 
 
 def digest_bits(bits: np.ndarray) -> str:
@@ -62,6 +62,7 @@ class TensorReader:
         self._active = threading.local()  # (version, index) pairs being decoded by this thread
         self.bytes_read = 0
         self._seen_versions: set[str] = set()
+        self.mapped = MappedObjects()  # the packs this reader reads, mapped once
 
     def record(self, vid: str, idx: int) -> dict[str, Any]:
         self._seen_versions.add(vid)
@@ -126,6 +127,7 @@ class TensorReader:
             self._cache.clear()
             self._cached = 0
             seen = set(self._seen_versions)
+        self.mapped.clear()
         for v in seen:
             self.invalidate(v)
 
@@ -216,13 +218,13 @@ class TensorReader:
         for chunk in chunks:
             for p, frame in enumerate(chunk["frames"][:planes]):
                 wanted.setdefault(p, []).append((int(frame[0]), int(frame[1])))
-        payloads: dict[int, list[bytes]] = {}
+        payloads: dict[int, list[bytes | memoryview]] = {}
         for p, ranges in wanted.items():
             packs = m.cold_packs if cold_from is not None and p >= cold_from else m.packs
             oid = packs[p] if p < len(packs) else None
             if oid is None:
                 raise FormatError(f"{m.ref} references plane pack {p}, which it does not list")
-            payloads[p] = self.objects.get_ranges(oid, ranges)
+            payloads[p] = self.objects.get_ranges(oid, ranges, self.mapped)
             with self._lock:
                 self.bytes_read += sum(n for _, n in ranges)
         out = []

@@ -22,6 +22,10 @@ from modelhub_torch import Repository
 from modelhub_torch.kernels import encode_planes, rans, to_exp_first
 
 GOLDEN = Path(__file__).parent / "golden"
+# a rans8 frame of the data in test_rans8_frame_is_pinned (the twin in kernels/rans.py
+# writes the same bytes: tests/test_rans.py)
+PINNED_RANS8 = "c60b2783b176bddb954c8ab038f36190b7cd3f05d9356cfac136580dc5d7a858"
+PINNED_RANS8_BYTES = 752
 sys.path.insert(0, str(GOLDEN))
 from make_golden import golden_versions  # noqa: E402
 
@@ -101,3 +105,34 @@ def test_rans_frame_is_pinned() -> None:
     assert blake3.blake3(out[:used].tobytes()).hexdigest() == (
         "85bbf113ccaaa508cd1db3c4ab81e04dd31100632d92980ae496264dbbcc052b"
     )
+
+
+def test_rans8_frame_is_pinned() -> None:
+    data = (np.arange(3000) % 7 == 0).astype(np.uint8) * 3
+    freqs = rans.normalize_freqs(rans.histogram(data))
+    out = np.empty(rans.HEADER_BYTES + 2 * data.size + 64, np.uint8)
+    used = rans.rans_encode(data, freqs, out, rans.WIDE_STATES)
+    assert blake3.blake3(out[:used].tobytes()).hexdigest() == PINNED_RANS8
+    assert used == PINNED_RANS8_BYTES
+
+
+def test_versions_with_four_state_rans_frames_still_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Versions written before rans8 hold rans0 frames; they must decode bit for bit."""
+    from modelhub_torch.pas import entropy
+
+    def four_state(arr: np.ndarray, counts: np.ndarray) -> bytes:
+        out = np.empty(rans.HEADER_BYTES + 2 * arr.shape[0] + 64, np.uint8)
+        return out[: rans.rans_encode(arr, rans.normalize_freqs(counts), out, rans.STATES)].tobytes()
+
+    g = torch.Generator().manual_seed(0)
+    sd = {"w": torch.randn(300_000, generator=g) * 0.02, "b": torch.randn(64, generator=g)}
+    monkeypatch.setattr(entropy, "_rans_encode", four_state)
+    monkeypatch.setattr(entropy, "RANS8", entropy.RANS)
+    repo = Repository.init(tmp_path / "repo")
+    v = repo.commit(sd, "old")
+    monkeypatch.undo()
+    codecs = {f[2] for rec in repo.manifest(v.id).tensors for c in rec["data"]["chunks"] for f in c["frames"]}
+    assert "rans0" in codecs and "rans8" not in codecs
+    got = Repository(tmp_path / "repo").load(v.ref)
+    for k, t in sd.items():
+        assert _bits(got[k]) == _bits(t)

@@ -3,24 +3,39 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from modelhub_torch.kernels import rans
+
+DECODERS = {rans.STATES: rans.rans_decode, rans.WIDE_STATES: rans.rans_decode8}
 
 
 def _roundtrip(data: np.ndarray) -> None:
     freqs = rans.normalize_freqs(rans.histogram(data))
     assert freqs.sum() == rans.M
     assert ((freqs > 0) == (rans.histogram(data) > 0)).all()
+    for states, decode in DECODERS.items():  # rans0 frames (old versions) and rans8
+        out = np.empty(rans.HEADER_BYTES + 2 * data.size + 64, np.uint8)
+        used = rans.rans_encode(data, freqs, out, states)
+        assert out[:used].tobytes() == rans.rans_encode_numpy(data, freqs, states)
+        dec = np.empty_like(data)
+        assert decode(out[:used], dec) == used
+        assert (dec == data).all()
+        if data.size <= 2000:
+            assert (rans.rans_decode_numpy(out[:used].tobytes(), data.size, states) == data).all()
+
+
+def test_frames_of_either_width_are_told_apart() -> None:
+    """A rans8 frame is not a rans0 frame: decoding one as the other fails or differs
+    (so the codec id, not luck, is what keeps old versions readable)."""
+    data = np.random.default_rng(3).integers(0, 16, 4000).astype(np.uint8)
+    freqs = rans.normalize_freqs(rans.histogram(data))
     out = np.empty(rans.HEADER_BYTES + 2 * data.size + 64, np.uint8)
-    used = rans.rans_encode(data, freqs, out)
-    assert out[:used].tobytes() == rans.rans_encode_numpy(data, freqs)
+    used = rans.rans_encode(data, freqs, out, rans.WIDE_STATES)
     dec = np.empty_like(data)
-    assert rans.rans_decode(out[:used], dec) == used
-    assert (dec == data).all()
-    if data.size <= 2000:
-        assert (rans.rans_decode_numpy(out[:used].tobytes(), data.size) == data).all()
+    assert rans.rans_decode(out[:used], dec) != used or not (dec == data).all()
 
 
 @settings(max_examples=60, deadline=None)
@@ -44,13 +59,16 @@ def test_dominant_symbol_long_stream_regression() -> None:
     _roundtrip(rng.choice(212, size=300_000, p=p).astype(np.uint8))
 
 
-def test_truncated_frame_is_rejected() -> None:
+@pytest.mark.parametrize("states", sorted(DECODERS))
+def test_truncated_frame_is_rejected(states: int) -> None:
+    decode = DECODERS[states]
     data = np.random.default_rng(1).integers(0, 4, 5000).astype(np.uint8)
     freqs = rans.normalize_freqs(rans.histogram(data))
     out = np.empty(rans.HEADER_BYTES + 2 * data.size + 64, np.uint8)
-    used = rans.rans_encode(data, freqs, out)
+    used = rans.rans_encode(data, freqs, out, states)
     dec = np.empty_like(data)
-    assert rans.rans_decode(out[: used - 40], dec) == -1
+    assert decode(out[: used - 40], dec) == -1
+    assert decode(out[: rans.HEADER_BYTES + 4 * states - 1], dec) == -1  # states cut off
     bad = out[:used].copy()
     bad[0] ^= 0xFF  # frequency table no longer sums to 4096
-    assert rans.rans_decode(bad, dec) == -1
+    assert decode(bad, dec) == -1

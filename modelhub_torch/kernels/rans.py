@@ -8,8 +8,11 @@ entropy. Design after ryg's rans_word: 31-bit states renormalised 16 bits at a t
 (symbol i uses state i % 4) so the decoder runs four independent dependency chains.
 The encoder divides by multiplying with per-symbol reciprocals.
 
-Frame: ``uint16[256]`` frequencies (little-endian, summing to 4096), the four final
-states (uint32, big-endian words: state 0 first), then the 16-bit word stream.
+Frame: ``uint16[256]`` frequencies (little-endian, summing to 4096), the final states
+(uint32, big-endian words: state 0 first), then the 16-bit word stream. ``rans0``
+frames interleave four states; ``rans8`` frames eight (symbol i uses state i % 8),
+which decode ~20% faster (two more independent chains hide the table-load and
+multiply latencies); new frames are written as ``rans8``, both decode.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ M = 1 << SCALE_BITS
 # then never errs, and one 16-bit renormalisation step always suffices.
 RANS_L = 1 << 15
 HEADER_BYTES = 512
-STATES = 4
+STATES = 4  # rans0 frames
+WIDE_STATES = 8  # rans8 frames
 
 
 @njit(nogil=True, cache=True)
@@ -110,9 +114,9 @@ def decoder_tables(freqs, sym, freq_of, bias_of):
 
 @njit(nogil=True, cache=True)
 def read_states(buf, o, x):
-    """Read the STATES final encoder states (big-endian uint32) at ``buf[o:]`` into
+    """Read ``len(x)`` final encoder states (big-endian uint32) at ``buf[o:]`` into
     ``x``; returns the offset after them."""
-    for j in range(STATES):
+    for j in range(x.shape[0]):
         v = np.uint32(0)
         for _ in range(4):
             v = (v << np.uint32(8)) | np.uint32(buf[o])
@@ -122,9 +126,10 @@ def read_states(buf, o, x):
 
 
 @njit(nogil=True, cache=True)
-def rans_encode(data, freqs, out):
-    """Encode ``data`` (uint8) with ``freqs`` into ``out``; returns bytes used.
-    ``out`` must hold ``HEADER_BYTES + 2 * len(data) + 64`` bytes."""
+def rans_encode(data, freqs, out, states=STATES):
+    """Encode ``data`` (uint8) with ``freqs`` into ``out`` with ``states`` (4 or 8)
+    interleaved states; returns bytes used. ``out`` must hold ``HEADER_BYTES + 2 *
+    len(data) + 64`` bytes."""
     n = data.shape[0]
     # per-symbol encoder tables (reciprocal division, ryg's RansEncSymbolInit)
     x_max = np.zeros(256, np.uint64)
@@ -138,10 +143,11 @@ def rans_encode(data, freqs, out):
         out[2 * s + 1] = (freqs[s] >> 8) & 0xFF
     words = np.empty(n + 16, np.uint16)
     pos = 0
-    x = np.full(STATES, RANS_L, np.uint64)
+    x = np.full(states, RANS_L, np.uint64)
+    last = states - 1
     for i in range(n - 1, -1, -1):
         s = data[i]
-        j = i & 3
+        j = i & last
         xs = x[j]
         if xs >= x_max[s]:
             words[pos] = np.uint16(xs & np.uint64(0xFFFF))
@@ -150,7 +156,7 @@ def rans_encode(data, freqs, out):
         q = ((xs * rcp[s]) >> np.uint64(32)) >> rshift[s]
         x[j] = xs + bias[s] + q * cmpl[s]
     o = HEADER_BYTES
-    for j in range(STATES):
+    for j in range(states):
         for k in range(3, -1, -1):
             out[o] = np.uint8((x[j] >> np.uint64(8 * k)) & np.uint64(0xFF))
             o += 1
@@ -163,25 +169,57 @@ def rans_encode(data, freqs, out):
 
 
 @njit(nogil=True, cache=True)
-def rans_decode(frame, out):
-    """Decode ``len(out)`` symbols from ``frame``; returns bytes read, or -1 when the
-    frame is malformed (truncated or bad frequency table)."""
-    n = out.shape[0]
-    if frame.shape[0] < HEADER_BYTES + 4 * STATES:
-        return -1
+def decoder_setup(frame, x):
+    """Parse a frame's header: its decoder tables and final states (into ``x``, one per
+    interleaved state). Returns ``(offset of the stream or -1 when malformed, sym,
+    freq_of, bias_of)``."""
+    sym = np.empty(M, np.uint8)
+    freq_of = np.empty(M, np.uint32)
+    bias_of = np.empty(M, np.uint32)
+    if frame.shape[0] < HEADER_BYTES + 4 * x.shape[0]:
+        return -1, sym, freq_of, bias_of
     freqs = np.zeros(256, np.uint32)
     total = 0
     for s in range(256):
         freqs[s] = np.uint32(frame[2 * s]) | (np.uint32(frame[2 * s + 1]) << np.uint32(8))
         total += freqs[s]
     if total != M:
-        return -1
-    sym = np.empty(M, np.uint8)
-    freq_of = np.empty(M, np.uint32)
-    bias_of = np.empty(M, np.uint32)
+        return -1, sym, freq_of, bias_of
     decoder_tables(freqs, sym, freq_of, bias_of)
+    return read_states(frame, HEADER_BYTES, x), sym, freq_of, bias_of
+
+
+@njit(nogil=True, cache=True)
+def decode_tail(frame, o, x, i, out, sym, freq_of, bias_of):
+    """Symbols ``i..`` one at a time with bounds-checked reads (the end of a frame);
+    returns bytes read, or -1 when the frame runs out."""
+    end = frame.shape[0]
+    last = x.shape[0] - 1
+    while i < out.shape[0]:
+        j = i & last
+        xs = x[j]
+        slot = xs & np.uint32(M - 1)
+        out[i] = sym[slot]
+        xs = freq_of[slot] * (xs >> np.uint32(SCALE_BITS)) + bias_of[slot]
+        if xs < np.uint32(RANS_L):
+            if o + 2 > end:
+                return -1
+            xs = (xs << np.uint32(16)) | np.uint32(frame[o]) | (np.uint32(frame[o + 1]) << np.uint32(8))
+            o += 2
+        x[j] = xs
+        i += 1
+    return o
+
+
+@njit(nogil=True, cache=True)
+def rans_decode(frame, out):
+    """Decode ``len(out)`` symbols from a four-state (``rans0``) frame; returns bytes
+    read, or -1 when the frame is malformed (truncated or bad frequency table)."""
+    n = out.shape[0]
     x = np.zeros(STATES, np.uint32)
-    o = read_states(frame, HEADER_BYTES, x)
+    o, sym, freq_of, bias_of = decoder_setup(frame, x)
+    if o < 0:
+        return -1
     end = frame.shape[0]
     # four scalar states (registers, not an array): each step is independent of the
     # other three, so their latencies overlap
@@ -222,23 +260,76 @@ def rans_decode(frame, out):
         o += 2 * c
         i += 4
     x[0], x[1], x[2], x[3] = x0, x1, x2, x3
-    while i < n:
-        j = i & 3
-        xs = x[j]
-        slot = xs & mask
-        out[i] = sym[slot]
-        xs = freq_of[slot] * (xs >> np.uint32(SCALE_BITS)) + bias_of[slot]
-        if xs < np.uint32(RANS_L):
-            if o + 2 > end:
-                return -1
-            xs = (xs << np.uint32(16)) | np.uint32(frame[o]) | (np.uint32(frame[o + 1]) << np.uint32(8))
-            o += 2
-        x[j] = xs
-        i += 1
-    return o
+    return decode_tail(frame, o, x, i, out, sym, freq_of, bias_of)
 
 
-def rans_encode_numpy(data: np.ndarray, freqs: np.ndarray) -> bytes:
+@njit(nogil=True, cache=True)
+def rans_decode8(frame, out):
+    """Decode ``len(out)`` symbols from an eight-state (``rans8``) frame; returns bytes
+    read, or -1 when the frame is malformed."""
+    n = out.shape[0]
+    x = np.zeros(WIDE_STATES, np.uint32)
+    o, sym, freq_of, bias_of = decoder_setup(frame, x)
+    if o < 0:
+        return -1
+    end = frame.shape[0]
+    x0, x1, x2, x3, x4, x5, x6, x7 = x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7]
+    mask = np.uint32(M - 1)
+    sb = np.uint32(SCALE_BITS)
+    lo = np.uint32(RANS_L)
+    sh = np.uint32(16)
+    i = 0
+    while i + 8 <= n and o + 16 <= end:
+        # eight table lookups and updates first (independent), then the renormalising
+        # reads in stream order; every read stays inside the frame (o + 16 <= end)
+        s0, s1, s2, s3 = x0 & mask, x1 & mask, x2 & mask, x3 & mask
+        s4, s5, s6, s7 = x4 & mask, x5 & mask, x6 & mask, x7 & mask
+        out[i] = sym[s0]
+        out[i + 1] = sym[s1]
+        out[i + 2] = sym[s2]
+        out[i + 3] = sym[s3]
+        out[i + 4] = sym[s4]
+        out[i + 5] = sym[s5]
+        out[i + 6] = sym[s6]
+        out[i + 7] = sym[s7]
+        x0 = freq_of[s0] * (x0 >> sb) + bias_of[s0]
+        x1 = freq_of[s1] * (x1 >> sb) + bias_of[s1]
+        x2 = freq_of[s2] * (x2 >> sb) + bias_of[s2]
+        x3 = freq_of[s3] * (x3 >> sb) + bias_of[s3]
+        x4 = freq_of[s4] * (x4 >> sb) + bias_of[s4]
+        x5 = freq_of[s5] * (x5 >> sb) + bias_of[s5]
+        x6 = freq_of[s6] * (x6 >> sb) + bias_of[s6]
+        x7 = freq_of[s7] * (x7 >> sb) + bias_of[s7]
+        c = x0 < lo
+        x0 = ((x0 << sh) | np.uint32(frame[o]) | (np.uint32(frame[o + 1]) << np.uint32(8))) if c else x0
+        o += 2 * c
+        c = x1 < lo
+        x1 = ((x1 << sh) | np.uint32(frame[o]) | (np.uint32(frame[o + 1]) << np.uint32(8))) if c else x1
+        o += 2 * c
+        c = x2 < lo
+        x2 = ((x2 << sh) | np.uint32(frame[o]) | (np.uint32(frame[o + 1]) << np.uint32(8))) if c else x2
+        o += 2 * c
+        c = x3 < lo
+        x3 = ((x3 << sh) | np.uint32(frame[o]) | (np.uint32(frame[o + 1]) << np.uint32(8))) if c else x3
+        o += 2 * c
+        c = x4 < lo
+        x4 = ((x4 << sh) | np.uint32(frame[o]) | (np.uint32(frame[o + 1]) << np.uint32(8))) if c else x4
+        o += 2 * c
+        c = x5 < lo
+        x5 = ((x5 << sh) | np.uint32(frame[o]) | (np.uint32(frame[o + 1]) << np.uint32(8))) if c else x5
+        o += 2 * c
+        c = x6 < lo
+        x6 = ((x6 << sh) | np.uint32(frame[o]) | (np.uint32(frame[o + 1]) << np.uint32(8))) if c else x6
+        o += 2 * c
+        c = x7 < lo
+        x7 = ((x7 << sh) | np.uint32(frame[o]) | (np.uint32(frame[o + 1]) << np.uint32(8))) if c else x7
+        o += 2 * c
+        i += 8
+    x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7] = x0, x1, x2, x3, x4, x5, x6, x7
+    return decode_tail(frame, o, x, i, out, sym, freq_of, bias_of)
+
+
+def rans_encode_numpy(data: np.ndarray, freqs: np.ndarray, states: int = STATES) -> bytes:
     """Pure-Python twin of :func:`rans_encode` (exact division; the test oracle)."""
     freqs = [int(f) for f in freqs]
     cum = [0]
@@ -246,12 +337,12 @@ def rans_encode_numpy(data: np.ndarray, freqs: np.ndarray) -> bytes:
         cum.append(cum[-1] + f)
     header = b"".join(f.to_bytes(2, "little") for f in freqs)
     words: list[int] = []
-    x = [RANS_L] * STATES
+    x = [RANS_L] * states
     symbols = data.tolist()
     for i in range(len(symbols) - 1, -1, -1):
         s = symbols[i]
         f = freqs[s]
-        j = i & 3
+        j = i % states
         if x[j] >= ((RANS_L >> SCALE_BITS) << 16) * f:
             words.append(x[j] & 0xFFFF)
             x[j] >>= 16
@@ -261,19 +352,19 @@ def rans_encode_numpy(data: np.ndarray, freqs: np.ndarray) -> bytes:
     return header + states + stream
 
 
-def rans_decode_numpy(frame: bytes, n: int) -> np.ndarray:
-    """Pure-Python twin of :func:`rans_decode`."""
+def rans_decode_numpy(frame: bytes, n: int, states: int = STATES) -> np.ndarray:
+    """Pure-Python twin of :func:`rans_decode` (``states=8``: of :func:`rans_decode8`)."""
     freqs = [int.from_bytes(frame[2 * s : 2 * s + 2], "little") for s in range(256)]
     cum = [0]
     for f in freqs:
         cum.append(cum[-1] + f)
     slot_sym = np.repeat(np.arange(256, dtype=np.uint8), freqs)
     o = HEADER_BYTES
-    x = [int.from_bytes(frame[o + 4 * j : o + 4 * j + 4], "big") for j in range(STATES)]
-    o += 4 * STATES
+    x = [int.from_bytes(frame[o + 4 * j : o + 4 * j + 4], "big") for j in range(states)]
+    o += 4 * states
     out = np.empty(n, np.uint8)
     for i in range(n):
-        j = i & 3
+        j = i % states
         slot = x[j] & (M - 1)
         s = int(slot_sym[slot])
         out[i] = s

@@ -95,7 +95,7 @@ class RepoCodecs:
     def from_settings(cls, s: dict[str, Any]) -> RepoCodecs:
         return cls(CodecConfig.from_json(s["materialize"]), CodecConfig.from_json(s["delta"]), s["layout"] == "exp-first")
 
-Frame = tuple[str, bytes]  # (plane codec, payload)
+Frame = tuple[str, "bytes | memoryview"]  # (plane codec, payload)
 
 
 def default_workers() -> int:

@@ -22,7 +22,8 @@ from modelhub_torch.kernels import rans, rans_ctx
 
 RAW = "raw"
 ZSTD = "zstd"
-RANS = "rans0"
+RANS = "rans0"  # four interleaved states: frames of earlier versions, still decoded
+RANS8 = "rans8"  # eight interleaved states: what new frames use (faster to decode)
 RANS_CTX = "rans_ctx"
 
 # Try rANS when the plane's order-0 entropy promises this much over zstd's output.
@@ -54,7 +55,7 @@ def _decompressor() -> zstandard.ZstdDecompressor:
 
 
 def encode_plane(plane: memoryview | bytes, level: int) -> tuple[str, bytes]:
-    """Code one plane; returns ``(codec, payload)``, codec one of raw/zstd/rans0.
+    """Code one plane; returns ``(codec, payload)``, codec one of raw/zstd/rans8.
 
     The choice is measured, not guessed: zstd's result and the order-0 entropy on a
     64 KiB sample decide which coder runs on the whole plane, so a near-random plane
@@ -75,7 +76,7 @@ def encode_plane(plane: memoryview | bytes, level: int) -> tuple[str, bytes]:
         arr = np.frombuffer(plane, np.uint8)
         coded = _rans_encode(arr, rans.histogram(arr))
         if len(coded) <= n * (1.0 - MIN_SAVING):
-            return RANS, coded
+            return RANS8, coded
         return RAW, bytes(plane)
     packed = _compressor(level).compress(plane)
     if len(packed) <= n * (1.0 - MIN_SAVING):
@@ -142,7 +143,7 @@ def _entropy_bytes(counts: np.ndarray, n: int) -> float:
 def _rans_encode(arr: np.ndarray, counts: np.ndarray) -> bytes:
     freqs = rans.normalize_freqs(counts)
     out = np.empty(rans.HEADER_BYTES + 2 * arr.shape[0] + 64, np.uint8)
-    used = rans.rans_encode(arr, freqs, out)
+    used = rans.rans_encode(arr, freqs, out, rans.WIDE_STATES)
     return out[:used].tobytes()
 
 
@@ -155,9 +156,10 @@ def decode_plane(
         data = _decode_rans_ctx(payload, size, ctx, where)
     elif codec == RAW:
         data = payload
-    elif codec == RANS:
+    elif codec in (RANS, RANS8):
         out = np.empty(size, np.uint8)
-        used = rans.rans_decode(np.frombuffer(payload, np.uint8), out)
+        decoder = rans.rans_decode8 if codec == RANS8 else rans.rans_decode
+        used = decoder(np.frombuffer(payload, np.uint8), out)
         if used != len(payload):
             raise CorruptObjectError(f"{where}: rANS frame does not decode")
         data = out.data

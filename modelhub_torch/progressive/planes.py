@@ -180,7 +180,7 @@ class PlaneReader:
         if oid is None:
             raise CorruptObjectError(f"{m.ref} lists no pack for plane {p}")
         ranges = [(int(c["frames"][p][0]), int(c["frames"][p][1])) for c in chunks]
-        payloads = self.repo.objects.get_ranges(oid, ranges)
+        payloads = self.repo.objects.get_ranges(oid, ranges, self.reader.mapped)
         self.bytes_read += sum(n for _, n in ranges)
         where = f"{m.ref} tensor {rec['path']!r} plane {p}"
         parts = [

@@ -6,6 +6,7 @@ through fsspec, where a write lands under a temporary name and is moved into pla
 
 from __future__ import annotations
 
+import mmap
 import os
 import posixpath
 import uuid
@@ -95,6 +96,18 @@ class Location:
             finally:
                 os.close(fd)
         return [self.fs.cat_file(p, start=off, end=off + n) for off, n in ranges]
+
+    def map_file(self, name: str) -> memoryview | None:
+        """A local file mapped read-only, for zero-copy reads of big frames (the page
+        cache's pages themselves, no copy into fresh buffers); None where the location
+        is not local or the file is empty. Objects are immutable and replaced only by
+        rename, so a mapping never sees a file change under it."""
+        if self.local is None:
+            return None
+        with open(self.path(name), "rb") as fh:
+            if os.fstat(fh.fileno()).st_size == 0:
+                return None
+            return memoryview(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ))
 
     # ------------------------------------------------------------------ writes
     def makedirs(self, *parts: str) -> None:

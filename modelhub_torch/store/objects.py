@@ -9,6 +9,7 @@ never bounds commit throughput (SHA-256 ran at 1.2 GB/s).
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 
 import blake3
@@ -60,6 +61,34 @@ class ObjectWriter:
         if self.object_id is None:
             self._fh.close()
             self._store.loc.delete(self._tmp)
+
+
+class MappedObjects:
+    """Read-only mappings of the local objects one load reads, kept while it runs
+    (thread-safe; at most ``limit``, as each holds a file descriptor)."""
+
+    def __init__(self, limit: int = 32):
+        self.limit = limit
+        self._views: dict[str, memoryview] = {}
+        self._lock = threading.Lock()
+
+    def view(self, loc: Location, rel: str) -> memoryview | None:
+        key = loc.path(rel)
+        with self._lock:
+            hit = self._views.get(key)
+        if hit is not None or not loc.is_local:
+            return hit
+        view = loc.map_file(rel)
+        if view is not None:
+            with self._lock:
+                if len(self._views) >= self.limit:
+                    self._views.pop(next(iter(self._views)))
+                self._views[key] = view
+        return view
+
+    def clear(self) -> None:
+        with self._lock:
+            self._views.clear()
 
 
 class ObjectStore:
@@ -117,13 +146,27 @@ class ObjectStore:
             )
         return data
 
-    def get_ranges(self, oid: str, ranges: list[tuple[int, int]]) -> list[bytes]:
-        """Byte ranges of one object; callers verify what they decode (tensor digests)."""
+    def get_ranges(
+        self, oid: str, ranges: list[tuple[int, int]], mapped: MappedObjects | None = None
+    ) -> list[bytes | memoryview]:
+        """Byte ranges of one object; callers verify what they decode (tensor digests).
+
+        ``mapped``: memory-mapped objects the caller keeps for one load (a version's
+        plane packs are read tensor after tensor); with it, ranges of local objects
+        come back as zero-copy views of the mapping.
+        """
+        for off, n in ranges:
+            if off < 0 or n < 0:
+                raise CorruptObjectError(f"bad byte range ({off}, {n}) of object {oid}: a manifest is damaged")
         try:
-            parts = self.loc.read_ranges(self.rel(oid), ranges)
+            view = mapped.view(self.loc, self.rel(oid)) if mapped is not None else None
+            if view is not None:
+                parts: list[bytes | memoryview] = [view[off : off + n] for off, n in ranges]
+            else:
+                parts = list(self.loc.read_ranges(self.rel(oid), ranges))
         except FileNotFoundError:
             if self.cold is not None:
-                return self.cold.get_ranges(oid, ranges)
+                return self.cold.get_ranges(oid, ranges, mapped)
             raise self._missing(oid) from None
         for (off, n), part in zip(ranges, parts):
             if len(part) != n:
