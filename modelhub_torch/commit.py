@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 from modelhub_torch.errors import ModelHubError
 from modelhub_torch.manifest import DROPPED, Manifest
-from modelhub_torch.pas.codec import CodecConfig, RepoCodecs, shared_pool
+from modelhub_torch.pas.codec import CodecConfig, ExponentContext, RepoCodecs, shared_pool
 from modelhub_torch.pas.dtypes import dtype_name, tensor_bits
+from modelhub_torch.pas.entropy import RANS_CTX
 from modelhub_torch.progress import byte_bar
 from modelhub_torch.reader import TensorReader, digest_bits
 from modelhub_torch.writer import PackSet, encode_all, encoded_size, record_size
@@ -28,6 +29,10 @@ INLINE_BYTES = 1 << 16  # tensors smaller than this are prepared by the committi
 CONTEXT_MIN_BYTES = 1 << 16
 
 
+def _uses_context(chunks: list) -> bool:
+    return any(kind == RANS_CTX for _, frames in chunks for kind, _ in frames)
+
+
 @dataclass
 class _Prepared:
     """What one tensor's encoding job computed (no I/O to packs yet)."""
@@ -35,7 +40,8 @@ class _Prepared:
     rec: dict[str, Any]
     data: dict[str, Any]  # record data for the new version, "chunks" still to be written
     chunks: list | None  # coded chunks for the new version's packs
-    parent_delta: tuple[CodecConfig, list] | None  # reverse delta for the parent
+    # reverse delta for the parent: its codec, coded chunks and extra record keys
+    parent_delta: tuple[CodecConfig, list, dict[str, Any]] | None
     raw: int
 
 
@@ -79,7 +85,8 @@ class CommitJob:
         # the grandparent's plain reverse deltas (against the parent) are re-coded with
         # the parent -> new version delta as context, now that it exists
         self.grand = None
-        if self.rewrite and p.parent and s.get("context_coding", True):
+        self.context_coding = bool(s.get("context_coding", True))
+        if self.rewrite and p.parent and self.context_coding:
             grand = repo.manifest(p.parent)
             if grand.model == model:
                 self.grand = grand
@@ -141,12 +148,13 @@ class CommitJob:
                     parent_recs[pi]["data"] = {"kind": "same", "version": self.vid, "index": holder}
                     changed.add(pi)
                 elif prep.parent_delta is not None:
-                    dcfg, delta = prep.parent_delta
+                    dcfg, delta, extra = prep.parent_delta
                     prep.parent_delta = None
                     parent_recs[pi]["data"] = {
                         "kind": "planes",
                         "codec": dcfg.to_json(),
                         "base": {"version": self.vid, "index": holder},
+                        **extra,
                         "chunks": parent_packs.add(delta),
                     }
                     del delta  # written: keep no coded bytes alive past their tensor
@@ -182,6 +190,9 @@ class CommitJob:
             raise
         finally:
             bar.close()
+
+    def _context_coding(self, nbytes: int) -> bool:
+        return self.context_coding and nbytes >= CONTEXT_MIN_BYTES
 
     def _prepare(self, i: int) -> _Prepared:
         t, path = self.flat.tensors[i], self.flat.paths[i]
@@ -223,10 +234,14 @@ class CommitJob:
             # before coding the new tensor: the decoded parent is freed before the new
             # tensor's coded chunks exist (peak ~1.5x the tensor, not ~2.8x)
             pbits = self.reader.decode(self.parent_vid, pi)
-            delta = encode_all(pbits, bits, dcfg)
+            # the newest delta has no neighbouring delta yet: its base's exponents are
+            # its context until the next commit re-codes it (_recode_grandparent)
+            ectx = ExponentContext.for_base(bits, rec["dtype"]) if self._context_coding(bits.nbytes) else None
+            delta = encode_all(pbits, bits, dcfg, context=ectx)
             del pbits
+            extra = {"exponent_context": ectx.to_json()} if ectx is not None and _uses_context(delta) else {}
             if encoded_size(delta) < record_size(prec):
-                parent_delta = (dcfg, delta)
+                parent_delta = (dcfg, delta, extra)
             del delta
         hit = self._dedup(rec)
         if hit is not None:
@@ -302,12 +317,14 @@ class CommitJob:
         records = grec["data"]["chunks"]
         starts = np.cumsum([0] + [int(r["n"]) for r in records])
         where = f"{g.ref} tensor {grec['path']!r}"
+        spec = grec["data"].get("exponent_context")  # coded as the newest delta was
+        old_ctx = codec.ExponentContext.from_json(spec) if spec is not None else None
 
         def work(c: int) -> tuple[Any, list]:
             s, e = int(starts[c]), int(starts[c + 1])
             (_, frames), = self.reader.fetch(g, [records[c]], None, grec["data"].get("cold_from"))  # one chunk only
             gchunk = np.empty(e - s, pbits.dtype)
-            codec.decode_chunk(frames, e - s, gchunk, pbits[s:e], cfg, where)
+            codec.decode_chunk(frames, e - s, gchunk, pbits[s:e], cfg, where, old_ctx)
             return gchunk, codec.encode_chunk(gchunk, pbits[s:e], cfg, nbits[s:e])
 
         hasher = blake3.blake3(max_threads=1)

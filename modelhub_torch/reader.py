@@ -191,13 +191,17 @@ class TensorReader:
             out = np.empty(n, uint_dtype(transform["code_dtype"]))
         else:
             out = np.empty(n, uint_dtype(rec["dtype"]))
-        base = context = None
+        base = None
+        context: np.ndarray | codec.ExponentContext | None = None
         if data.get("context") is not None:
             # context-coded deltas are not plane-separable: base and context are needed
             # in full, and all planes are decoded whatever ``planes`` asks for
             planes = None
             c = data["context"]
             context = self.decode(c["version"], int(c["index"]), None)
+        elif data.get("exponent_context") is not None:  # the base's exponents: base in full
+            planes = None
+            context = codec.ExponentContext.from_json(data["exponent_context"])
         if data.get("base") is not None:
             b = data["base"]
             base = self.decode(b["version"], int(b["index"]), planes)

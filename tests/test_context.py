@@ -1,4 +1,5 @@
-"""Neighbour-delta context coding: kernels vs twins, frames, and repository histories."""
+"""Context coding of deltas (the neighbouring delta, or the base's exponent): kernels
+vs twins, frames, and repository histories."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from modelhub_torch import Repository
-from modelhub_torch.errors import CorruptObjectError, ModelHubError
+from modelhub_torch.errors import CorruptObjectError, FormatError, ModelHubError
 from modelhub_torch.kernels import rans_ctx
 from modelhub_torch.pas import entropy
-from modelhub_torch.pas.codec import CodecConfig, decode_tensor, encode_tensor
+from modelhub_torch.pas.codec import CodecConfig, ExponentContext, decode_tensor, encode_tensor
 
 
 @settings(max_examples=60, deadline=None)
@@ -122,7 +123,104 @@ def test_context_coding_can_be_switched_off(tmp_path) -> None:
         repo.commit({"w": torch.from_numpy(x.view(np.float32).copy())}, "m")
     for v in repo.versions("m"):
         assert "context" not in repo.manifest(v.id).tensors[0]["data"]
+        assert "exponent_context" not in repo.manifest(v.id).tensors[0]["data"]
         assert torch.equal(
             repo.load(v.ref)["w"].view(torch.int32),
             torch.from_numpy(traj[v.number - 1].view(np.int32)),
         )
+
+
+# ------------------------------------------------------------ exponent context
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.integers(0, 2**32 - 1), max_size=300),
+    st.sampled_from([(4, 23, 0xFF), (2, 10, 0x1F), (2, 7, 0xFF), (8, 52, 0x7FF)]),
+    st.integers(-20, 300),
+)
+def test_exponent_buckets_match_twin(values: list[int], layout: tuple[int, int, int], lo: int) -> None:
+    width, shift, mask = layout
+    dtype = {2: np.uint16, 4: np.uint32, 8: np.uint64}[width]
+    base = np.array([v % (1 << (8 * width)) for v in values] + [0, (1 << (8 * width)) - 1], dtype=dtype)
+    got, want = np.empty(base.size, np.uint8), np.empty(base.size, np.uint8)
+    rans_ctx.exponent_buckets(base, shift, mask, lo, got)
+    rans_ctx.exponent_buckets_numpy(base, shift, mask, lo, want)
+    assert (got == want).all()
+    assert got.max(initial=0) < rans_ctx.K
+    assert rans_ctx.max_exponent(base, shift, mask) == rans_ctx.max_exponent_numpy(base, shift, mask)
+
+
+def test_exponent_context_spans_the_largest_finite_exponents() -> None:
+    x = np.array([0.5, 3.0, -1e-3, np.inf, np.nan, 0.0], dtype=np.float32).view(np.uint32)
+    spec = ExponentContext.for_base(x, "float32")
+    assert spec == ExponentContext(128 - 15, 8)  # 3.0 has exponent field 128; inf/NaN ignored
+    assert ExponentContext.from_json(spec.to_json()) == spec
+    assert ExponentContext.for_base(x.view(np.int32), "int32") is None
+    for bad in ({"from": 1}, {"from": "x", "bits": 8}, {"from": 0, "bits": 40}, None):
+        with pytest.raises(FormatError):
+            ExponentContext.from_json(bad)
+
+
+def _scaled_trajectory(n: int = 200_000, versions: int = 4) -> list[np.ndarray]:
+    """Adam-like without memory: every weight moves by about the same amount each
+    version (so its delta in units of its last place follows its exponent), with a
+    fresh random size per version (so the neighbouring delta says little)."""
+    rng = np.random.default_rng(1)
+    w = (rng.standard_normal(n) * 0.05).astype(np.float32)
+    out = [w]
+    for _ in range(versions - 1):
+        step = (1e-4 * rng.uniform(0.2, 1.0, n) * rng.choice([-1.0, 1.0], n)).astype(np.float32)
+        out.append((out[-1] + step).astype(np.float32))
+    return [x.view(np.uint32) for x in out]
+
+
+def test_exponent_context_frames_are_chosen_and_decode() -> None:
+    g, p, _ = _scaled_trajectory(versions=3)
+    cfg = CodecConfig(op="sub", lane=4, group_from=8, chunk_elems=50_000).for_width(4)
+    spec = ExponentContext.for_base(p, "float32")
+    plain = list(encode_tensor(g, p, cfg))
+    with_ctx = list(encode_tensor(g, p, cfg, context=spec))
+    assert entropy.RANS_CTX in {c for _, frames in with_ctx for c, _ in frames}
+    size = lambda chunks: sum(len(x) for _, fr in chunks for _, x in fr)  # noqa: E731
+    assert size(with_ctx) < 0.97 * size(plain)
+    out = np.empty_like(g)
+    decode_tensor(with_ctx, out, p, cfg, "test", context=spec)
+    assert (out == g).all()
+    with pytest.raises(ModelHubError, match="context"):
+        decode_tensor(with_ctx, np.empty_like(g), p, cfg, "test")  # context missing
+
+
+def test_newest_delta_is_coded_with_its_base_exponents(tmp_path) -> None:
+    traj = _scaled_trajectory(n=300_000, versions=4)
+    tensors = [torch.from_numpy(x.view(np.float32).copy()) for x in traj]
+    repo = Repository.init(tmp_path / "repo")
+    for i, t in enumerate(tensors):
+        repo.commit({"w": t, "b": torch.ones(3)}, "m")
+        ids = {v.number: v.id for v in repo.versions("m")}
+        if i >= 1:  # the newest delta (the parent of the latest) has no neighbour yet
+            data = repo.manifest(ids[i]).tensors[0]["data"]
+            assert data["base"] == {"version": ids[i + 1], "index": 0}
+            assert data["exponent_context"] == ExponentContext.for_base(traj[i], "float32").to_json()
+            assert "context" not in data
+            assert "exponent_context" not in repo.manifest(ids[i]).tensors[1]["data"]  # 3 elements
+    for number in (1, 2):  # re-coded with the neighbour where that was smaller: not here
+        data = repo.manifest(ids[number]).tensors[0]["data"]
+        assert ("context" in data) != ("exponent_context" in data)
+    for number, t in enumerate(tensors, start=1):
+        assert torch.equal(repo.load(f"m@v{number}")["w"].view(torch.int32), t.view(torch.int32))
+    assert repo.verify() == []
+    assert repo.gc()["objects_removed"] == 0
+
+
+def test_damaged_exponent_context_is_a_clear_error(tmp_path) -> None:
+    traj = _scaled_trajectory(n=100_000, versions=2)
+    repo = Repository.init(tmp_path / "repo")
+    for x in traj:
+        repo.commit({"w": torch.from_numpy(x.view(np.float32).copy())}, "m")
+    v1 = repo.versions("m")[0]
+    m = repo.manifest(v1.id)
+    assert "exponent_context" in m.tensors[0]["data"]
+    m.tensors[0]["data"]["exponent_context"] = {"from": "?", "bits": 8}
+    with pytest.raises(FormatError, match="exponent context"):
+        repo.reader().decode(v1.id, 0)

@@ -6,7 +6,10 @@ snapshot-to-snapshot change predicts the next): on MiniLM delta planes this code
 1.152 B/elem against 1.303 for zstd. Same coder as kernels/rans.py (12-bit
 probabilities, 31-bit states, 16-bit renormalisation, four interleaved states); only
 the tables are indexed by ``ctx[i]``. ``context_buckets`` maps a neighbouring delta to
-its context: ``clip(bit_length(zigzag(a - b)) - 4, 0, 15)``.
+its context: ``clip(bit_length(zigzag(a - b)) - 4, 0, 15)``. The newest delta of a
+history has no neighbour yet; ``exponent_buckets`` gives it the exponent of its base
+as context instead (3.8% smaller on MiniLM's newest deltas; the neighbour, once it
+exists, saves 7.7% and replaces it).
 """
 
 from __future__ import annotations
@@ -65,6 +68,32 @@ def context_buckets(a, b, out):
         z = ((d << np.uint64(1)) ^ (np.uint64(0) - (d >> top))) & mask
         c = _bit_length(z) - 4
         out[i] = 0 if c < 0 else (K - 1 if c > K - 1 else c)
+
+
+@njit(nogil=True, cache=True)
+def exponent_buckets(base, shift, mask, lo, out):
+    """``out[i] = clip(((base[i] >> shift) & mask) - lo, 0, K - 1)``: the exponent field
+    of each base element, as the context of a delta that has no neighbour yet (Adam
+    moves every weight by about the learning rate, so the delta's size in units of the
+    base's last place falls by half with each step of the base's exponent)."""
+    sh = np.uint64(shift)
+    mk = np.uint64(mask)
+    for i in range(base.shape[0]):
+        c = np.int64((np.uint64(base[i]) >> sh) & mk) - lo
+        out[i] = 0 if c < 0 else (K - 1 if c > K - 1 else c)
+
+
+@njit(nogil=True, cache=True)
+def max_exponent(bits, shift, mask):
+    """Largest exponent field among finite elements (all-ones is inf/NaN); -1 if none."""
+    sh = np.uint64(shift)
+    mk = np.uint64(mask)
+    best = -1
+    for i in range(bits.shape[0]):
+        e = np.int64((np.uint64(bits[i]) >> sh) & mk)
+        if e != np.int64(mask) and e > best:
+            best = e
+    return best
 
 
 @njit(nogil=True, cache=True)
@@ -171,6 +200,17 @@ def context_buckets_numpy(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None
         d = (x - y) & mask
         z = ((d << 1) ^ (mask if d >> (nbits - 1) else 0)) & mask
         out[i] = min(max(z.bit_length() - 4, 0), K - 1)
+
+
+def exponent_buckets_numpy(base: np.ndarray, shift: int, mask: int, lo: int, out: np.ndarray) -> None:
+    for i, x in enumerate(base.tolist()):
+        out[i] = min(max(((x >> shift) & mask) - lo, 0), K - 1)
+
+
+def max_exponent_numpy(bits: np.ndarray, shift: int, mask: int) -> int:
+    e = [(x >> shift) & mask for x in bits.tolist()]
+    finite = [v for v in e if v != mask]
+    return max(finite) if finite else -1
 
 
 def rans_ctx_encode_numpy(data: np.ndarray, ctx: np.ndarray, freqs: np.ndarray) -> bytes:

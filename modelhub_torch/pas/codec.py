@@ -154,13 +154,59 @@ def _fused(width: int, base: np.ndarray | None, cfg: CodecConfig, nplanes: int) 
     return "sub" if cfg.op == "sub" and cfg.lane == 4 else None
 
 
-def _context(base: np.ndarray, context: np.ndarray) -> np.ndarray:
-    """Per-element context of a delta: the size of the neighbouring delta base - context."""
+@dataclass(frozen=True)
+class ExponentContext:
+    """Context of a delta from its base alone: bucket ``clip(exponent field of the base
+    element - lo, 0, 15)`` (``exp_bits``: the dtype's exponent width). For the newest
+    delta of a history, whose neighbouring delta does not exist yet."""
+
+    lo: int
+    exp_bits: int
+
+    @classmethod
+    def for_base(cls, base: np.ndarray, dtype_name: str) -> ExponentContext | None:
+        """Buckets spanning the base's 16 largest exponents; None for non-floats."""
+        from modelhub_torch.kernels import rans_ctx
+
+        exp_bits = EXP_BITS.get(dtype_name, 0)
+        if not exp_bits or dtype_name.startswith("complex") or base.size == 0:
+            return None
+        shift, mask = 8 * base.itemsize - 1 - exp_bits, (1 << exp_bits) - 1
+        top = int(rans_ctx.max_exponent(base, shift, mask))
+        return cls(top - (rans_ctx.K - 1), exp_bits) if top >= 0 else None
+
+    def to_json(self) -> dict[str, int]:
+        return {"from": self.lo, "bits": self.exp_bits}
+
+    @classmethod
+    def from_json(cls, data: Any) -> ExponentContext:
+        try:
+            lo, bits = int(data["from"]), int(data["bits"])
+        except (TypeError, KeyError, ValueError) as exc:
+            raise FormatError(f"bad exponent context {data!r}: {exc}") from exc
+        if not (1 <= bits <= 11 and abs(lo) < 1 << 12):
+            raise FormatError(f"bad exponent context {data!r}: exponent width 1..11 and a small offset expected")
+        return cls(lo, bits)
+
+
+def _context(base: np.ndarray, context: np.ndarray | ExponentContext) -> np.ndarray:
+    """Per-element context bucket of a delta: the size of the neighbouring delta
+    ``base - context``, or the base's exponent (:class:`ExponentContext`)."""
     from modelhub_torch.kernels import rans_ctx
 
     ctx = np.empty(base.shape[0], np.uint8)
-    rans_ctx.context_buckets(base, context, ctx)
+    if isinstance(context, ExponentContext):
+        shift = 8 * base.itemsize - 1 - context.exp_bits
+        if shift < 0:
+            raise FormatError(f"an exponent context of {context.exp_bits} bits does not fit {base.itemsize}-byte elements")
+        rans_ctx.exponent_buckets(base, shift, (1 << context.exp_bits) - 1, context.lo, ctx)
+    else:
+        rans_ctx.context_buckets(base, context, ctx)
     return ctx
+
+
+def _chunk_of(context: np.ndarray | ExponentContext | None, s: int, e: int) -> np.ndarray | ExponentContext | None:
+    return context[s:e] if isinstance(context, np.ndarray) else context
 
 
 def _code_planes(planes: np.ndarray, level: int, ctx: np.ndarray | None) -> list[Frame]:
@@ -173,10 +219,14 @@ def _code_planes(planes: np.ndarray, level: int, ctx: np.ndarray | None) -> list
 
 
 def encode_chunk(
-    target: np.ndarray, base: np.ndarray | None, cfg: CodecConfig, context: np.ndarray | None = None
+    target: np.ndarray,
+    base: np.ndarray | None,
+    cfg: CodecConfig,
+    context: np.ndarray | ExponentContext | None = None,
 ) -> list[Frame]:
     """Code one chunk into one frame per plane. ``context`` (a delta only): the tensor
-    whose difference from ``base`` conditions the coding of this delta's planes."""
+    whose difference from ``base`` conditions the coding of this delta's planes, or an
+    :class:`ExponentContext` (the base's exponents condition them)."""
     k = _kernels()
     width = target.itemsize
     planes = np.empty((width, target.shape[0]), np.uint8)
@@ -205,7 +255,7 @@ def decode_chunk(
     base: np.ndarray | None,
     cfg: CodecConfig,
     where: str,
-    context: np.ndarray | None = None,
+    context: np.ndarray | ExponentContext | None = None,
 ) -> None:
     """Rebuild ``out`` (``n`` elements) from the frames of its leading planes."""
     k = _kernels()
@@ -241,7 +291,7 @@ def encode_tensor(
     base: np.ndarray | None,
     cfg: CodecConfig,
     pool: Executor | None = None,
-    context: np.ndarray | None = None,
+    context: np.ndarray | ExponentContext | None = None,
 ) -> Iterator[tuple[int, list[Frame]]]:
     """Yield ``(n_elems, frames)`` per chunk, in order, coding chunks in parallel."""
     pool = pool or shared_pool()
@@ -253,7 +303,7 @@ def encode_tensor(
             bits[s:e],
             None if base is None else base[s:e],
             cfg,
-            None if context is None else context[s:e],
+            _chunk_of(context, s, e),
         )
 
     if len(bounds) == 1:
@@ -269,7 +319,7 @@ def decode_tensor(
     cfg: CodecConfig,
     where: str,
     pool: Executor | None = None,
-    context: np.ndarray | None = None,
+    context: np.ndarray | ExponentContext | None = None,
 ) -> np.ndarray:
     """Decode all chunks into ``out`` (a flat uint array), in parallel; returns ``out``."""
     starts = np.cumsum([0] + [n for n, _ in chunks])
@@ -286,7 +336,7 @@ def decode_tensor(
             None if base is None else base[s:e],
             cfg,
             where,
-            None if context is None else context[s:e],
+            _chunk_of(context, s, e),
         )
 
     if len(chunks) == 1:

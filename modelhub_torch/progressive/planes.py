@@ -226,7 +226,9 @@ def _whole(data: dict[str, Any], width: int) -> bool:
 
 def _separable_delta(data: dict[str, Any], width: int) -> bool:
     """A delta whose plane p depends only on plane p of its base and of itself."""
-    if data["kind"] != "planes" or data.get("base") is None or data.get("context") is not None:
+    if data["kind"] != "planes" or data.get("base") is None:
+        return False
+    if data.get("context") is not None or data.get("exponent_context") is not None:
         return False
     codec = data["codec"]
     if data.get("lossy") is not None or int(codec.get("group_from", 8)) < width:
