@@ -143,7 +143,7 @@ def _entropy_bytes(counts: np.ndarray, n: int) -> float:
 def _rans_encode(arr: np.ndarray, counts: np.ndarray) -> bytes:
     freqs = rans.normalize_freqs(counts)
     out = np.empty(rans.HEADER_BYTES + 2 * arr.shape[0] + 64, np.uint8)
-    used = rans.rans_encode(arr, freqs, out, rans.WIDE_STATES)
+    used = rans.rans_encode8(arr, freqs, out)
     return out[:used].tobytes()
 
 
