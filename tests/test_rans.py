@@ -76,3 +76,12 @@ def test_truncated_frame_is_rejected(states: int) -> None:
     bad = out[:used].copy()
     bad[0] ^= 0xFF  # frequency table no longer sums to 4096
     assert decode(bad, dec) == -1
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(0, 3000), k=st.integers(1, 256), seed=st.integers(0, 2**32 - 1))
+def test_histogram_matches_bincount(n: int, k: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    data = rng.integers(0, k, n).astype(np.uint8)
+    data[: n // 3] = data[0] if n else 0  # runs of one byte (the skewed planes' case)
+    assert (rans.histogram(data) == np.bincount(data, minlength=256)).all()

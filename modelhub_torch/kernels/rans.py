@@ -32,10 +32,24 @@ WIDE_STATES = 8  # rans8 frames
 
 @njit(nogil=True, cache=True)
 def histogram(data):
-    """Byte counts of ``data`` (np.bincount converts to intp first and runs 4x slower)."""
+    """Byte counts of ``data`` (np.bincount converts to intp first and runs 4x slower).
+    Four interleaved tables: on skewed planes consecutive bytes are often equal, and one
+    table would make every increment wait for the previous one to the same counter."""
+    n = data.shape[0]
+    sub = np.zeros((4, 256), np.int64)
+    i = 0
+    while i + 4 <= n:
+        sub[0, data[i]] += 1
+        sub[1, data[i + 1]] += 1
+        sub[2, data[i + 2]] += 1
+        sub[3, data[i + 3]] += 1
+        i += 4
+    while i < n:
+        sub[0, data[i]] += 1
+        i += 1
     counts = np.zeros(256, np.int64)
-    for i in range(data.shape[0]):
-        counts[data[i]] += 1
+    for s in range(256):
+        counts[s] = sub[0, s] + sub[1, s] + sub[2, s] + sub[3, s]
     return counts
 
 
