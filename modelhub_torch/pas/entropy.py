@@ -33,6 +33,8 @@ NEARLY_CONSTANT = 0.02
 
 # Store raw unless zstd saves at least this share: a near-random plane decodes for free raw.
 MIN_SAVING = 0.02
+# Below this, rANS is not tried: its 512-byte frequency table would not pay for itself.
+RANS_MIN_BYTES = 4096
 
 _local = threading.local()
 
@@ -64,8 +66,11 @@ def encode_plane(plane: memoryview | bytes, level: int) -> tuple[str, bytes]:
     n = len(plane)
     if n == 0:
         return RAW, b""
+    if n < RANS_MIN_BYTES:  # rANS's 512-byte table cannot pay: zstd or raw, one call
+        return _zstd_or_raw(plane, _compressor(level).compress(plane))
     sample = _sample(plane, n)
-    z_sample = len(_compressor(level).compress(sample))
+    z_bytes = _compressor(level).compress(sample)
+    z_sample = len(z_bytes)
     h_sample = _entropy_bytes(rans.histogram(np.frombuffer(sample, np.uint8)), len(sample))
     if min(z_sample, h_sample) > len(sample) * (1.0 - MIN_SAVING):
         return RAW, bytes(plane)  # neither LZ nor order-0 coding pays on the sample
@@ -78,8 +83,12 @@ def encode_plane(plane: memoryview | bytes, level: int) -> tuple[str, bytes]:
         if len(coded) <= n * (1.0 - MIN_SAVING):
             return RANS8, coded
         return RAW, bytes(plane)
-    packed = _compressor(level).compress(plane)
-    if len(packed) <= n * (1.0 - MIN_SAVING):
+    # a plane no bigger than the sample was just compressed whole
+    return _zstd_or_raw(plane, z_bytes if n <= SAMPLE_BYTES else _compressor(level).compress(plane))
+
+
+def _zstd_or_raw(plane: memoryview | bytes, packed: bytes) -> tuple[str, bytes]:
+    if len(packed) <= len(plane) * (1.0 - MIN_SAVING):
         return ZSTD, packed
     return RAW, bytes(plane)
 

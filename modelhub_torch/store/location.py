@@ -123,8 +123,11 @@ class Location:
     def open_write(self, rel: str) -> IO[bytes]:
         p = self.path(rel)
         if self.local is not None:
-            os.makedirs(os.path.dirname(p), exist_ok=True)
-            return open(p, "wb")
+            try:  # the folder exists but the first time: no mkdir call per write
+                return open(p, "wb")
+            except FileNotFoundError:
+                os.makedirs(os.path.dirname(p), exist_ok=True)
+                return open(p, "wb")
         self.fs.makedirs(posixpath.dirname(p), exist_ok=True)
         return self.fs.open(p, "wb")
 
@@ -132,8 +135,13 @@ class Location:
         """Rename into place; atomic on a local disk (os.replace)."""
         src, dst = self.path(src_rel), self.path(dst_rel)
         if self.local is not None:
-            os.makedirs(os.path.dirname(dst), exist_ok=True)
-            os.replace(src, dst)
+            try:
+                os.replace(src, dst)
+            except FileNotFoundError:
+                if not os.path.exists(src):
+                    raise
+                os.makedirs(os.path.dirname(dst), exist_ok=True)
+                os.replace(src, dst)
         else:
             self.fs.makedirs(posixpath.dirname(dst), exist_ok=True)
             self.fs.mv(src, dst)
