@@ -65,20 +65,25 @@ def _trajectory(n: int = 200_000, versions: int = 4) -> list[np.ndarray]:
     return [x.view(np.uint32) for x in out]
 
 
-def test_context_frames_are_chosen_and_decode() -> None:
-    g, p, n = _trajectory(versions=3)
+def _context_frames_pay_and_decode(g: np.ndarray, p: np.ndarray, context, max_share: float) -> None:
+    """Coding the delta g - p with ``context`` uses context frames, is smaller than
+    plain coding by the given share, decodes back, and refuses to decode without it."""
     cfg = CodecConfig(op="sub", lane=4, group_from=8, chunk_elems=50_000).for_width(4)
     plain = list(encode_tensor(g, p, cfg))
-    with_ctx = list(encode_tensor(g, p, cfg, context=n))
-    codecs = {c for _, frames in with_ctx for c, _ in frames}
-    assert entropy.RANS_CTX in codecs
+    with_ctx = list(encode_tensor(g, p, cfg, context=context))
+    assert entropy.RANS_CTX in {c for _, frames in with_ctx for c, _ in frames}
     size = lambda chunks: sum(len(x) for _, fr in chunks for _, x in fr)  # noqa: E731
-    assert size(with_ctx) < 0.95 * size(plain)
+    assert size(with_ctx) < max_share * size(plain)
     out = np.empty_like(g)
-    decode_tensor(with_ctx, out, p, cfg, "test", context=n)
+    decode_tensor(with_ctx, out, p, cfg, "test", context=context)
     assert (out == g).all()
     with pytest.raises(ModelHubError, match="context"):
         decode_tensor(with_ctx, np.empty_like(g), p, cfg, "test")  # context missing
+
+
+def test_context_frames_are_chosen_and_decode() -> None:
+    g, p, n = _trajectory(versions=3)
+    _context_frames_pay_and_decode(g, p, n, 0.95)
 
 
 def test_corrupt_context_frame_is_detected() -> None:
@@ -177,18 +182,7 @@ def _scaled_trajectory(n: int = 200_000, versions: int = 4) -> list[np.ndarray]:
 
 def test_exponent_context_frames_are_chosen_and_decode() -> None:
     g, p, _ = _scaled_trajectory(versions=3)
-    cfg = CodecConfig(op="sub", lane=4, group_from=8, chunk_elems=50_000).for_width(4)
-    spec = ExponentContext.for_base(p, "float32")
-    plain = list(encode_tensor(g, p, cfg))
-    with_ctx = list(encode_tensor(g, p, cfg, context=spec))
-    assert entropy.RANS_CTX in {c for _, frames in with_ctx for c, _ in frames}
-    size = lambda chunks: sum(len(x) for _, fr in chunks for _, x in fr)  # noqa: E731
-    assert size(with_ctx) < 0.97 * size(plain)
-    out = np.empty_like(g)
-    decode_tensor(with_ctx, out, p, cfg, "test", context=spec)
-    assert (out == g).all()
-    with pytest.raises(ModelHubError, match="context"):
-        decode_tensor(with_ctx, np.empty_like(g), p, cfg, "test")  # context missing
+    _context_frames_pay_and_decode(g, p, ExponentContext.for_base(p, "float32"), 0.97)
 
 
 def test_newest_delta_is_coded_with_its_base_exponents(tmp_path) -> None:
