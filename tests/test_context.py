@@ -218,3 +218,25 @@ def test_damaged_exponent_context_is_a_clear_error(tmp_path) -> None:
     m.tensors[0]["data"]["exponent_context"] = {"from": "?", "bits": 8}
     with pytest.raises(FormatError, match="exponent context"):
         repo.reader().decode(v1.id, 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+def test_exponent_context_for_other_float_widths(tmp_path, dtype: torch.dtype) -> None:
+    """The exponent field sits elsewhere in 2- and 8-byte floats; histories of them
+    still restore bit for bit, whichever context each delta ends up with."""
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(80_000, generator=g, dtype=torch.float64) * 0.05
+    versions = [w]
+    for _ in range(3):
+        versions.append(versions[-1] + 1e-3 * torch.rand(80_000, generator=g, dtype=torch.float64))
+    tensors = [v.to(dtype) for v in versions]
+    repo = Repository.init(tmp_path / "repo")
+    for t in tensors:
+        repo.commit({"w": t}, "m")
+    specs = [repo.manifest(v.id).tensors[0]["data"].get("exponent_context") for v in repo.versions("m")]
+    bits = {torch.bfloat16: 8, torch.float16: 5, torch.float64: 11}[dtype]
+    assert any(s is not None and s["bits"] == bits for s in specs)
+    for number, t in enumerate(tensors, start=1):
+        got = repo.load(f"m@v{number}")["w"]
+        assert got.dtype == dtype and torch.equal(got.view(torch.uint8), t.view(torch.uint8))
+    assert repo.verify() == []
