@@ -98,9 +98,23 @@ def max_exponent(bits, shift, mask):
 
 @njit(nogil=True, cache=True)
 def histogram2d(data, ctx):
+    """Byte counts per context (four interleaved tables, as kernels/rans.histogram)."""
+    n = data.shape[0]
+    sub = np.zeros((4, K, 256), np.int32)
+    i = 0
+    while i + 4 <= n:
+        sub[0, ctx[i], data[i]] += 1
+        sub[1, ctx[i + 1], data[i + 1]] += 1
+        sub[2, ctx[i + 2], data[i + 2]] += 1
+        sub[3, ctx[i + 3], data[i + 3]] += 1
+        i += 4
+    while i < n:
+        sub[0, ctx[i], data[i]] += 1
+        i += 1
     counts = np.zeros((K, 256), np.int64)
-    for i in range(data.shape[0]):
-        counts[ctx[i], data[i]] += 1
+    for k in range(K):
+        for s in range(256):
+            counts[k, s] = np.int64(sub[0, k, s]) + sub[1, k, s] + sub[2, k, s] + sub[3, k, s]
     return counts
 
 
@@ -112,10 +126,21 @@ def normalize_freqs2d(counts):
     return freqs
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _encode_symbol(xs, s, k, x_max, rcp, rshift, bias, cmpl, words, pos):
+    """One encoder step under context ``k`` (branchless renormalisation)."""
+    c = xs >= x_max[k, s]
+    words[pos] = np.uint16(xs & np.uint64(0xFFFF))
+    xs = (xs >> np.uint64(16)) if c else xs
+    q = ((xs * rcp[k, s]) >> np.uint64(32)) >> rshift[k, s]
+    return xs + bias[k, s] + q * cmpl[k, s], pos + c
+
+
 @njit(nogil=True, cache=True)
 def rans_ctx_encode(data, ctx, freqs, out):
     """Encode ``data`` under per-context ``freqs`` (K x 256, rows summing to M or 0)
-    into ``out`` (states then words); returns bytes used. ``out`` needs 2*n + 32."""
+    into ``out`` (states then words); returns bytes used. ``out`` needs 2*n + 32.
+    The four states are unrolled into registers (symbols in the twin's order)."""
     n = data.shape[0]
     x_max = np.zeros((K, 256), np.uint64)
     rcp = np.zeros((K, 256), np.uint64)
@@ -127,17 +152,18 @@ def rans_ctx_encode(data, ctx, freqs, out):
     words = np.empty(n + 16, np.uint16)
     pos = 0
     x = np.full(STATES, RANS_L, np.uint64)
-    for i in range(n - 1, -1, -1):
-        s = data[i]
-        k = ctx[i]
-        j = i & 3
-        xs = x[j]
-        if xs >= x_max[k, s]:
-            words[pos] = np.uint16(xs & np.uint64(0xFFFF))
-            pos += 1
-            xs >>= np.uint64(16)
-        q = ((xs * rcp[k, s]) >> np.uint64(32)) >> rshift[k, s]
-        x[j] = xs + bias[k, s] + q * cmpl[k, s]
+    i = n - 1
+    while i >= 0 and (i & 3) != 3:  # the last n % 4 symbols
+        x[i & 3], pos = _encode_symbol(x[i & 3], data[i], ctx[i], x_max, rcp, rshift, bias, cmpl, words, pos)
+        i -= 1
+    x0, x1, x2, x3 = x[0], x[1], x[2], x[3]
+    while i >= 3:
+        x3, pos = _encode_symbol(x3, data[i], ctx[i], x_max, rcp, rshift, bias, cmpl, words, pos)
+        x2, pos = _encode_symbol(x2, data[i - 1], ctx[i - 1], x_max, rcp, rshift, bias, cmpl, words, pos)
+        x1, pos = _encode_symbol(x1, data[i - 2], ctx[i - 2], x_max, rcp, rshift, bias, cmpl, words, pos)
+        x0, pos = _encode_symbol(x0, data[i - 3], ctx[i - 3], x_max, rcp, rshift, bias, cmpl, words, pos)
+        i -= 4
+    x[0], x[1], x[2], x[3] = x0, x1, x2, x3
     o = 0
     for j in range(STATES):
         for b in range(3, -1, -1):
@@ -168,25 +194,58 @@ def rans_ctx_decode(stream, ctx, freqs, out):
         if total == M:
             valid[k] = True
             decoder_tables(freqs[k], sym[k], freq_of[k], bias_of[k])
+    for i in range(n):  # every context used must have a table
+        if not valid[ctx[i]]:
+            return -1
     x = np.zeros(STATES, np.uint32)
     o = read_states(stream, 0, x)
     end = stream.shape[0]
     mask = np.uint32(M - 1)
-    for i in range(n):
+    sb = np.uint32(SCALE_BITS)
+    lo = np.uint32(RANS_L)
+    sh = np.uint32(16)
+    x0, x1, x2, x3 = x[0], x[1], x[2], x[3]
+    i = 0
+    while i + 4 <= n and o + 8 <= end:
+        # four independent chains; reads stay inside the stream (o + 8 <= end)
+        k0, k1, k2, k3 = ctx[i], ctx[i + 1], ctx[i + 2], ctx[i + 3]
+        s0, s1, s2, s3 = x0 & mask, x1 & mask, x2 & mask, x3 & mask
+        out[i] = sym[k0, s0]
+        out[i + 1] = sym[k1, s1]
+        out[i + 2] = sym[k2, s2]
+        out[i + 3] = sym[k3, s3]
+        x0 = freq_of[k0, s0] * (x0 >> sb) + bias_of[k0, s0]
+        x1 = freq_of[k1, s1] * (x1 >> sb) + bias_of[k1, s1]
+        x2 = freq_of[k2, s2] * (x2 >> sb) + bias_of[k2, s2]
+        x3 = freq_of[k3, s3] * (x3 >> sb) + bias_of[k3, s3]
+        c = x0 < lo
+        x0 = ((x0 << sh) | np.uint32(stream[o]) | (np.uint32(stream[o + 1]) << np.uint32(8))) if c else x0
+        o += 2 * c
+        c = x1 < lo
+        x1 = ((x1 << sh) | np.uint32(stream[o]) | (np.uint32(stream[o + 1]) << np.uint32(8))) if c else x1
+        o += 2 * c
+        c = x2 < lo
+        x2 = ((x2 << sh) | np.uint32(stream[o]) | (np.uint32(stream[o + 1]) << np.uint32(8))) if c else x2
+        o += 2 * c
+        c = x3 < lo
+        x3 = ((x3 << sh) | np.uint32(stream[o]) | (np.uint32(stream[o + 1]) << np.uint32(8))) if c else x3
+        o += 2 * c
+        i += 4
+    x[0], x[1], x[2], x[3] = x0, x1, x2, x3
+    while i < n:  # the end of the stream: bounds-checked reads
         k = ctx[i]
-        if not valid[k]:
-            return -1
         j = i & 3
         xs = x[j]
         slot = xs & mask
         out[i] = sym[k, slot]
-        xs = freq_of[k, slot] * (xs >> np.uint32(SCALE_BITS)) + bias_of[k, slot]
-        if xs < np.uint32(RANS_L):
+        xs = freq_of[k, slot] * (xs >> sb) + bias_of[k, slot]
+        if xs < lo:
             if o + 2 > end:
                 return -1
-            xs = (xs << np.uint32(16)) | np.uint32(stream[o]) | (np.uint32(stream[o + 1]) << np.uint32(8))
+            xs = (xs << sh) | np.uint32(stream[o]) | (np.uint32(stream[o + 1]) << np.uint32(8))
             o += 2
         x[j] = xs
+        i += 1
     return o
 
 
