@@ -100,7 +100,7 @@ def max_exponent(bits, shift, mask):
 def histogram2d(data, ctx):
     """Byte counts per context (four interleaved tables, as kernels/rans.histogram)."""
     n = data.shape[0]
-    sub = np.zeros((4, K, 256), np.int32)
+    sub = np.zeros((4, K, 256), np.int64)
     i = 0
     while i + 4 <= n:
         sub[0, ctx[i], data[i]] += 1
@@ -114,7 +114,7 @@ def histogram2d(data, ctx):
     counts = np.zeros((K, 256), np.int64)
     for k in range(K):
         for s in range(256):
-            counts[k, s] = np.int64(sub[0, k, s]) + sub[1, k, s] + sub[2, k, s] + sub[3, k, s]
+            counts[k, s] = sub[0, k, s] + sub[1, k, s] + sub[2, k, s] + sub[3, k, s]
     return counts
 
 
