@@ -69,16 +69,16 @@ class MappedObjects:
 
     def __init__(self, limit: int = 32):
         self.limit = limit
-        self._views: dict[str, memoryview] = {}
+        self._views: dict[tuple[str, str], memoryview] = {}
         self._lock = threading.Lock()
 
-    def view(self, loc: Location, rel: str) -> memoryview | None:
-        key = loc.path(rel)
+    def view(self, loc: Location, oid: str) -> memoryview | None:
+        key = (loc.url, oid)  # no path built on a hit: this runs once per plane read
         with self._lock:
             hit = self._views.get(key)
         if hit is not None or not loc.is_local:
             return hit
-        view = loc.map_file(rel)
+        view = loc.map_file(ObjectStore.rel(oid))
         if view is not None:
             with self._lock:
                 if len(self._views) >= self.limit:
@@ -159,7 +159,7 @@ class ObjectStore:
             if off < 0 or n < 0:
                 raise CorruptObjectError(f"bad byte range ({off}, {n}) of object {oid}: a manifest is damaged")
         try:
-            view = mapped.view(self.loc, self.rel(oid)) if mapped is not None else None
+            view = mapped.view(self.loc, oid) if mapped is not None else None
             if view is not None:
                 parts: list[bytes | memoryview] = [view[off : off + n] for off, n in ranges]
             else:
