@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         ])
     print("\nStorage (ratio = raw tensor bytes / stored bytes; all lossless)")
     print(table(rows, ["data", "raw tensors", "torch.save", "zstd/file", "zipnn", "zipnn XOR-delta", "ours", "ours stored"]))
-    print("\nSpeed (MB/s of raw tensor bytes, 2 cores). codec = encode/decode of the tensors alone,")
+    print("\nSpeed (MB/s of raw tensor bytes, 2 cores). codec = encode/decode of the tensors alone (median of 3 passes),")
     print("as zipnn is measured; commit = whole Repository.commit (hashing, files, fsync, the")
     print("parent's reverse delta); load = Repository.load of every version (old ones decode a")
     print("delta chain); restore = load of the latest, median of 5, vs torch.load of the same")
