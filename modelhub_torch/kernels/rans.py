@@ -152,12 +152,17 @@ def _encode_symbol(xs, s, x_max, rcp, rshift, bias, cmpl, words, pos):
 
 @njit(nogil=True, cache=True)
 def _write_frame(freqs, x, words, pos, out):
-    """Header (frequencies, final states) and the words in decoding order; returns
-    bytes used."""
+    """Header (frequencies), then the final states and the words; returns bytes used."""
     for s in range(256):
         out[2 * s] = freqs[s] & 0xFF
         out[2 * s + 1] = (freqs[s] >> 8) & 0xFF
-    o = HEADER_BYTES
+    return write_stream(x, words, pos, out, HEADER_BYTES)
+
+
+@njit(nogil=True, cache=True)
+def write_stream(x, words, pos, out, o):
+    """The final states (big-endian uint32) and the ``pos`` words in decoding order,
+    from ``out[o]``; returns the offset after them."""
     for j in range(x.shape[0]):
         for k in range(3, -1, -1):
             out[o] = np.uint8((x[j] >> np.uint64(8 * k)) & np.uint64(0xFF))
@@ -226,6 +231,16 @@ def rans_encode8(data, freqs, out):
     return _write_frame(freqs, x, words, pos, out)
 
 
+@njit(nogil=True, cache=True, inline="always")
+def renorm(xs, stream, o):
+    """Branchless renormalisation of one decoder state: shift in the 16-bit word at
+    ``stream[o]`` when the state fell below ``RANS_L``; returns ``(state, offset)``.
+    The caller guarantees ``o + 2 <= len(stream)``."""
+    c = xs < np.uint32(RANS_L)
+    w = np.uint32(stream[o]) | (np.uint32(stream[o + 1]) << np.uint32(8))
+    return ((xs << np.uint32(16)) | w) if c else xs, o + 2 * c
+
+
 @njit(nogil=True, cache=True)
 def decoder_setup(frame, x):
     """Parse a frame's header: its decoder tables and final states (into ``x``, one per
@@ -262,8 +277,7 @@ def decode_tail(frame, o, x, i, out, sym, freq_of, bias_of):
         if xs < np.uint32(RANS_L):
             if o + 2 > end:
                 return -1
-            xs = (xs << np.uint32(16)) | np.uint32(frame[o]) | (np.uint32(frame[o + 1]) << np.uint32(8))
-            o += 2
+            xs, o = renorm(xs, frame, o)
         x[j] = xs
         i += 1
     return o
@@ -284,38 +298,20 @@ def rans_decode(frame, out):
     x0, x1, x2, x3 = x[0], x[1], x[2], x[3]
     mask = np.uint32(M - 1)
     sb = np.uint32(SCALE_BITS)
-    lo = np.uint32(RANS_L)
     i = 0
-    while i + 4 <= n and o + 8 <= end:
-        # branchless renormalisation: the reads stay inside the frame (o + 8 <= end)
+    while i + 4 <= n and o + 8 <= end:  # the reads stay inside the frame
         slot = x0 & mask
         out[i] = sym[slot]
-        x0 = freq_of[slot] * (x0 >> sb) + bias_of[slot]
-        w = np.uint32(frame[o]) | (np.uint32(frame[o + 1]) << np.uint32(8))
-        c = x0 < lo
-        x0 = ((x0 << np.uint32(16)) | w) if c else x0
-        o += 2 * c
+        x0, o = renorm(freq_of[slot] * (x0 >> sb) + bias_of[slot], frame, o)
         slot = x1 & mask
         out[i + 1] = sym[slot]
-        x1 = freq_of[slot] * (x1 >> sb) + bias_of[slot]
-        w = np.uint32(frame[o]) | (np.uint32(frame[o + 1]) << np.uint32(8))
-        c = x1 < lo
-        x1 = ((x1 << np.uint32(16)) | w) if c else x1
-        o += 2 * c
+        x1, o = renorm(freq_of[slot] * (x1 >> sb) + bias_of[slot], frame, o)
         slot = x2 & mask
         out[i + 2] = sym[slot]
-        x2 = freq_of[slot] * (x2 >> sb) + bias_of[slot]
-        w = np.uint32(frame[o]) | (np.uint32(frame[o + 1]) << np.uint32(8))
-        c = x2 < lo
-        x2 = ((x2 << np.uint32(16)) | w) if c else x2
-        o += 2 * c
+        x2, o = renorm(freq_of[slot] * (x2 >> sb) + bias_of[slot], frame, o)
         slot = x3 & mask
         out[i + 3] = sym[slot]
-        x3 = freq_of[slot] * (x3 >> sb) + bias_of[slot]
-        w = np.uint32(frame[o]) | (np.uint32(frame[o + 1]) << np.uint32(8))
-        c = x3 < lo
-        x3 = ((x3 << np.uint32(16)) | w) if c else x3
-        o += 2 * c
+        x3, o = renorm(freq_of[slot] * (x3 >> sb) + bias_of[slot], frame, o)
         i += 4
     x[0], x[1], x[2], x[3] = x0, x1, x2, x3
     return decode_tail(frame, o, x, i, out, sym, freq_of, bias_of)
@@ -334,8 +330,6 @@ def rans_decode8(frame, out):
     x0, x1, x2, x3, x4, x5, x6, x7 = x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7]
     mask = np.uint32(M - 1)
     sb = np.uint32(SCALE_BITS)
-    lo = np.uint32(RANS_L)
-    sh = np.uint32(16)
     i = 0
     while i + 8 <= n and o + 16 <= end:
         # eight table lookups and updates first (independent), then the renormalising
@@ -358,30 +352,14 @@ def rans_decode8(frame, out):
         x5 = freq_of[s5] * (x5 >> sb) + bias_of[s5]
         x6 = freq_of[s6] * (x6 >> sb) + bias_of[s6]
         x7 = freq_of[s7] * (x7 >> sb) + bias_of[s7]
-        c = x0 < lo
-        x0 = ((x0 << sh) | np.uint32(frame[o]) | (np.uint32(frame[o + 1]) << np.uint32(8))) if c else x0
-        o += 2 * c
-        c = x1 < lo
-        x1 = ((x1 << sh) | np.uint32(frame[o]) | (np.uint32(frame[o + 1]) << np.uint32(8))) if c else x1
-        o += 2 * c
-        c = x2 < lo
-        x2 = ((x2 << sh) | np.uint32(frame[o]) | (np.uint32(frame[o + 1]) << np.uint32(8))) if c else x2
-        o += 2 * c
-        c = x3 < lo
-        x3 = ((x3 << sh) | np.uint32(frame[o]) | (np.uint32(frame[o + 1]) << np.uint32(8))) if c else x3
-        o += 2 * c
-        c = x4 < lo
-        x4 = ((x4 << sh) | np.uint32(frame[o]) | (np.uint32(frame[o + 1]) << np.uint32(8))) if c else x4
-        o += 2 * c
-        c = x5 < lo
-        x5 = ((x5 << sh) | np.uint32(frame[o]) | (np.uint32(frame[o + 1]) << np.uint32(8))) if c else x5
-        o += 2 * c
-        c = x6 < lo
-        x6 = ((x6 << sh) | np.uint32(frame[o]) | (np.uint32(frame[o + 1]) << np.uint32(8))) if c else x6
-        o += 2 * c
-        c = x7 < lo
-        x7 = ((x7 << sh) | np.uint32(frame[o]) | (np.uint32(frame[o + 1]) << np.uint32(8))) if c else x7
-        o += 2 * c
+        x0, o = renorm(x0, frame, o)
+        x1, o = renorm(x1, frame, o)
+        x2, o = renorm(x2, frame, o)
+        x3, o = renorm(x3, frame, o)
+        x4, o = renorm(x4, frame, o)
+        x5, o = renorm(x5, frame, o)
+        x6, o = renorm(x6, frame, o)
+        x7, o = renorm(x7, frame, o)
         i += 8
     x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7] = x0, x1, x2, x3, x4, x5, x6, x7
     return decode_tail(frame, o, x, i, out, sym, freq_of, bias_of)

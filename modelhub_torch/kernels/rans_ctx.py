@@ -24,6 +24,8 @@ from modelhub_torch.kernels.rans import (
     encoder_tables,
     normalize_freqs,
     read_states,
+    renorm,
+    write_stream,
 )
 
 K = 16
@@ -164,16 +166,7 @@ def rans_ctx_encode(data, ctx, freqs, out):
         x0, pos = _encode_symbol(x0, data[i - 3], ctx[i - 3], x_max, rcp, rshift, bias, cmpl, words, pos)
         i -= 4
     x[0], x[1], x[2], x[3] = x0, x1, x2, x3
-    o = 0
-    for j in range(STATES):
-        for b in range(3, -1, -1):
-            out[o] = np.uint8((x[j] >> np.uint64(8 * b)) & np.uint64(0xFF))
-            o += 1
-    for w in range(pos - 1, -1, -1):
-        out[o] = np.uint8(words[w] & 0xFF)
-        out[o + 1] = np.uint8(words[w] >> 8)
-        o += 2
-    return o
+    return write_stream(x, words, pos, out, 0)
 
 
 @njit(nogil=True, cache=True)
@@ -202,8 +195,6 @@ def rans_ctx_decode(stream, ctx, freqs, out):
     end = stream.shape[0]
     mask = np.uint32(M - 1)
     sb = np.uint32(SCALE_BITS)
-    lo = np.uint32(RANS_L)
-    sh = np.uint32(16)
     x0, x1, x2, x3 = x[0], x[1], x[2], x[3]
     i = 0
     while i + 4 <= n and o + 8 <= end:
@@ -218,18 +209,10 @@ def rans_ctx_decode(stream, ctx, freqs, out):
         x1 = freq_of[k1, s1] * (x1 >> sb) + bias_of[k1, s1]
         x2 = freq_of[k2, s2] * (x2 >> sb) + bias_of[k2, s2]
         x3 = freq_of[k3, s3] * (x3 >> sb) + bias_of[k3, s3]
-        c = x0 < lo
-        x0 = ((x0 << sh) | np.uint32(stream[o]) | (np.uint32(stream[o + 1]) << np.uint32(8))) if c else x0
-        o += 2 * c
-        c = x1 < lo
-        x1 = ((x1 << sh) | np.uint32(stream[o]) | (np.uint32(stream[o + 1]) << np.uint32(8))) if c else x1
-        o += 2 * c
-        c = x2 < lo
-        x2 = ((x2 << sh) | np.uint32(stream[o]) | (np.uint32(stream[o + 1]) << np.uint32(8))) if c else x2
-        o += 2 * c
-        c = x3 < lo
-        x3 = ((x3 << sh) | np.uint32(stream[o]) | (np.uint32(stream[o + 1]) << np.uint32(8))) if c else x3
-        o += 2 * c
+        x0, o = renorm(x0, stream, o)
+        x1, o = renorm(x1, stream, o)
+        x2, o = renorm(x2, stream, o)
+        x3, o = renorm(x3, stream, o)
         i += 4
     x[0], x[1], x[2], x[3] = x0, x1, x2, x3
     while i < n:  # the end of the stream: bounds-checked reads
@@ -239,11 +222,10 @@ def rans_ctx_decode(stream, ctx, freqs, out):
         slot = xs & mask
         out[i] = sym[k, slot]
         xs = freq_of[k, slot] * (xs >> sb) + bias_of[k, slot]
-        if xs < lo:
+        if xs < np.uint32(RANS_L):
             if o + 2 > end:
                 return -1
-            xs = (xs << sh) | np.uint32(stream[o]) | (np.uint32(stream[o + 1]) << np.uint32(8))
-            o += 2
+            xs, o = renorm(xs, stream, o)
         x[j] = xs
         i += 1
     return o
