@@ -176,18 +176,25 @@ def write_stream(x, words, pos, out, o):
 
 
 @njit(nogil=True, cache=True)
-def rans_encode(data, freqs, out, states=STATES):
-    """Encode ``data`` (uint8) with ``freqs`` into ``out`` with ``states`` (4 or 8)
-    interleaved states; returns bytes used. ``out`` must hold ``HEADER_BYTES + 2 *
-    len(data) + 64`` bytes."""
-    n = data.shape[0]
-    # per-symbol encoder tables (reciprocal division, ryg's RansEncSymbolInit)
+def _new_encoder_tables(freqs):
+    """Per-symbol encoder constants of one frequency table (reciprocal division, ryg's
+    RansEncSymbolInit): ``(x_max, rcp, rshift, bias, cmpl)``."""
     x_max = np.zeros(256, np.uint64)
     rcp = np.zeros(256, np.uint64)
     rshift = np.zeros(256, np.uint64)
     bias = np.zeros(256, np.uint64)
     cmpl = np.zeros(256, np.uint64)
     encoder_tables(freqs, x_max, rcp, rshift, bias, cmpl)
+    return x_max, rcp, rshift, bias, cmpl
+
+
+@njit(nogil=True, cache=True)
+def rans_encode(data, freqs, out, states=STATES):
+    """Encode ``data`` (uint8) with ``freqs`` into ``out`` with ``states`` (4 or 8)
+    interleaved states; returns bytes used. ``out`` must hold ``HEADER_BYTES + 2 *
+    len(data) + 64`` bytes."""
+    n = data.shape[0]
+    x_max, rcp, rshift, bias, cmpl = _new_encoder_tables(freqs)
     words = np.empty(n + 16, np.uint16)
     pos = 0
     x = np.full(states, RANS_L, np.uint64)
@@ -203,12 +210,7 @@ def rans_encode8(data, freqs, out):
     """:func:`rans_encode` with eight states, unrolled: the states live in registers
     and eight independent chains overlap (about 2x faster; the same bytes)."""
     n = data.shape[0]
-    x_max = np.zeros(256, np.uint64)
-    rcp = np.zeros(256, np.uint64)
-    rshift = np.zeros(256, np.uint64)
-    bias = np.zeros(256, np.uint64)
-    cmpl = np.zeros(256, np.uint64)
-    encoder_tables(freqs, x_max, rcp, rshift, bias, cmpl)
+    x_max, rcp, rshift, bias, cmpl = _new_encoder_tables(freqs)
     words = np.empty(n + 16, np.uint16)
     pos = 0
     x = np.full(WIDE_STATES, RANS_L, np.uint64)
