@@ -70,3 +70,17 @@ class VersionNotFoundError(RefNotFoundError, FileNotFoundError):
 
 class DQLError(ModelHubError, ValueError):
     """A query that does not parse, names an unknown field, or mixes types."""
+
+
+class WriteFailedError(ModelHubError, OSError):
+    """A write to the repository failed (disk full, quota, file size limit, permissions);
+    nothing was half-written: the repository holds what it held before."""
+
+
+class DamagedRepositoryError(ModelHubError):
+    """``gc`` found damage it could lose data over; ``modelhub verify`` says what."""
+
+
+class ModelHubWarning(UserWarning):
+    """Something was repaired or skipped on the way (a damaged index rebuilt, a damaged
+    version left out of a listing); the command itself went on."""

@@ -9,13 +9,15 @@ model (a fine-tune) is stored as forward deltas where they are smaller.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import difflib
 import json
 import math
 import threading
 import uuid
-from collections.abc import Iterable
+import warnings
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -31,39 +33,35 @@ from modelhub_torch.errors import (
     CorruptObjectError,
     FormatError,
     ModelHubError,
+    ModelHubWarning,
     RefNotFoundError,
     RepositoryExistsError,
     RepositoryNotFoundError,
+    WriteFailedError,
 )
 from modelhub_torch.manifest import DROPPED, Manifest
 from modelhub_torch.pas.codec import CodecConfig
 from modelhub_torch.pas.dtypes import bits_to_tensor
 from modelhub_torch.progress import byte_bar
 from modelhub_torch.reader import TensorReader
+from modelhub_torch.resumable import trainer_state
 from modelhub_torch.skeleton import flatten, state_dict_paths, unflatten
-from modelhub_torch.store.catalog import Catalog, catalog_path
+from modelhub_torch.store.catalog import Catalog, catalog_path, row_disagreements
+from modelhub_torch.store.config import (  # noqa: F401 - re-exported for callers
+    CONFIG_FILE,
+    DEFAULT_SETTINGS,
+    LAYOUTS,
+    REPO_FORMAT,
+    parse_settings,
+    validate_settings,
+)
 from modelhub_torch.store.location import Location
 from modelhub_torch.store.lock import RepoLock
 from modelhub_torch.store.objects import ObjectStore, hash_bytes
-from modelhub_torch.store.refs import RefStore, check_name
+from modelhub_torch.store.refs import RefStore, check_alias, check_name
 
-CONFIG_FILE = "modelhub.json"
 INLINE_BYTES = 1 << 20  # tensors smaller than this are coded by the calling thread
-REPO_FORMAT = 1
-
-DEFAULT_SETTINGS: dict[str, Any] = {
-    "format": REPO_FORMAT,
-    "keyframe_interval": 16,
-    "materialize": CodecConfig(op="none", group_from=8).to_json(),
-    "delta": CodecConfig(op="sub", lane=4, group_from=8).to_json(),
-    "layout": "exp-first",  # of whole float tensors: "exp-first" or "ieee" (FORMAT.md)
-    # re-code the grandparent's deltas with neighbour-delta context at each commit:
-    # ~5% smaller on fine-tune trajectories, at the cost of about half the commit speed
-    "context_coding": True,
-    # the cold tier (any fsspec URL) archive --cold moved low-order planes to, or None
-    "cold": None,
-}
-LAYOUTS = ("exp-first", "ieee")
+MIN_ID_PREFIX = 6  # hex digits an id prefix needs: shorter ones read like numbers or words
 
 
 @dataclass(frozen=True)
@@ -82,6 +80,12 @@ class Version:
     raw_bytes: int
     stored_bytes: int
     info: dict[str, Any] = field(default_factory=dict)
+    # holds objects only pickle can restore (committed with allow_pickle=True): loading
+    # them in full needs weights_only=False, which runs code the repository chose
+    holds_pickle: bool = False
+    # True: a trainer checkpoint that can resume; False: one whose trainer state was
+    # pruned (weights only); None: not a trainer checkpoint (a plain state_dict)
+    resumable: bool | None = None
 
     @property
     def ratio(self) -> float:
@@ -90,14 +94,19 @@ class Version:
 
 @dataclass(frozen=True)
 class Problem:
-    """One finding of :meth:`Repository.verify`."""
+    """One finding of :meth:`Repository.verify`. ``damage``: data is missing or wrong
+    (gc refuses to run); otherwise leftovers or a stale index, harmless to the data.
+    ``action``: what to do about it (empty when verify already fixed it)."""
 
     kind: str
     subject: str
     detail: str
+    damage: bool = True
+    action: str = ""
 
     def __str__(self) -> str:
-        return f"{self.kind}: {self.subject}: {self.detail}"
+        text = f"{self.kind}: {self.subject}: {self.detail}"
+        return f"{text} ({self.action})" if self.action else text
 
 
 def _now() -> str:
@@ -145,15 +154,7 @@ class Repository:
                 f"no modelhub repository at {self.loc.url}; create one with "
                 f"Repository.init({str(path_or_url)!r}) or 'modelhub init'"
             )
-        try:
-            self.settings = {**DEFAULT_SETTINGS, **json.loads(self.loc.read(CONFIG_FILE))}
-        except json.JSONDecodeError as exc:
-            raise FormatError(f"{self.loc.path(CONFIG_FILE)} is not valid JSON: {exc}") from exc
-        if self.settings.get("format") != REPO_FORMAT:
-            raise FormatError(
-                f"repository format {self.settings.get('format')} is not supported by this "
-                f"modelhub_torch (reads {REPO_FORMAT})"
-            )
+        self.settings = parse_settings(self.loc.read(CONFIG_FILE))
         cold = self.settings.get("cold")
         self.objects = ObjectStore(self.loc, Location(cold) if cold else None)
         self.refs = RefStore(self.loc)
@@ -163,7 +164,10 @@ class Repository:
         # manifests of an unfinished archive this process could not roll forward itself
         # (a read-only location): they are the current ones
         self._pending: dict[str, str] = {}
-        self.catalog = Catalog(catalog_path(self.loc))
+        # versions found damaged by this process (ref -> why): left out of listings,
+        # reported once as a warning; 'modelhub verify' says more
+        self.damaged: dict[str, str] = {}
+        self.catalog = Catalog(catalog_path(self.loc), on_reset=self._sync_index)
         self._finish_switch()
         self._sync_index()
 
@@ -176,17 +180,15 @@ class Repository:
             if exist_ok:
                 return cls(path_or_url)
             raise RepositoryExistsError(f"a modelhub repository already exists at {loc.url}")
-        for part in ("objects", "refs", "tmp"):
-            loc.makedirs(part)
         for key in ("materialize", "delta"):
             if key in settings and isinstance(settings[key], CodecConfig):
                 settings[key] = settings[key].to_json()
         unknown = set(settings) - set(DEFAULT_SETTINGS)
         if unknown:
             raise ModelHubError(f"unknown repository settings {sorted(unknown)}; known: {sorted(DEFAULT_SETTINGS)}")
-        config = {**DEFAULT_SETTINGS, **settings}
-        if config["layout"] not in LAYOUTS:
-            raise ModelHubError(f"layout must be one of {LAYOUTS}, got {config['layout']!r}")
+        config = validate_settings({**DEFAULT_SETTINGS, **settings})
+        for part in ("objects", "refs", "tmp"):
+            loc.makedirs(part)
         loc.write_atomic(CONFIG_FILE, json.dumps(config, indent=2).encode())
         return cls(path_or_url)
 
@@ -196,6 +198,23 @@ class Repository:
 
     def __repr__(self) -> str:
         return f"Repository({self.loc.url!r})"
+
+    @contextlib.contextmanager
+    def _writes(self, what: str) -> Iterator[None]:
+        """Turn a failed write (disk full, quota, file size limit, permissions) into one
+        clear error. Writers clean up their temp files and publish last, so the
+        repository holds what it held before."""
+        try:
+            yield
+        except ModelHubError:
+            raise
+        except OSError as exc:
+            where = f" ({exc.filename})" if exc.filename else ""
+            raise WriteFailedError(
+                f"{what} failed: cannot write to {self.loc.url}{where}: "
+                f"{exc.strerror or exc}; nothing was changed — free space (or fix the quota "
+                "or permissions) and retry"
+            ) from exc
 
     # --------------------------------------------------------------- manifests
     def manifest(self, version_id: str) -> Manifest:
@@ -207,6 +226,11 @@ class Repository:
             if hit is not None and hit[0] == moid:
                 return hit[1]
         m = Manifest.from_bytes(self.objects.get(moid), where=f"manifest {moid}")
+        if m.id != version_id:
+            raise FormatError(
+                f"manifest {moid} (referenced by refs/versions/{version_id}) describes version "
+                f"{m.id}, not {version_id}: the ref is damaged; run 'modelhub verify --repair'"
+            )
         with self._mlock:
             self._manifests[version_id] = (moid, m)
         return m
@@ -235,15 +259,39 @@ class Repository:
             for n in self.refs.listed_numbers(model):
                 live.add((model, n))
                 if (model, n) not in known:
-                    vid = self.refs.version_at(model, n)
-                    if vid:
-                        self._index(vid)
+                    self._index_numbered(model, n)
         stale = {vid for key, vid in known.items() if key not in live}
         if stale:
             self.catalog.remove(stale)
 
+    def _index_numbered(self, model: str, number: int) -> None:
+        """Index ``model@vN``; a damaged version is left out and reported once, so it
+        never makes the rest of the repository unusable."""
+        try:
+            vid = self.refs.version_at(model, number)
+            if vid:
+                self._index(vid)
+        except ModelHubError as exc:
+            self._note_damage(f"{model}@v{number}", str(exc))
+
+    def _note_damage(self, ref: str, why: str) -> None:
+        if ref not in self.damaged:
+            self.damaged[ref] = why
+            warnings.warn(
+                f"{ref} is damaged and left out ({' '.join(why.split())[:200]}); "
+                "'modelhub verify' says what is affected, 'modelhub verify --repair' restores "
+                "or quarantines it",
+                ModelHubWarning,
+                stacklevel=3,
+            )
+
     def _index(self, vid: str) -> None:
         m = self.manifest(vid)
+        if self.refs.version_at(m.model, m.number) != vid:
+            raise FormatError(
+                f"version {vid}'s manifest claims to be {m.ref}, which is another version "
+                "(or none): its ref is damaged; run 'modelhub verify --repair'"
+            )
         moid = self.refs.manifest_of(vid)
         self.catalog.upsert(m, moid or "", self._stored_bytes(m, moid))
 
@@ -283,12 +331,25 @@ class Repository:
             raw_bytes=d["raw_bytes"],
             stored_bytes=d["stored_bytes"],
             info=d["info"],
+            holds_pickle=bool(d["pickle"]),
+            resumable=None if d["resumable"] is None else bool(d["resumable"]),
         )
 
-    def version(self, ref: str) -> Version:
+    def version(self, ref: str | Version) -> Version:
+        """One version's metadata, checked against its manifest (the index is a cache:
+        a row that disagrees is re-indexed, with a warning)."""
         vid = self.resolve(ref)
+        m = self.manifest(vid)
+        moid = self.refs.manifest_of(vid)
         row = self.catalog.row(vid)
-        if row is None:
+        wrong = row_disagreements(row, m, moid) if row is not None else []
+        if row is None or wrong:
+            if wrong:
+                warnings.warn(
+                    f"the index disagreed with {m.ref}'s manifest ({', '.join(wrong)}); re-indexed it",
+                    ModelHubWarning,
+                    stacklevel=2,
+                )
             self._index(vid)
             row = self.catalog.row(vid)
         return self._version(row)
@@ -318,25 +379,43 @@ class Repository:
             if not listed:
                 self._no_such(ref, model, None)
             return self._version_at(ref, model, listed[-1])
-        if which[:1] in ("v", "V") and which[1:].isdigit():
+        if which[:1] in ("v", "V") and _is_number(which[1:]):
             n = int(which[1:])
             if n in listed:
                 return self._version_at(ref, model, n)
             self._no_such(ref, model, [f"{model}@v{k}" for k in listed])
-        tags = self.refs.tags(model)
+        if _is_number(which):  # never an id prefix: 'm@4' reads as version 4
+            n = int(which)
+            hint = f"did you mean {model}@v{n}?" if n in listed else (
+                f"{model} has v{listed[0]}..v{listed[-1]}" if listed else f"{model} has no versions")
+            raise RefNotFoundError(
+                f"{ref!r} names no version: version numbers are written with a 'v' ({model}@v{n}); {hint}"
+            )
+        damaged: dict[str, str] = {}
+        tags = self.refs.tags(model, damaged)
         if which in tags:
             return tags[which]
-        # an empty suffix ("m@") is no id prefix: it would match every version
-        numbers = self.refs.numbers(model) if which else {}
-        ids = {vid for vid in numbers.values() if vid.startswith(which.lower())}
+        if f"refs/tags/{model}/{which}" in damaged:
+            raise FormatError(damaged[f"refs/tags/{model}/{which}"])
+        ids = self._ids_with_prefix(model, which)
         if len(ids) == 1:
             return ids.pop()
         if len(ids) > 1:
-            raise AmbiguousRefError(f"{ref!r} matches {len(ids)} versions; give more of the id")
+            raise AmbiguousRefError(
+                f"{ref!r} matches {len(ids)} versions of {model}; give more of the id"
+            )
         self._no_such(
             ref, model, [f"{model}@{t}" for t in tags] + [f"{model}@v{k}" for k in listed] + [f"{model}@latest"]
         )
         raise AssertionError("unreachable")
+
+    def _ids_with_prefix(self, model: str, prefix: str) -> set[str]:
+        """Ids of ``model``'s versions starting with ``prefix`` (at least 6 hex digits,
+        so a short word or number never picks a version by accident)."""
+        prefix = prefix.lower()
+        if len(prefix) < MIN_ID_PREFIX or not _is_hex(prefix):
+            return set()
+        return {vid for vid in self.refs.numbers(model).values() if vid.startswith(prefix)}
 
     def _version_at(self, ref: str, model: str, number: int) -> str:
         vid = self.refs.version_at(model, number)
@@ -345,7 +424,8 @@ class Repository:
         return vid
 
     def _by_prefix(self, ref: str, prefix: str) -> str:
-        ids = self.catalog.ids_with_prefix(prefix.lower()) if len(prefix) >= 4 else []
+        ok = len(prefix) >= MIN_ID_PREFIX and _is_hex(prefix.lower())
+        ids = self.catalog.ids_with_prefix(prefix.lower()) if ok else []
         if len(ids) == 1:
             return ids[0]
         if len(ids) > 1:
@@ -380,10 +460,8 @@ class Repository:
         """Point ``model@alias`` at a version (moves an existing alias)."""
         vid = self.resolve(ref)
         model = self._cached_manifest(vid).model
-        check_name("alias", alias)
-        if alias.startswith(("v", "V")) and alias[1:].isdigit():
-            raise ModelHubError(f"alias {alias!r} would shadow version numbers; pick another name")
-        with self._lock:
+        check_alias(alias)
+        with self._lock, self._writes(f"tagging {model}@{alias}"):
             self.refs.set_tag(model, alias, vid)
         return self.version(vid)
 
@@ -434,7 +512,7 @@ class Repository:
         metrics = _jsonable(metrics, "metrics")
         hparams = _jsonable(hparams, "hparams")
         info = _jsonable(info, "info")
-        with self._lock:
+        with self._lock, self._writes(f"commit to {model!r}"):
             self._sync_index()  # deletions below trust the index to know every version
             listed = self.refs.listed_numbers(model)
             number = (listed[-1] if listed else 0) + 1
@@ -469,9 +547,31 @@ class Repository:
         new_oids = [self.objects.put(new.to_bytes()) for new, _ in replaced]
         self.refs.set_manifest(m.id, moid)
         self.refs.set_number(m.model, m.number, m.id)  # the commit point
-        self.catalog.upsert(m, moid, self._stored_bytes(m, moid))
-        self._switch(replaced, new_oids, {moid, *m.objects()})
-        return self.version(m.id)
+        # the version has landed: what follows only tidies (index, the parent's re-encode),
+        # so a failure here is a warning, never a failed commit
+        try:
+            self.catalog.upsert(m, moid, self._stored_bytes(m, moid))
+            self._switch(replaced, new_oids, {moid, *m.objects()})
+        except (ModelHubError, OSError) as exc:
+            warnings.warn(
+                f"{m.ref} was committed, but tidying up after it failed ({exc}); its parent "
+                "stays stored whole and 'modelhub gc' reclaims what is left over",
+                ModelHubWarning,
+                stacklevel=3,
+            )
+        try:
+            return self.version(m.id)
+        except ModelHubError:
+            return self._version_of(m, moid)
+
+    def _version_of(self, m: Manifest, moid: str) -> Version:
+        """A Version straight from its manifest (when the index cannot give it)."""
+        return Version(
+            model=m.model, number=m.number, id=m.id, ref=m.ref, parent=m.parent,
+            created_at=m.created_at, metrics=m.metrics, hparams=m.hparams, message=m.message,
+            raw_bytes=m.raw_bytes, stored_bytes=self._stored_bytes(m, moid), info=m.info,
+            holds_pickle=bool(m.extra.get("pickle")), resumable=trainer_state(m.skeleton),
+        )
 
     def _switch(self, replaced: list[tuple[Manifest, Manifest]], new_oids: list[str], keep: set[str]) -> None:
         """Point each version at its new manifest, in order, and delete the objects only
@@ -587,7 +687,7 @@ class Repository:
         """
         from modelhub_torch.prune import Pruner
 
-        with self._lock:
+        with self._lock, self._writes("prune"):
             self._sync_index()
             vid = self.resolve(ref)
             self._refresh_rows(self._possible_dependents(vid))
@@ -625,10 +725,11 @@ class Repository:
         """
         from modelhub_torch.archive import archive
 
-        return archive(
-            self, alpha=alpha, scheme=scheme, algorithm=algorithm, lossy=lossy, cold=cold,
-            hot_planes=hot_planes, cold_price=cold_price, sample_bytes=sample_bytes, dry_run=dry_run,
-        )
+        with self._writes("archive"):
+            return archive(
+                self, alpha=alpha, scheme=scheme, algorithm=algorithm, lossy=lossy, cold=cold,
+                hot_planes=hot_planes, cold_price=cold_price, sample_bytes=sample_bytes, dry_run=dry_run,
+            )
 
     # -------------------------------------------------------------------- load
     def load(
@@ -719,81 +820,35 @@ class Repository:
             "per_model": per_model,
         }
 
-    def verify(self, rebuild_index: bool = False, progress: bool = False) -> list[Problem]:
-        """Re-hash every object and decode every version; optionally rebuild the index."""
-        problems: list[Problem] = []
-        from tqdm.auto import tqdm
+    def verify(self, rebuild_index: bool = False, progress: bool = False, repair: bool = False) -> list[Problem]:
+        """Every problem: damaged or missing refs, manifests and objects (re-hashed),
+        undecodable versions, unlisted versions, leftover temp files, an index that
+        disagrees with the refs (re-indexed on the spot). ``repair`` restores refs from
+        manifests and quarantines what cannot be restored (see maintenance.py)."""
+        from modelhub_torch.maintenance import verify
 
-        live: dict[str, str] = {}
-        for model in self.refs.models():
-            for n, vid in self.refs.numbers(model).items():
-                live[vid] = f"{model}@v{n}"
-        referenced: set[str] = set()
-        for vid in live:
-            moid = self.refs.manifest_of(vid)
-            if moid is None:
-                problems.append(Problem("missing-manifest-ref", live[vid], "refs/versions entry missing"))
-                continue
-            referenced.add(moid)
-            try:
-                referenced.update(self.manifest(vid).objects())
-            except ModelHubError as exc:
-                problems.append(Problem("bad-manifest", live[vid], str(exc)))
-        for oid in tqdm(sorted(referenced), desc="objects", disable=not progress, unit="obj"):
-            if not self.objects.exists(oid):
-                problems.append(Problem("missing-object", oid, "referenced but absent"))
-            elif not self.objects.check(oid):
-                problems.append(Problem("corrupt-object", oid, "bytes do not hash to the name"))
-        # newest first, through one reader: reverse deltas point at newer versions, so
-        # each base is decoded (and its digest checked) once and found in the cache
-        reader = self.reader()
-
-        def newest_first(kv: tuple[str, str]) -> tuple[str, int]:
-            model, _, n = kv[1].rpartition("@v")
-            return model, -int(n)
-
-        for vid, ref in tqdm(sorted(live.items(), key=newest_first), desc="versions", disable=not progress, unit="ver"):
-            try:
-                m = self.manifest(vid)
-                for i, rec in enumerate(m.tensors):
-                    if rec["data"]["kind"] != DROPPED:
-                        reader.decode(vid, i)
-            except ModelHubError as exc:
-                problems.append(Problem("undecodable-version", ref, str(exc)))
-        if rebuild_index:
-            self.catalog.clear()
-            for vid in live:
-                try:
-                    self._index(vid)
-                except ModelHubError as exc:
-                    problems.append(Problem("unindexable-version", live[vid], str(exc)))
-        return problems
+        with self._writes("verify --repair" if repair else "verify"):
+            return verify(self, rebuild_index=rebuild_index, repair=repair, progress=progress)
 
     def gc(self, dry_run: bool = False) -> dict[str, int]:
-        """Delete objects no live version references, temp files and orphan version refs."""
-        with self._lock:
-            live = {vid for m in self.refs.models() for vid in self.refs.numbers(m).values()}
-            keep: set[str] = set()
-            for vid in live:
-                moid = self.refs.manifest_of(vid)
-                if moid:
-                    keep.add(moid)
-                    keep.update(self.manifest(vid).objects())
-            removed = freed = 0
-            for oid in list(self.objects):
-                if oid not in keep:
-                    freed += self.objects.size(oid)
-                    removed += 1
-                    if not dry_run:
-                        self.objects.delete(oid)
-            orphans = [v for v in self.refs.version_ids() if v not in live]
-            temps = self.loc.listdir("tmp")
-            if not dry_run:
-                for v in orphans:
-                    self.loc.delete(f"refs/versions/{v}")
-                for t in temps:
-                    self.loc.delete(f"tmp/{t}")
-            return {"objects_removed": removed, "bytes_freed": freed, "orphan_refs": len(orphans), "temp_files": len(temps)}
+        """Delete objects no kept version needs, temp files and orphan version refs that
+        no kept version leans on; refuses (DamagedRepositoryError) while damaged."""
+        from modelhub_torch.maintenance import gc
+
+        with self._writes("gc"):
+            return gc(self, dry_run=dry_run)
+
+    def _invalidate_all(self) -> None:
+        with self._mlock:
+            self._manifests.clear()
+
+
+def _is_number(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdef" for c in text)
 
 
 def _new_version_id(model: str, number: int, created: str) -> str:

@@ -149,12 +149,19 @@ class Location:
     def write_atomic(self, rel: str, data: bytes, durable: bool = True) -> None:
         """Write a whole file so readers see the old or the new content, never a part."""
         tmp = self.temp_name()
-        with self.open_write(tmp) as fh:
-            fh.write(data)
-            if durable and self.local is not None:
-                fh.flush()
-                os.fsync(fh.fileno())
-        self.move(tmp, rel)
+        try:
+            with self.open_write(tmp) as fh:
+                fh.write(data)
+                if durable and self.local is not None:
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            self.move(tmp, rel)
+        except BaseException:
+            try:  # a failed write (disk full, quota) leaves nothing behind in tmp/
+                self.delete(tmp)
+            except OSError:
+                pass
+            raise
 
     def delete(self, rel: str) -> None:
         p = self.path(rel)
