@@ -51,7 +51,7 @@ def step(title: str) -> None:
 def modelhub(*args: str) -> None:
     cmd = [sys.executable, "-m", "modelhub_torch.cli", "--repo", str(REPO), *args]
     print("$ modelhub " + shlex.join(args), flush=True)
-    # examples/ on the path, so `modelhub eval` can import the recorded module class
+    # examples/ on the path, so `modelhub eval --module digits:DigitsCNN` can import it
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))}
     subprocess.run(cmd, check=True, env=env)
 
@@ -123,15 +123,16 @@ def main() -> int:
           f" accuracy {float((res.topk[:, 0] == y).float().mean()):.3f}")
     data = WORK / "digits.pt"
     torch.save({"x": x, "y": y}, data)
-    modelhub("eval", "digits-cnn@latest", "--data", str(data), "--progressive")
+    # the class comes from the user, never from the repository (it records digits.DigitsCNN)
+    modelhub("eval", "digits-cnn@latest", "--data", str(data), "--progressive", "--module", "digits:DigitsCNN")
 
     step("7. archive: re-plan storage (least bytes with every version within 2x its fastest load)")
     modelhub("archive", "--budget", "2", "--measure")
     modelhub("archive", "--lossy", "quant:4", "--versions", "digits-cnn@v5", "--data", str(data))
     modelhub("verify")
     print(f"\nDone. Explore it yourself: .venv/bin/modelhub --repo {REPO.relative_to(ROOT)} list")
-    print("(eval builds the recorded class digits.DigitsCNN: add --module examples.digits:DigitsCNN from the"
-          " repository root)")
+    print("(eval builds the network's class you name: --module examples.digits:DigitsCNN from the"
+          " repository root; modelhub never imports a class a repository names)")
     return 0 if same else 1
 
 

@@ -155,6 +155,17 @@ class Output:
         return not self.json and sys.stderr.isatty()
 
 
+def version_flags(v: Version) -> list[str]:
+    """Marks a person needs before using a version: it cannot resume training, or
+    loading it in full unpickles (runs code)."""
+    flags = []
+    if v.resumable is False:
+        flags.append("weights-only")
+    if v.holds_pickle:
+        flags.append("pickle")
+    return flags
+
+
 def version_doc(v: Version, aliases: list[str] | None = None) -> dict[str, Any]:
     d = dataclasses.asdict(v)
     d["ratio"] = v.ratio if v.stored_bytes else None
@@ -265,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = cmd("verify", "re-hash every object and decode every version")
     c.add_argument("--rebuild-index", action="store_true", help="rebuild the catalog from refs and manifests")
+    c.add_argument("--repair", action="store_true",
+                   help="restore refs from manifests and move what cannot be restored to quarantine/")
 
     c = cmd("archive", "re-plan how every version is stored: least storage within a recreation budget (PAS)")
     c.add_argument("--budget", type=float, default=2.0, metavar="ALPHA",
@@ -330,6 +343,10 @@ def _load_file(path: Path, allow_pickle: bool) -> Any:
             ) from exc
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise CliError(f"cannot read {path} with torch.load: {exc}") from exc
+    from modelhub_torch.trust import describe, file_pickle_globals
+
+    _warn(f"--allow-pickle: unpickling {path} runs code it holds; it imports "
+          f"{describe(file_pickle_globals(path))}")
     try:
         return torch.load(str(path), map_location="cpu", weights_only=False)
     except Exception as exc:  # arbitrary unpickling code: report, never a traceback
@@ -549,6 +566,7 @@ def cmd_list(args: argparse.Namespace, out: Output) -> int:
             label += f" ({', '.join(aliases[v.ref])})"
         if v.parent and v.parent not in by_ref:
             label += f" <- {v.parent}"
+        label += "".join(f" [{flag}]" for flag in version_flags(v))
         rows.append([
             label, v.id[:8], v.created_at[:16].replace("T", " "),
             human_size(v.raw_bytes), human_size(v.stored_bytes), human_ratio(v.ratio),
@@ -623,6 +641,11 @@ def cmd_desc(args: argparse.Namespace, out: Output) -> int:
         ["id:", v.id],
         ["parent:", v.parent or "-"],
         ["created:", v.created_at],
+        *([["resume:", {True: "yes (trainer state kept)",
+                        False: "no: weights only (trainer state pruned); resume from a version marked yes"}[v.resumable]]]
+          if v.resumable is not None else []),
+        *([["pickle:", "holds pickled objects: a full load needs weights_only=False / --allow-pickle, "
+                       "which runs code they import: " + _stored_pickle_imports(m)]] if v.holds_pickle else []),
         ["message:", v.message or "-"],
         ["metrics:", fmt_kv(v.metrics) or "-"],
         ["hparams:", fmt_kv(v.hparams) or "-"],
@@ -655,6 +678,12 @@ def cmd_desc(args: argparse.Namespace, out: Output) -> int:
                       [[elide(r[0], 40), *r[1:5], elide(r[5], 40)] for r in describe_graph(graph)], right={4})
     out.emit(doc, text)
     return 0
+
+
+def _stored_pickle_imports(m: Any) -> str:
+    from modelhub_torch.trust import describe, skeleton_pickle_globals
+
+    return describe(skeleton_pickle_globals(m.skeleton))
 
 
 def _leaves(repo: Repository, ref: str, allow_pickle: bool) -> tuple[Version, dict[str, Any]]:
@@ -874,12 +903,19 @@ def _eval_data(path: str) -> tuple[Any, Any]:
 
 
 def _eval_module(repo: Repository, v: Version, spec: str | None) -> Any:
-    """The architecture: --module PKG.MOD:CLASS, else the class the version recorded."""
+    """The architecture from --module PKG.MOD:CLASS. A class named in a version's
+    metadata is never imported: the repository is not trusted to choose code."""
     import importlib
 
-    path = spec or v.info.get("module")
+    path = spec
     if not path:
-        raise CliError(f"{v.ref} does not record its module class; pass --module PKG.MOD:CLASS")
+        recorded = v.info.get("module")
+        hint = (f"; it records {str(recorded)[:120]!r}: pass --module with that path if you trust it"
+                if isinstance(recorded, str) and recorded else "")
+        raise CliError(
+            f"eval needs the network's class: pass --module PKG.MOD:CLASS (modelhub never imports "
+            f"a class a repository names){hint}"
+        )
     mod_name, _, cls_name = path.replace(":", ".").rpartition(".")
     # like `python -m`, modules in the working directory are importable
     if os.getcwd() not in sys.path and "" not in sys.path:
@@ -888,6 +924,12 @@ def _eval_module(repo: Repository, v: Version, spec: str | None) -> Any:
         cls = getattr(importlib.import_module(mod_name), cls_name)
     except (ImportError, AttributeError) as exc:
         raise CliError(f"cannot import {path} ({exc}); pass --module PKG.MOD:CLASS importable from here") from None
+    if not isinstance(cls, type):
+        raise CliError(f"{path} is not a class; pass --module PKG.MOD:CLASS naming an nn.Module subclass")
+    import torch
+
+    if not issubclass(cls, torch.nn.Module):
+        raise CliError(f"{path} is not a torch.nn.Module subclass; pass the network's class")
     try:
         return cls(**v.hparams)
     except TypeError as exc:
@@ -995,34 +1037,42 @@ def cmd_stats(args: argparse.Namespace, out: Output) -> int:
 
 def cmd_verify(args: argparse.Namespace, out: Output) -> int:
     repo = _open(args)
-    problems = repo.verify(rebuild_index=args.rebuild_index, progress=out.progress())
+    problems = repo.verify(rebuild_index=args.rebuild_index, repair=args.repair, progress=out.progress())
     n = len(repo.versions())
+    # after --repair, what was restored or quarantined is reported but no longer open
+    open_problems = [p for p in problems if not (args.repair and not p.damage)]
     doc = {
-        "ok": not problems,
+        "ok": not open_problems,
         "versions": n,
-        "index_rebuilt": bool(args.rebuild_index),
-        "problems": [{"kind": p.kind, "subject": p.subject, "detail": p.detail} for p in problems],
+        "index_rebuilt": bool(args.rebuild_index or args.repair),
+        "repaired": bool(args.repair),
+        "problems": [{"kind": p.kind, "subject": p.subject, "detail": p.detail, "damage": p.damage,
+                      "action": p.action} for p in problems],
     }
     if problems:
-        text = "\n".join(f"problem: {p}" for p in problems)
-        text += f"\n{len(problems)} problem{'s' * (len(problems) != 1)} found"
+        lines = [f"{'fixed' if args.repair and not p.damage else 'problem'}: {p}" for p in problems]
+        damage = sum(p.damage for p in problems)
+        lines.append(f"{len(problems)} problem{'s' * (len(problems) != 1)} found ({damage} damaging data)"
+                     + ("" if args.repair or not damage else "; 'modelhub verify --repair' fixes what it can"))
+        text = "\n".join(lines)
     else:
         text = f"ok: {n} version{'s' * (n != 1)} verified, every object intact"
         if args.rebuild_index:
             text += "; index rebuilt"
     out.emit(doc, text)
-    return 1 if problems else 0
+    return 1 if open_problems else 0
 
 
 def _load_times(repo: Repository) -> list[float]:
     """Seconds to load each version (a fresh reader per version, as a user's load)."""
     times = []
     versions = repo.versions()
+    # tensors only: the skeleton of a version holding pickles is never unpickled here
     if versions:
-        repo.load(versions[0].ref, weights_only=False)  # warm-up: compiled kernels, imports
+        repo.load_tensors(versions[0].ref)  # warm-up: compiled kernels, imports
     for v in versions:
         t0 = time.perf_counter()
-        repo.load(v.ref, weights_only=False)
+        repo.load_tensors(v.ref)
         times.append(time.perf_counter() - t0)
     return times
 
@@ -1138,6 +1188,17 @@ def _error(message: str) -> None:
     print(f"{PROG}: error: {text}", file=sys.stderr)
 
 
+def _warn(message: str) -> None:
+    print(f"{PROG}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
+def _show_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None,
+                  line: str | None = None) -> None:
+    """Warnings the library raises (a damaged version skipped, an index rebuilt, what an
+    unpickling opt-in trusts) become one line each, like errors."""
+    _warn(str(message))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit status (0 ok, 1 verify problems, 2 errors)."""
     parser = build_parser()
@@ -1148,6 +1209,9 @@ def main(argv: list[str] | None = None) -> int:
     args.repo = getattr(args, "repo", None) or _default_repo()
     args.json = getattr(args, "json", False)
     out = Output(args.json)
+    import warnings
+
+    warnings.showwarning = _show_warning
     try:
         return COMMANDS[args.command](args, out)
     except ModelHubError as exc:
@@ -1156,6 +1220,9 @@ def main(argv: list[str] | None = None) -> int:
         _error(str(exc) if not exc.filename else f"no such file or directory: {exc.filename}")
     except (PermissionError, IsADirectoryError, NotADirectoryError) as exc:
         _error(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
+    except OSError as exc:  # disk full, quota, file size limit on a file the CLI writes
+        where = f": {exc.filename}" if exc.filename else ""
+        _error(f"{exc.strerror or exc}{where}; nothing was changed in the repository")
     except KeyboardInterrupt:
         _error("interrupted")
         return 130

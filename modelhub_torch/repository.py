@@ -743,11 +743,28 @@ class Repository:
         (``progress=True`` shows a tqdm bar of tensor bytes on stderr)."""
         vid = self.resolve(ref)
         m = self.manifest(vid)
+        if not weights_only and m.extra.get("pickle"):
+            from modelhub_torch.trust import describe, skeleton_pickle_globals
+
+            warnings.warn(
+                f"weights_only=False: unpickling {m.ref} runs code stored in the repository at "
+                f"{self.loc.url}; its pickles import {describe(skeleton_pickle_globals(m.skeleton))}",
+                ModelHubWarning,
+                stacklevel=2,
+            )
         live = [i for i, t in enumerate(m.tensors) if t["data"]["kind"] != DROPPED]
         tensors: list[Any] = [None] * len(m.tensors)
         for i, t in zip(live, self._decode_all(vid, m, live, map_location, progress)):
             tensors[i] = t
         return unflatten(m.skeleton, tensors, weights_only=weights_only)
+
+    def load_tensors(self, ref: str | Version, progress: bool = False) -> list[torch.Tensor]:
+        """Every tensor a version stores, decoded and checked, without its skeleton: what
+        a load costs, and safe on versions holding pickles (nothing is unpickled)."""
+        vid = self.resolve(ref)
+        m = self.manifest(vid)
+        live = [i for i, t in enumerate(m.tensors) if t["data"]["kind"] != DROPPED]
+        return self._decode_all(vid, m, live, None, progress)
 
     def load_state_dict(
         self, ref: str | Version, map_location: Any = None, progress: bool = False

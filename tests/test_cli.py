@@ -190,8 +190,13 @@ def test_commit_pickled_file_needs_allow_pickle(tmp_path, capsys, repo):
     code, _, err = run(capsys, "--repo", repo, "commit", tmp_path / "full.pt", "--model", "m")
     assert code == 2
     assert "--allow-pickle" in err and "torch.nn.modules.container.Sequential" in err
-    v = commit(capsys, repo, tmp_path / "full.pt", "m", "--allow-pickle")
-    assert v["ref"] == "m@v1"
+    # the opt-in says what it trusts: the classes the file's pickle imports
+    code, out, err = run(capsys, "--repo", repo, "--json", "commit", tmp_path / "full.pt", "--model", "m",
+                         "--allow-pickle")
+    assert code == 0, err
+    assert err.startswith("modelhub: warning: --allow-pickle: unpickling") and len(err.splitlines()) == 1
+    assert "torch.nn.modules.container.Sequential" in err and "torch._utils" not in err
+    assert json.loads(out)["ref"] == "m@v1"
     doc = run_json(capsys, repo, "desc", "m@v1")
     assert [t["path"] for t in doc["tensors"]] == ["0.weight", "0.bias"]
 
@@ -418,7 +423,10 @@ def test_verify_finds_a_flipped_byte(tmp_path, capsys, repo):
     code, out, _ = run(capsys, "--repo", repo, "--json", "verify")
     doc = json.loads(out)
     assert code == 1 and doc["ok"] is False
-    assert {"kind": "corrupt-object", "subject": oid, "detail": "bytes do not hash to the name"} in doc["problems"]
+    assert {"kind": "corrupt-object", "subject": oid, "damage": True} in [
+        {k: p[k] for k in ("kind", "subject", "damage")} for p in doc["problems"]
+    ]
+    assert any(p["subject"] == oid and "do not hash to the name" in p["detail"] for p in doc["problems"])
 
 
 def test_verify_rebuild_index_restores_a_lost_catalog(tmp_path, capsys, repo):
@@ -426,7 +434,7 @@ def test_verify_rebuild_index_restores_a_lost_catalog(tmp_path, capsys, repo):
     commit(capsys, repo, tmp_path / "a.pt", "net")
     commit(capsys, repo, tmp_path / "a.pt", "net")
     doc = run_json(capsys, repo, "verify", "--rebuild-index")
-    assert doc == {"ok": True, "versions": 2, "index_rebuilt": True, "problems": []}
+    assert doc == {"ok": True, "versions": 2, "index_rebuilt": True, "repaired": False, "problems": []}
     assert [v["ref"] for v in run_json(capsys, repo, "list")["versions"]] == ["net@v1", "net@v2"]
 
 
