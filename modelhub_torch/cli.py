@@ -686,12 +686,27 @@ def _stored_pickle_imports(m: Any) -> str:
     return describe(skeleton_pickle_globals(m.skeleton))
 
 
+def _load_full(repo: Repository, v: Version, allow_pickle: bool, what: str, progress: bool = False) -> Any:
+    """A whole version; one holding pickles only with --allow-pickle (which says first
+    what it trusts)."""
+    from modelhub_torch.errors import PickleRequiredError
+
+    try:
+        return repo.load(v.id, weights_only=not allow_pickle, progress=progress)
+    except PickleRequiredError:
+        raise CliError(
+            f"{v.ref} holds pickled objects (importing {_stored_pickle_imports(repo.manifest(v.id))}), "
+            f"and unpickling runs code; to {what} pass --allow-pickle if you trust this repository "
+            "(the weights alone: 'modelhub export REF OUT.safetensors')"
+        ) from None
+
+
 def _leaves(repo: Repository, ref: str, allow_pickle: bool) -> tuple[Version, dict[str, Any]]:
     """A version and its tensors by path (the paths ``desc`` shows)."""
     from modelhub_torch.skeleton import flatten
 
     v = repo.version(ref)
-    obj = repo.load(v.id, weights_only=not allow_pickle)
+    obj = _load_full(repo, v, allow_pickle, "diff it")
     flat = flatten(obj, allow_pickle=True)
     return v, dict(zip(flat.paths, flat.tensors))
 
@@ -865,8 +880,11 @@ def cmd_export(args: argparse.Namespace, out: Output) -> int:
         else:
             import torch
 
-            obj = repo.load(v.id, weights_only=not args.allow_pickle, progress=out.progress())
-            torch.save(obj, str(tmp))
+            obj = _load_full(repo, v, args.allow_pickle, "export it whole", out.progress())
+            try:
+                torch.save(obj, str(tmp))
+            except (TypeError, AttributeError, RuntimeError, ValueError) as exc:  # unpicklable objects
+                raise CliError(f"cannot write {target} with torch.save: {exc}") from exc
             count = len(repo.manifest(v.id).live_tensors())
         os.replace(tmp, target)
     finally:

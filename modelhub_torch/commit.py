@@ -8,10 +8,11 @@ by parallel jobs; the caller's thread writes their frames to the packs in order.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from modelhub_torch.errors import ModelHubError
+from modelhub_torch.errors import ModelHubError, ModelHubWarning
 from modelhub_torch.manifest import DROPPED, Manifest
 from modelhub_torch.pas.codec import CodecConfig, ExponentContext, RepoCodecs, shared_pool
 from modelhub_torch.pas.dtypes import dtype_name, tensor_bits
@@ -45,6 +46,21 @@ class _Prepared:
     raw: int
 
 
+def _readable(repo: Repository, vid: str) -> Manifest | None:
+    """A neighbour's manifest, or None where it is damaged: the new version is then
+    stored without leaning on it (whole), so one damaged version never blocks commits."""
+    try:
+        return repo.manifest(vid)
+    except ModelHubError as exc:
+        warnings.warn(
+            f"version {vid} is damaged ({exc}); the new version is stored without deltas "
+            "against it ('modelhub verify --repair' fixes or quarantines it)",
+            ModelHubWarning,
+            stacklevel=3,
+        )
+        return None
+
+
 class CommitJob:
     """Encodes one commit: the new version whole (or as forward deltas for a
     cross-model parent) and, for a same-model parent, the parent re-encoded as
@@ -70,7 +86,7 @@ class CommitJob:
         self.vid = vid
         self.parent_vid = parent_vid
         self.progress = progress
-        self.parent = repo.manifest(parent_vid) if parent_vid else None
+        self.parent = _readable(repo, parent_vid) if parent_vid else None
         # each parent tensor is decoded once: caching them would hold a model's worth
         self.reader = repo.reader(cache_bytes=0)
         s = repo.settings
@@ -87,8 +103,8 @@ class CommitJob:
         self.grand = None
         self.context_coding = bool(s.get("context_coding", True))
         if self.rewrite and p.parent and self.context_coding:
-            grand = repo.manifest(p.parent)
-            if grand.model == model:
+            grand = _readable(repo, p.parent)
+            if grand is not None and grand.model == model:
                 self.grand = grand
 
     def _jobs(self) -> Any:

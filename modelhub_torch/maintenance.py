@@ -329,6 +329,8 @@ def _repair(repo: Repository, s: Scan, problems: list[Problem]) -> list[Problem]
             if p.kind == "damaged-ref" and p.subject.startswith("refs/models/"):
                 model, n = p.subject.split("/")[2:4]
                 vid = claims.get(f"{model}@v{n}")
+                if vid is not None and s.live.get(vid) == f"{model}@v{n}":
+                    continue  # restored above, as an unlisted version claiming this number
                 if vid is not None and vid not in s.live:
                     repo.refs.set_number(model, int(n), vid)
                     s.live[vid] = f"{model}@v{n}"

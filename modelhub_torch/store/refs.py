@@ -34,14 +34,13 @@ def check_name(kind: str, name: str) -> str:
 
 def check_alias(alias: str) -> str:
     """An alias a user may set: a valid name that the ref syntax does not claim."""
-    check_name("alias", alias)
-    if RESERVED_ALIAS.match(alias):
+    if isinstance(alias, str) and RESERVED_ALIAS.match(alias):
         raise ModelHubError(
             f"alias {alias!r} is reserved: it would shadow version numbers ('latest', 'vN' and "
             "plain numbers already mean versions in a ref: model@latest, model@v3); pick another "
             "name such as 'best' or 'prod'"
         )
-    return alias
+    return check_name("alias", alias)
 
 
 def is_number_name(name: str) -> bool:
