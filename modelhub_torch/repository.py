@@ -14,6 +14,7 @@ import datetime as _dt
 import difflib
 import json
 import math
+import sqlite3
 import threading
 import uuid
 import warnings
@@ -46,7 +47,7 @@ from modelhub_torch.progress import byte_bar
 from modelhub_torch.reader import TensorReader
 from modelhub_torch.resumable import trainer_state
 from modelhub_torch.skeleton import flatten, state_dict_paths, unflatten
-from modelhub_torch.store.catalog import Catalog, catalog_path, row_disagreements
+from modelhub_torch.store.catalog import Catalog, catalog_path, is_busy, row_disagreements
 from modelhub_torch.store.config import (  # noqa: F401 - re-exported for callers
     CONFIG_FILE,
     DEFAULT_SETTINGS,
@@ -636,6 +637,15 @@ class Repository:
                 for alias, vid in self.refs.tags(model).items():
                     yield vid, alias
 
+        try:
+            return execute(self.catalog.connection(), text, self.resolve, tags, self._version)
+        except sqlite3.DatabaseError as exc:  # the index file itself is damaged
+            damage: BaseException = exc
+        except ModelHubError as exc:
+            if not isinstance(exc.__cause__, sqlite3.DatabaseError) or is_busy(exc.__cause__):
+                raise
+            damage = exc.__cause__
+        self.catalog.recover(damage)  # set aside, re-indexed from the refs: ask again
         return execute(self.catalog.connection(), text, self.resolve, tags, self._version)
 
     def _possible_dependents(self, vid: str) -> set[str]:

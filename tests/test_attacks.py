@@ -565,3 +565,50 @@ def test_sigkill_leftovers_are_reported_and_collected(tmp_path, capsys):
     assert code == 0 and json.loads(out)["temp_files"] == len(leftovers)
     assert os.listdir(root / "tmp") == []
     assert Repository(root).verify() == []
+
+
+def test_query_on_an_index_damaged_under_it_is_answered_from_a_rebuilt_one(four, monkeypatch):
+    """Damage the open/list paths did not touch, found by a query: rebuilt, asked again."""
+    root, _ = four
+    repo = Repository(root)
+    import modelhub_torch.dql.engine as engine
+
+    real, calls = engine.execute, {"n": 0}
+
+    def damaged_once(conn, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise sqlite3.DatabaseError("database disk image is malformed")
+        return real(conn, *a, **k)
+
+    monkeypatch.setattr(engine, "execute", damaged_once)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        refs = repo.query("select m where m.metrics.k >= 2").refs
+    assert refs == ["m@v3", "m@v4"] and calls["n"] == 2
+    assert any("damaged" in str(w.message) for w in seen)
+
+
+def test_integrity_check_runs_after_an_unclean_shutdown(four, monkeypatch):
+    """A process that died with the index open leaves its marker: the next open checks
+    the file (PRAGMA quick_check) and sets a damaged one aside; a clean open does not."""
+    root, expect = four
+    from modelhub_torch.store import catalog as catalog_mod
+
+    checks = {"n": 0}
+    real = catalog_mod.Catalog._check_integrity
+
+    def counted(self):
+        checks["n"] += 1
+        return real(self)
+
+    monkeypatch.setattr(catalog_mod.Catalog, "_check_integrity", counted)
+    Repository(root)
+    assert checks["n"] == 0
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    marker = root / "index" / f"catalog.sqlite.open-{int(dead.stdout)}"
+    marker.write_text("")
+    repo = Repository(root)
+    assert checks["n"] == 1 and not marker.exists()
+    assert [v.ref for v in repo.versions("m")] == ["m@v1", "m@v2", "m@v3", "m@v4"]
+    _loads(root, expect, ["m@v4"])

@@ -177,7 +177,7 @@ def _check_row(row: sqlite3.Row) -> sqlite3.Row:
     return row
 
 
-def _is_busy(exc: sqlite3.Error) -> bool:
+def is_busy(exc: sqlite3.Error) -> bool:
     """Lock contention, which waiting solves; every other database error is damage."""
     text = str(exc).lower()
     return isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text)
@@ -234,7 +234,7 @@ class Catalog:
                 self._check_integrity()
             self._create()
         except sqlite3.Error as exc:
-            if _is_busy(exc):
+            if is_busy(exc):
                 raise LockTimeoutError(f"the index {path} stayed locked: {exc}") from None
             self._set_aside(exc)
         self._mark_open()
@@ -279,7 +279,7 @@ class Catalog:
     def recover(self, exc: BaseException) -> None:
         """Set a damaged index aside, start an empty one and let the repository re-index
         it (the catalog holds nothing that refs and manifests do not)."""
-        if isinstance(exc, sqlite3.Error) and _is_busy(exc):
+        if isinstance(exc, sqlite3.Error) and is_busy(exc):
             raise LockTimeoutError(f"the index {self.path} stayed locked: {exc}") from None
         if self._recovering:  # damage found while re-indexing a fresh file
             raise ModelHubError(
