@@ -109,6 +109,8 @@ def _scan_manifests(repo: Repository, s: Scan) -> None:
             s.bad[ref] = str(exc)
             continue
         if moid is None:
+            if vid not in s.live:
+                continue  # a name in refs/versions/ with no ref file in it: nothing to keep
             s.problems.append(_problem("missing-manifest-ref", ref, "refs/versions entry missing", action=REPAIR))
             s.bad[ref] = "no manifest ref"
             continue

@@ -59,7 +59,7 @@ class Location:
         if self.local is not None:
             try:
                 return sorted(os.listdir(p))
-            except FileNotFoundError:
+            except (FileNotFoundError, NotADirectoryError):  # a file where a folder should be
                 return []
         if not self.fs.exists(p):
             return []
