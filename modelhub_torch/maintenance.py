@@ -31,6 +31,9 @@ if TYPE_CHECKING:
     from modelhub_torch.repository import Problem, Repository
 
 QUARANTINE = "quarantine"
+# how long gc keeps an unlisted version that nothing leans on while its number is free
+# (git's gc.pruneExpire): a deleted ref can be restored ('verify --repair') until then
+ORPHAN_EXPIRY = _dt.timedelta(days=14)
 REPAIR = "run 'modelhub verify --repair'"
 
 
@@ -173,7 +176,8 @@ def _scan_links(s: Scan) -> None:
                 "orphaned-version", f"{m.ref} ({vid})",
                 "not listed: a commit interrupted before its commit point, or a deleted ref",
                 damage=False,
-                action=("'modelhub verify --repair' restores it as " + m.ref + "; 'modelhub gc' removes it")
+                action=(f"'modelhub verify --repair' restores it as {m.ref}; 'modelhub gc' keeps it "
+                        f"until {m.ref} is taken or for {ORPHAN_EXPIRY.days} days")
                 if slot_free else "'modelhub gc' removes it (its number is taken)",
             ))
 
@@ -409,8 +413,9 @@ def gc(repo: Repository, dry_run: bool = False) -> dict[str, Any]:
                 f"{first.kind} {first.subject}); run 'modelhub verify' to see them and "
                 "'modelhub verify --repair' to fix them, then gc"
             )
+        orphans = sorted(v for v in s.orphans - s.needed if _expired(s, v))
         keep: set[str] = set()
-        for vid in s.kept():
+        for vid in s.kept() | (s.orphans - set(orphans)):
             keep.add(s.manifest_oids[vid])
             keep.update(s.manifests[vid].objects())
         keep |= _quarantined_objects(repo)
@@ -421,7 +426,6 @@ def gc(repo: Repository, dry_run: bool = False) -> dict[str, Any]:
                 removed += 1
                 if not dry_run:
                     repo.objects.delete(oid)
-        orphans = sorted(s.orphans - s.needed)
         temps = repo.loc.listdir("tmp")
         if not dry_run:
             for v in orphans:
@@ -430,6 +434,22 @@ def gc(repo: Repository, dry_run: bool = False) -> dict[str, Any]:
                 repo.loc.delete(f"tmp/{t}")
         return {"objects_removed": removed, "bytes_freed": freed, "orphan_refs": len(orphans),
                 "temp_files": len(temps)}
+
+
+def _expired(s: Scan, vid: str) -> bool:
+    """An unlisted version nothing leans on may go once another version took its number
+    (what a commit killed before its commit point leaves, once the next commit ran) or
+    once it is older than ORPHAN_EXPIRY; until then 'verify --repair' can restore it."""
+    m = s.manifests[vid]
+    if not repo_slot_free(s, m):
+        return True
+    try:
+        created = _dt.datetime.fromisoformat(m.created_at)
+    except (TypeError, ValueError):
+        return False
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=_dt.timezone.utc)
+    return _dt.datetime.now(_dt.timezone.utc) - created > ORPHAN_EXPIRY
 
 
 def _quarantined_objects(repo: Repository) -> set[str]:

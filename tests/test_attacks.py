@@ -612,3 +612,31 @@ def test_integrity_check_runs_after_an_unclean_shutdown(four, monkeypatch):
     assert checks["n"] == 1 and not marker.exists()
     assert [v.ref for v in repo.versions("m")] == ["m@v1", "m@v2", "m@v3", "m@v4"]
     _loads(root, expect, ["m@v4"])
+
+
+def test_gc_keeps_an_unlisted_version_nothing_leans_on_while_its_number_is_free(tmp_path, capsys):
+    """A deleted ref of a version stored whole (nothing leans on it): gc keeps it while
+    its number is free, verify says how to restore it; once the number is taken by a
+    new commit (or after ORPHAN_EXPIRY), gc collects it."""
+    root = tmp_path / "repo"
+    repo = Repository.init(root)
+    g = torch.Generator().manual_seed(1)
+    sds = [{"w": torch.randn(2000, generator=g)} for _ in range(2)]  # unrelated: no deltas
+    for sd in sds:
+        repo.commit(sd, "m")
+    vid = repo.resolve("m@v2")
+    _ref_file(root, "m", 2).unlink()
+    code, out, _ = cli(capsys, "--repo", root, "verify")
+    assert code == 1 and "orphaned-version: m@v2" in out and "verify --repair' restores it as m@v2" in out
+    assert Repository(root).gc()["orphan_refs"] == 0
+    code, out, _ = cli(capsys, "--repo", root, "verify", "--repair")
+    assert code == 0 and "restored as m@v2" in out
+    assert_bit_equal(Repository(root).load("m@v2"), sds[1])
+    # deleted again, then a new commit takes the number: the old one is garbage now
+    _ref_file(root, "m", 2).unlink()
+    repo = Repository(root)
+    repo.commit({"w": torch.zeros(3)}, "m")
+    assert repo.resolve("m@v2") != vid
+    assert repo.gc()["orphan_refs"] == 1
+    assert vid not in repo.refs.version_ids()
+    assert repo.verify() == []
