@@ -16,6 +16,7 @@ from modelhub_torch.commit import copy_unchanged
 from modelhub_torch.errors import ModelHubError
 from modelhub_torch.manifest import DROPPED, Manifest
 from modelhub_torch.pas.codec import RepoCodecs
+from modelhub_torch.resumable import top_level_keys
 from modelhub_torch.writer import PackSet, encode_all
 
 if TYPE_CHECKING:
@@ -44,6 +45,22 @@ def _refs_into(data: dict[str, Any], vid: str, indices: set[int]) -> bool:
         if link is not None and link["version"] == vid and int(link["index"]) in indices:
             return True
     return False
+
+
+def _extra_after_prune(m: Manifest, skeleton: Any, keys: set[str]) -> dict[str, Any]:
+    """``m.extra`` for the pruned manifest: ``info["trainer_state"]`` tells list, desc,
+    DQL and the Lightning callback whether the version can still resume, so it must
+    turn False once what Lightning needs to resume (optimizer and scheduler state) is
+    gone. A new dict: ``m`` stays as it was. Versions whose info never said (committed
+    without the callback) keep their metadata untouched: whether they resume is read
+    from the skeleton (``resumable.trainer_state``, the catalog's ``resumable``)."""
+    info = m.info
+    if "trainer_state" not in info:
+        return m.extra
+    kept = top_level_keys(skeleton) or set()
+    removed = (top_level_keys(m.skeleton) or set()) - kept
+    resumable = bool(info.get("trainer_state", True)) and "optimizer_states" in kept and "lr_schedulers" not in removed
+    return {**m.extra, "info": {**info, "trainer_state": resumable}}
 
 
 class Pruner:
@@ -81,6 +98,7 @@ class Pruner:
         own = {j for j, rec in enumerate(m.tensors) if j not in removed and _refs_into(rec["data"], self.vid, removed)}
         new = self._rewrite(m, own, removed)
         new.skeleton = {**m.skeleton, "$dict": kept_entries}
+        new.extra = _extra_after_prune(m, new.skeleton, keys)
         replaced.append((new, m))
         return replaced
 

@@ -31,9 +31,10 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from modelhub_torch.callbacks.fs import make_url, parse_url
+from modelhub_torch.callbacks.fs import PREFIX, make_url, parse_url
 from modelhub_torch.errors import ModelHubError, RefNotFoundError
 from modelhub_torch.repository import Repository
+from modelhub_torch.resumable import resume_refusal
 from modelhub_torch.store.refs import check_name
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,10 @@ class ModelHubCheckpoint(ModelCheckpoint):
     ``"all"``. ``async_save=True`` commits on a background thread (tensors are copied
     first); pending commits are finished at the end of fit, on an exception and at
     teardown, and a failed commit is raised at the next save.
+
+    ``fit(ckpt_path=<a weights-only version>)`` (its trainer state pruned) stops with a
+    ModelHubError naming the nearest version that can resume (see ``on_fit_start``);
+    loading such a version (``load_from_checkpoint``, ``validate``/``test``) works.
     """
 
     def __init__(
@@ -157,6 +162,7 @@ class ModelHubCheckpoint(ModelCheckpoint):
         self._lock = threading.Lock()
         self._resumed_from: str | None = None
         self._graph: dict[str, Any] | None = None  # the network, captured at the first save
+        self._refusal: ModelHubError | None = None  # why this fit cannot resume (raised once)
 
     # ---------------------------------------------------------------- refs
     @property
@@ -194,6 +200,28 @@ class ModelHubCheckpoint(ModelCheckpoint):
         self._next = trainer.strategy.broadcast(number)
         self._saved_any = False
         self.dirpath = trainer.strategy.broadcast(self.repo_url if trainer.is_global_zero else None)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_fit_start(trainer, pl_module)
+        self._refuse_weights_only_resume(trainer)
+
+    def _refuse_weights_only_resume(self, trainer: pl.Trainer) -> None:
+        """Stop ``fit(ckpt_path=<a weights-only version>)`` with an error that names the
+        nearest version that can resume, instead of Lightning's KeyError about missing
+        optimizer states. ``on_fit_start`` runs after Lightning loaded the checkpoint
+        (so ``trainer.ckpt_path`` is this fit's) and before it restores the optimizers;
+        strategies that load only after ``on_fit_start`` (FSDP, ModelParallel) are not
+        checked. Every rank checks (reads only), so all raise alike."""
+        ckpt = trainer.ckpt_path
+        if trainer.strategy.restore_checkpoint_after_setup or not ckpt or not str(ckpt).startswith(PREFIX):
+            return
+        location, ref = parse_url(str(ckpt))
+        same = self.repo is not None and make_url(location, ref) == make_url(self.repo, ref)
+        repo = self.repo if same and self.repo is not None else Repository(location)
+        message = resume_refusal(repo, ref)
+        if message is not None:
+            self._refusal = ModelHubError(message)
+            raise self._refusal
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
@@ -413,6 +441,9 @@ class ModelHubCheckpoint(ModelCheckpoint):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         # the exception being handled stays the one the user sees: a failure to save
         # now (or an earlier background failure) is logged, not raised over it
+        if exception is self._refusal:
+            self._refusal = None
+            return  # refused before training: nothing of this fit to save
         try:
             super().on_exception(trainer, pl_module, exception)
             self.wait()

@@ -16,6 +16,11 @@ point (see pyproject.toml) and again when this module is imported.
 
 Writes are refused: a version is made by ``Repository.commit`` (or the Lightning
 callbacks), which also records metrics and lineage a file write could not carry.
+
+A weights-only version (trainer state pruned) reads like any other: the filesystem
+cannot tell a resume from a ``validate`` or ``load_from_checkpoint``, so the error that
+explains why ``fit`` cannot resume from it comes from ``ModelHubCheckpoint`` (its
+``on_fit_start``); a Trainer without that callback gets Lightning's own KeyError.
 """
 
 from __future__ import annotations

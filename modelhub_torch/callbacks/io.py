@@ -51,6 +51,9 @@ class ModelHubCheckpointIO(CheckpointIO):
     loading those then needs ``weights_only=False`` (``trainer.fit(..., weights_only=False)``).
 
     Lightning calls ``save_checkpoint`` on global rank 0 only; every rank loads.
+    ``load_checkpoint`` does not know whether Lightning will resume training or only
+    load weights, so resuming a weights-only version is explained by ModelHubCheckpoint
+    (when it is in the Trainer), not here.
     """
 
     def __init__(

@@ -10,6 +10,7 @@ Weights are never read.
 from __future__ import annotations
 
 import difflib
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,6 +48,9 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "params": ("v.params", "number"),
     "size": ("v.stored_bytes", "number"),
     "raw_size": ("v.raw_bytes", "number"),
+    # 1/0, NULL for a version that is no trainer checkpoint (modelhub_torch.resumable)
+    "resumable": ("v.resumable", "boolean"),
+    "pickle": ("v.pickle", "boolean"),
 }
 JSON_MAPS = {"metrics": "v.metrics", "hparams": "v.hparams", "info": "v.info"}
 SETS = ("tags", "ancestors", "descendants")
@@ -99,7 +103,10 @@ def node_pattern(pattern: str) -> str:
 @dataclass
 class Compiled:
     sql: str
-    params: dict[str, Any]  # named parameters (:p0, :p1, ...): order in the SQL is irrelevant
+    # positional parameters, in the order of the ``?`` in ``sql``. Not named or numbered
+    # ones: SQLite looks each up among the earlier ones, quadratic in their number
+    # (a 40000-value 'in' list took seconds instead of milliseconds)
+    params: list[Any]
     columns: list[str]  # result columns beyond the version's own fields
     needs_tags: bool = False
 
@@ -109,7 +116,7 @@ class _Ctx:
     text: str
     var: str
     resolve: Callable[[str], str]  # ref -> version id (raises ModelHubError)
-    params: dict[str, Any] = field(default_factory=dict)
+    params: list[Any] = field(default_factory=list)
     columns: dict[str, str] = field(default_factory=dict)
     ctes: list[str] = field(default_factory=list)
     needs_tags: bool = False
@@ -118,9 +125,16 @@ class _Ctx:
         return caret_error(self.text, getattr(node, "pos", None), message)
 
     def bind(self, value: Any) -> str:
-        name = f"p{len(self.params)}"
-        self.params[name] = value
-        return f":{name}"
+        """A placeholder for ``value``: ``?N`` while compiling (SQL is assembled out of
+        order), made positional by ``_positional`` at the end."""
+        self.params.append(value)
+        return f"?{len(self.params)}"
+
+    def cte(self, sql: str) -> str:
+        """Name of a new materialized CTE holding ``sql`` (computed once per query)."""
+        name = f"q{len(self.ctes)}"
+        self.ctes.append(f"{name} AS MATERIALIZED ({sql})")
+        return name
 
 
 def compile_select(stmt: Select, text: str, resolve: Callable[[str], str]) -> Compiled:
@@ -135,17 +149,58 @@ def compile_select(stmt: Select, text: str, resolve: Callable[[str], str]) -> Co
     sql = f"SELECT v.*{extra} FROM versions v WHERE {where} ORDER BY {', '.join(order)}"
     if ctx.ctes:
         sql = "WITH " + ", ".join(ctx.ctes) + " " + sql
-    if stmt.limit is not None:
-        sql += f" LIMIT {int(stmt.limit)}"
-    return Compiled(sql, ctx.params, list(ctx.columns), ctx.needs_tags)
+    if stmt.limit is not None or stmt.offset is not None:  # both checked by the parser
+        sql += f" LIMIT {-1 if stmt.limit is None else int(stmt.limit)}"
+        if stmt.offset is not None:
+            sql += f" OFFSET {int(stmt.offset)}"
+    sql, params = _positional(sql, ctx.params)
+    return Compiled(sql, params, list(ctx.columns), ctx.needs_tags)
+
+
+def _positional(sql: str, params: list[Any]) -> tuple[str, list[Any]]:
+    """``?N`` placeholders → plain ``?`` with the values in text order. Only ``bind``
+    writes a '?' into the SQL (values are never inlined; inlined names are identifiers)."""
+    ordered: list[Any] = []
+
+    def take(m: re.Match[str]) -> str:
+        ordered.append(params[int(m.group(1)) - 1])
+        return "?"
+
+    return re.sub(r"\?(\d+)", take, sql), ordered
 
 
 # -------------------------------------------------------------------- expressions
+def _balanced(op: str, parts: list[str]) -> str:
+    """``(a OP b OP c ...)`` grouped as a balanced tree: SQLite limits expression depth
+    (1000), and a flat chain of n terms is n deep, a balanced one log2(n)."""
+    if len(parts) == 1:
+        return parts[0]
+    mid = len(parts) // 2
+    return f"({_balanced(op, parts[:mid])} {op} {_balanced(op, parts[mid:])})"
+
+
+def _same_op_items(node: BoolOp) -> list[Any]:
+    """The operands of ``a and (b and c)`` as one list: one level of SQL, not two
+    (SQLite's parser has a bounded stack; see ``_balanced``)."""
+    out, todo = [], list(reversed(node.items))
+    while todo:
+        item = todo.pop()
+        if isinstance(item, BoolOp) and item.op == node.op:
+            todo.extend(reversed(item.items))
+        else:
+            out.append(item)
+    return out
+
+
 def _expr(node: Any, ctx: _Ctx) -> str:
     if isinstance(node, BoolOp):
-        return "(" + f" {node.op.upper()} ".join(_expr(i, ctx) for i in node.items) + ")"
+        return _balanced(node.op.upper(), [_expr(i, ctx) for i in _same_op_items(node)])
     if isinstance(node, Not):
-        return f"(NOT {_expr(node.item, ctx)})"
+        inner, negated = node.item, True
+        while isinstance(inner, Not):  # not not x is x, in SQL's three-valued logic too
+            inner, negated = inner.item, not negated
+        sql = _expr(inner, ctx)
+        return f"(NOT {sql})" if negated else sql
     if isinstance(node, Compare):
         return _compare(node, ctx)
     if isinstance(node, Like):
@@ -207,12 +262,25 @@ def _typed(sql: str, typ: str, want: str) -> str:
     return f"{arg} IN {kinds} AND "
 
 
+_WITH = {"number": "a number", "text": "a text", "boolean": "true or false"}
+_LITERAL_NAME = {"number": "a number", "text": "a text", "bool": "true or false", "boolean": "true or false"}
+
+
+def _check_types(side: Any, t: str, other: Any, ot: str, ctx: _Ctx) -> None:
+    """A fixed field compared with a literal (or field) of another type is an error at
+    the literal: it could never match, which is a typo more often than not."""
+    if t not in _WITH or ot not in _LITERAL_NAME or not isinstance(side, Field):
+        return
+    if {t, ot} <= {"bool", "boolean"} or t == ot:
+        return
+    raise ctx.error(other, f"{_describe(side)} is {_WITH[t]}; compare it with {_WITH[t]}, not {_LITERAL_NAME[ot]}")
+
+
 def _compare(node: Compare, ctx: _Ctx) -> str:
     left, lt = _operand(node.left, ctx)
     right, rt = _operand(node.right, ctx)
     for (side, t), (other, ot) in (((node.left, lt), (node.right, rt)), ((node.right, rt), (node.left, lt))):
-        if t in ("number", "text") and ot in ("number", "text", "bool") and t != ot and isinstance(side, Field):
-            raise ctx.error(other, f"{_describe(side)} is a {t}; compare it with a {t}, not a {ot}")
+        _check_types(side, t, other, ot, ctx)
     guard = ""
     if lt == "json" and rt in ("number", "text", "bool"):
         guard = _typed(left, lt, rt)
@@ -228,8 +296,18 @@ def _literal_type(value: Any) -> str:
     return "number" if isinstance(value, (int, float)) else "text"
 
 
-def _describe(f: Field) -> str:
-    return f"{f.var}.{f.dotted}"
+def _describe(node: Any) -> str:
+    """An operand as the user wrote it, for messages (a field, a literal or a count)."""
+    if isinstance(node, Field):
+        return f"{node.var}.{node.dotted}"
+    if isinstance(node, Count):
+        ns = node.nodes
+        return f"count({ns.var}[{json.dumps(ns.pattern, ensure_ascii=False)}]{''.join('.' + s for s in ns.steps)})"
+    if isinstance(node, Literal):
+        if isinstance(node.value, bool):
+            return str(node.value).lower()
+        return json.dumps(node.value, ensure_ascii=False) if isinstance(node.value, str) else repr(node.value)
+    return type(node).__name__
 
 
 def _like(node: Like, ctx: _Ctx) -> str:
@@ -240,8 +318,8 @@ def _like(node: Like, ctx: _Ctx) -> str:
         sql = f"EXISTS (SELECT 1 FROM temp.q_tags t WHERE t.version = v.id AND {cond})"
         return f"(NOT {sql})" if node.negate else sql
     sql, typ = _operand(node.operand, ctx)
-    if typ == "number":
-        raise ctx.error(node, f"like compares text, and {_describe(node.operand)} is a number")
+    if typ in ("number", "boolean"):
+        raise ctx.error(node, f"like compares text, and {_describe(node.operand)} is {_WITH[typ]}")
     guard = _typed(sql, typ, "text")
     pat = ctx.bind(node.pattern)
     cond = f"lower({sql}) LIKE lower({pat})" if node.ignore_case else f"{sql} LIKE {pat}"
@@ -253,6 +331,8 @@ def _in_list(node: InList, ctx: _Ctx) -> str:
     kinds = {_literal_type(v.value) for v in node.values}
     if typ in ("number", "text") and kinds - {typ}:
         raise ctx.error(node, f"{_describe(node.operand)} is a {typ}; list only {typ}s")
+    if typ == "boolean" and kinds - {"bool"}:
+        raise ctx.error(node, f"{_describe(node.operand)} is true or false; list only true and false")
     guard = _typed(sql, typ, kinds.pop()) if len(kinds) == 1 else ""
     marks = ", ".join(ctx.bind(int(v.value) if isinstance(v.value, bool) else v.value) for v in node.values)
     return f"({guard}{sql} {'NOT ' if node.negate else ''}IN ({marks}))"
@@ -287,18 +367,27 @@ def _nodes_sql(ns: NodeSet, ctx: _Ctx) -> str:
     """SELECT graph, name of the nodes a selector reaches (possibly repeated)."""
     if ns.var != ctx.var:
         raise ctx.error(ns, f"unknown name {ns.var!r}: this query's model variable is {ctx.var!r}")
-    try:
-        regex = node_pattern(ns.pattern)
-        re.compile(regex)
-    except re.error as exc:
-        raise ctx.error(ns, f"bad node pattern {ns.pattern!r}: {exc}") from None
+    regex = _checked_pattern(ns.pattern, ns, ctx)
     sql = f"SELECT graph, name FROM graph_nodes WHERE name REGEXP {ctx.bind(regex)}"
     for step in ns.steps:
-        if step == "next":
-            sql = f"SELECT e.graph, e.dst AS name FROM graph_edges e JOIN ({sql}) s ON e.graph = s.graph AND e.src = s.name"
-        else:
-            sql = f"SELECT e.graph, e.src AS name FROM graph_edges e JOIN ({sql}) s ON e.graph = s.graph AND e.dst = s.name"
+        # each hop is a CTE of distinct nodes: long walks neither nest subqueries past
+        # SQLite's parser depth nor multiply the paths through branching graphs
+        prev = ctx.cte(sql)
+        there, here = ("dst", "src") if step == "next" else ("src", "dst")
+        sql = (f"SELECT DISTINCT e.graph, e.{there} AS name FROM graph_edges e"
+               f" JOIN {prev} s ON e.graph = s.graph AND e.{here} = s.name")
     return sql
+
+
+def _checked_pattern(pattern: str, node: Any, ctx: _Ctx) -> str:
+    """A node-name pattern as a regular expression Python compiles (REGEXP runs in
+    Python, where a bad one would surface as an SQLite error)."""
+    try:
+        regex = node_pattern(pattern)
+        re.compile(regex)
+    except re.error as exc:
+        raise ctx.error(node, f"bad node pattern {pattern!r}: {exc}") from None
+    return regex
 
 
 def _template(t: Template, ctx: _Ctx) -> str:
@@ -318,7 +407,7 @@ def _template(t: Template, ctx: _Ctx) -> str:
                 raise ctx.error(t, f"POOL takes \"MAX\" or \"AVG\", not {arg!r}")
             conds.append(f"n.kind = {ctx.bind(kind)}")
         else:
-            conds.append(f"n.name REGEXP {ctx.bind(node_pattern(arg))}")
+            conds.append(f"n.name REGEXP {ctx.bind(_checked_pattern(arg, t, ctx))}")
     for key, value in t.kwargs:
         path = "$." + '"' + key.replace('"', '""') + '"'
         if isinstance(value, (int, float)) and not isinstance(value, bool):

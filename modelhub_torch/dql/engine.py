@@ -15,6 +15,10 @@ if TYPE_CHECKING:
     from modelhub_torch.repository import Version
 
 BASE_COLUMNS = ["ref", "name", "version", "created", "params", "size"]
+# SQLite's words for a statement beyond its compiled-in limits: the query's shape, not
+# a bug, so the user hears what to change
+_TOO_DEEP = ("stack overflow", "expression tree is too large")
+_TOO_BIG = ("too many", "too large", "too big", "at most")
 
 
 @functools.lru_cache(maxsize=512)
@@ -99,12 +103,35 @@ def execute(
         )
     assert isinstance(stmt, Select)
     compiled = compile_select(stmt, text, resolve)
+    _check_literal_count(conn, len(compiled.params))
     prepare_connection(conn)
     if compiled.needs_tags:
         conn.execute("DELETE FROM temp.q_tags")
         conn.executemany("INSERT INTO temp.q_tags VALUES (?, ?)", list(tags()))
     try:
         rows = conn.execute(compiled.sql, compiled.params).fetchall()
-    except sqlite3.Error as exc:  # a compiler bug, never the user's: say so plainly
+    except sqlite3.Error as exc:
+        # the query's shape, not the index: no cause, so Repository.query does not take
+        # it for a damaged index file (which it sets aside and rebuilds)
+        said = str(exc).lower()
+        if any(words in said for words in _TOO_DEEP):
+            raise DQLError(f"the query nests too deeply for SQLite ({exc}); use fewer nested "
+                           "parentheses (a and (b and c) is a and b and c)") from None
+        if any(words in said for words in _TOO_BIG):
+            raise DQLError(f"the query is too large for SQLite ({exc}); split it into smaller queries") from None
+        # a compiler bug or a damaged index, never the user's: say so plainly (the cause
+        # lets Repository.query tell damage apart)
         raise DQLError(f"internal error running the query ({exc}); please report it with the query") from exc
     return QueryResult(rows, compiled.columns, to_version)
+
+
+def _check_literal_count(conn: sqlite3.Connection, n: int) -> None:
+    """Each literal (and node pattern) is one SQL parameter; SQLite takes a bounded
+    number per statement (250000 in recent builds, 999 in old ones)."""
+    getlimit = getattr(conn, "getlimit", None)  # Python >= 3.11
+    limit = getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) if getlimit else 999
+    if n > limit:
+        raise DQLError(
+            f"the query has {n} literals and patterns; SQLite takes at most {limit} in one "
+            "query: split long 'in (...)' lists over several queries"
+        )

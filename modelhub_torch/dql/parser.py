@@ -7,27 +7,43 @@ its first character, so later stages (unknown field, type mismatch) can point to
 
 from __future__ import annotations
 
+import codecs
 import functools
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-from lark import Lark, Token, Transformer, v_args
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark import Lark, Token, Transformer, Tree, v_args
+from lark.exceptions import (
+    UnexpectedCharacters,
+    UnexpectedEOF,
+    UnexpectedInput,
+    UnexpectedToken,
+    VisitError,
+)
 
 from modelhub_torch.errors import DQLError
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _printable(text: str) -> str:
+    """``text`` with lone surrogates as U+FFFD (one character each, so carets stay
+    aligned): an error message must print, whatever the query held."""
+    return _SURROGATE.sub("\ufffd", text)
 
 
 def caret_error(text: str, pos: int | None, message: str) -> DQLError:
     """``message`` followed by the query line and a caret under column ``pos``."""
     if pos is None:
-        return DQLError(message)
+        return DQLError(_printable(message))
     pos = max(0, min(pos, len(text)))
     start = text.rfind("\n", 0, pos) + 1
     end = text.find("\n", pos)
     line = text[start : end if end >= 0 else len(text)]
     lineno = text.count("\n", 0, pos) + 1
-    return DQLError(f"{message} (line {lineno}, column {pos - start + 1})\n  {line}\n  {' ' * (pos - start)}^")
+    return DQLError(_printable(f"{message} (line {lineno}, column {pos - start + 1})\n  {line}\n  {' ' * (pos - start)}^"))
 
 
 # ---------------------------------------------------------------------- the tree
@@ -137,6 +153,7 @@ class Select(Node):
     where: Any = None
     order: tuple[OrderItem, ...] = ()
     limit: int | None = None
+    offset: int | None = None
 
 
 @dataclass(frozen=True)
@@ -175,9 +192,71 @@ class Evaluate(Node):
     keep: tuple[str, tuple[Any, ...]] | None
 
 
-def _unquote(tok: Token) -> str:
+# SQLite's integers are 64-bit: a larger integer literal is a REAL there, and here
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# the deepest nesting (not, parentheses) a query may have: far beyond any real query,
+# well within Python's recursion limit and SQLite's expression depth (1000)
+MAX_NESTING = 100
+
+_ESCAPE = re.compile(r"\\(?:x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|N\{[A-Za-z0-9 \-]*\}|[0-7]{1,3}|.)", re.S)
+_SIMPLE_ESCAPES = {"\\": "\\", "'": "'", '"': '"', "a": "\a", "b": "\b", "f": "\f",
+                   "n": "\n", "r": "\r", "t": "\t", "v": "\v", "\n": ""}
+
+
+def _shown(seq: str) -> str:
+    """An escape as the user typed it (quoted), or its repr if it holds a control character."""
+    return f"'{seq}'" if seq.isprintable() else repr(seq)
+
+
+def _escape(m: re.Match[str], text: str, at: int) -> str:
+    """One backslash escape of a string literal, as Python reads it; an unknown one
+    (``\\q``) stays as written, a malformed one (``\\x4``) is an error at its column."""
+    seq = m.group(0)
+    if len(seq) == 2 and seq[1] in _SIMPLE_ESCAPES:
+        return _SIMPLE_ESCAPES[seq[1]]
+    if len(seq) == 2 and seq[1] not in "xuUN01234567":
+        return seq
+    try:
+        return codecs.decode(seq, "unicode_escape")
+    except UnicodeDecodeError:
+        raise caret_error(
+            text, at + m.start(),
+            f"bad escape {_shown(seq)} in a string: use \\xHH, \\uHHHH, \\UHHHHHHHH, \\N{{name}}, or \\\\ for a backslash",
+        ) from None
+
+
+def _unquote(tok: Token, text: str = "") -> str:
+    """The value of a string literal; escapes as in Python. Escaped surrogate pairs
+    join into one character, a lone surrogate is an error (SQLite stores UTF-8)."""
     body = str(tok)[1:-1]
-    return body.encode("utf-8").decode("unicode_escape") if "\\" in body else body
+    if "\\" not in body:
+        return body
+    at = (tok.start_pos or 0) + 1
+    value = _ESCAPE.sub(lambda m: _escape(m, text, at), body)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = value.encode("utf-16", "surrogatepass").decode("utf-16", "surrogatepass")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise caret_error(
+                text, at - 1, "this string holds a lone surrogate (an escape like \\ud800 without its pair), "
+                "which is not a character: write the character itself or \\UHHHHHHHH",
+            ) from None
+    return value
+
+
+def _number_value(text: str) -> int | float:
+    """An integer literal stays an int while SQLite can hold it (64 bits); beyond that,
+    and for anything with a point or exponent, a float (``1e400`` is infinity), so a
+    huge literal compares as SQLite itself would take it: as a REAL."""
+    digits = text.lstrip("+-")
+    if digits.isdigit() and len(digits) <= 19:
+        value = int(text)
+        if INT64_MIN <= value <= INT64_MAX:
+            return value
+    return float(text)
 
 
 def _pos(x: Any) -> int:
@@ -188,16 +267,30 @@ def _pos(x: Any) -> int:
 
 @v_args(inline=True)
 class _ToTree(Transformer):
-    """lark parse tree → the dataclasses above."""
+    """lark parse tree → the dataclasses above. ``text`` is the query, for errors."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def _unquote(self, tok: Token) -> str:
+        return _unquote(tok, self.text)
+
+    def _row_count(self, clause: str, tok: Token) -> int:
+        """The number of a limit/offset clause: a whole number SQLite can hold."""
+        text = str(tok)
+        if not text.lstrip("+").isdigit():
+            raise caret_error(self.text, _pos(tok), f"{clause} takes a whole number of versions, 0 or more; not {text}")
+        if len(text.lstrip("+0")) > 19 or int(text) > INT64_MAX:
+            raise caret_error(self.text, _pos(tok), f"{clause} {text} is out of range: at most {INT64_MAX}")
+        return int(text)
 
     # literals
     def string(self, tok: Token) -> Literal:
-        return Literal(_unquote(tok), pos=_pos(tok))
+        return Literal(self._unquote(tok), pos=_pos(tok))
 
     def number(self, tok: Token) -> Literal:
-        text = str(tok)
-        value: Any = int(text) if text.lstrip("+-").isdigit() else float(text)
-        return Literal(value, pos=_pos(tok))
+        return Literal(_number_value(str(tok)), pos=_pos(tok))
 
     def true(self, tok: Token) -> Literal:
         return Literal(True, pos=_pos(tok))
@@ -211,7 +304,7 @@ class _ToTree(Transformer):
 
     def nodeset(self, var: Token, pattern: Token, *steps: Token) -> NodeSet:
         clean = tuple(str(s).lstrip(".").strip().lower() for s in steps)
-        return NodeSet(str(var), _unquote(pattern), clean, pos=_pos(var))
+        return NodeSet(str(var), self._unquote(pattern), clean, pos=_pos(var))
 
     def count(self, kw: Token, nodes: NodeSet) -> Count:
         return Count(nodes, pos=_pos(kw))
@@ -239,10 +332,10 @@ class _ToTree(Transformer):
         return Compare("!=" if str(op) == "<>" else str(op), left, right, pos=_pos(left))
 
     def like(self, operand: Any, *rest: Token) -> Like:
-        return Like(operand, _unquote(rest[-1]), negate=len(rest) == 3, pos=_pos(operand))
+        return Like(operand, self._unquote(rest[-1]), negate=len(rest) == 3, pos=_pos(operand))
 
     def ilike(self, operand: Any, *rest: Token) -> Like:
-        return Like(operand, _unquote(rest[-1]), negate=len(rest) == 3, ignore_case=True, pos=_pos(operand))
+        return Like(operand, self._unquote(rest[-1]), negate=len(rest) == 3, ignore_case=True, pos=_pos(operand))
 
     def in_list(self, operand: Any, *rest: Any) -> InList:
         negate = isinstance(rest[0], Token) and rest[0].type == "NOT"
@@ -283,11 +376,14 @@ class _ToTree(Transformer):
         return ("order", tuple(items))
 
     def limit_clause(self, _kw: Token, n: Token) -> tuple[str, Any]:
-        return ("limit", int(str(n)))
+        return ("limit", self._row_count("limit", n))
+
+    def offset_clause(self, _kw: Token, n: Token) -> tuple[str, Any]:
+        return ("offset", self._row_count("offset", n))
 
     def select_stmt(self, kw: Token, var: Token, *clauses: tuple[str, Any]) -> Select:
         c = dict(clauses)
-        return Select(str(var), c.get("where"), c.get("order", ()), c.get("limit"), pos=_pos(kw))
+        return Select(str(var), c.get("where"), c.get("order", ()), c.get("limit"), c.get("offset"), pos=_pos(kw))
 
     # enumeration
     def set_endpoint(self, var: Token, name: Token, nodes: NodeSet) -> Mutation:
@@ -314,10 +410,10 @@ class _ToTree(Transformer):
         return self._derive("construct", *items)
 
     def config_clause(self, _kw: Token, name: Token, value: Token) -> tuple[str, Any]:
-        return ("config", (str(name), _unquote(value)))
+        return ("config", (str(name), self._unquote(value)))
 
     def config_path(self, *parts: Token) -> tuple[str, ...]:
-        return tuple(_unquote(p) if p.type == "STRING" else str(p) for p in parts)
+        return tuple(self._unquote(p) if p.type == "STRING" else str(p) for p in parts)
 
     def vary_values(self, path: tuple[str, ...], _in: Token, *values: Literal) -> VaryItem:
         return VaryItem(path, tuple(v.value for v in values))
@@ -333,7 +429,7 @@ class _ToTree(Transformer):
 
     def evaluate_stmt(self, kw: Token, var: Token, _from: Token, source: Token, *clauses: Any) -> Evaluate:
         c = dict(clauses)
-        return Evaluate(str(var), _unquote(source), c.get("config"), c.get("vary", ()), c.get("keep"), pos=_pos(kw))
+        return Evaluate(str(var), self._unquote(source), c.get("config"), c.get("vary", ()), c.get("keep"), pos=_pos(kw))
 
 
 @functools.cache
@@ -344,7 +440,7 @@ def _parser() -> Lark:
 
 _TERMINAL_WORDS = {
     "VAR": "a name", "NAME": "a name", "STRING": "a string", "SIGNED_NUMBER": "a number",
-    "INT": "an integer", "COMP": "a comparison (= != < <= > >=)", "STEP": ".next or .prev",
+    "COMP": "a comparison (= != < <= > >=)", "STEP": ".next or .prev",
     "ACTION": ".insert, .delete or .replace", "LPAR": "'('", "RPAR": "')'", "LSQB": "'['",
     "RSQB": "']'", "COMMA": "','", "DOT": "'.'", "EQUAL": "'='", "$END": "the end of the query",
 }
@@ -355,10 +451,42 @@ def _expected(names: set[str]) -> str:
     return ", ".join(words[:12]) + (" ..." if len(words) > 12 else "")
 
 
+def _check_unicode(text: str) -> None:
+    """SQLite stores UTF-8: a lone surrogate (possible in a Python str) cannot reach it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise caret_error(
+            text, exc.start, f"the query holds {text[exc.start]!r}, a lone surrogate, which is not a "
+            "character (a decoding error upstream?); remove it",
+        ) from None
+
+
+def _check_nesting(tree: Tree, text: str) -> None:
+    """Refuse trees nested deeper than ``MAX_NESTING`` before anything recurses over them
+    (the tree walk itself is iterative)."""
+    stack: list[tuple[Any, int]] = [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if not isinstance(node, Tree):
+            continue
+        if depth > MAX_NESTING:
+            first = node
+            while isinstance(first, Tree) and first.children:
+                first = first.children[0]
+            raise caret_error(
+                text, _pos(first) if isinstance(first, Token) else None,
+                f"the query nests more than {MAX_NESTING} levels deep (not, parentheses); "
+                "simplify it (e.g. 'not not x' is x)",
+            )
+        stack.extend((child, depth + 1) for child in node.children)
+
+
 def parse(text: str) -> Select | Derive | Evaluate:
     """Parse one DQL statement; a ``DQLError`` points at what is wrong."""
     if not isinstance(text, str) or not text.strip():
         raise DQLError("empty query: start with 'select m where ...' (see docs/DQL.md)")
+    _check_unicode(text)
     try:
         tree = _parser().parse(text)
     except UnexpectedEOF as exc:
@@ -376,4 +504,10 @@ def parse(text: str) -> Select | Derive | Evaluate:
         ) from None
     except UnexpectedInput as exc:  # pragma: no cover - other lark errors carry a position too
         raise caret_error(text, getattr(exc, "pos_in_stream", None), f"cannot parse the query: {exc}") from None
-    return _ToTree().transform(tree)
+    _check_nesting(tree, text)
+    try:
+        return _ToTree(text).transform(tree)
+    except VisitError as exc:  # lark wraps what a rule raised
+        if isinstance(exc.orig_exc, DQLError):
+            raise exc.orig_exc from None
+        raise
