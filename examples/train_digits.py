@@ -6,7 +6,8 @@ The one line that matters is the callback::
 
 Each epoch's checkpoint is committed to the repository (weights compact, trainer state
 kept for the latest and the best version), ``digits-cnn@best`` follows ``val_acc``,
-and any version can be resumed with ``trainer.fit(ckpt_path="modelhub://<repo>#<ref>")``.
+the latest and the best resume with ``trainer.fit(ckpt_path="modelhub://<repo>#<ref>")``
+and every version loads (``load_from_checkpoint``); older ones are weights-only.
 
     python examples/train_digits.py [--repo hub] [--epochs 12] [--compare]
 
@@ -89,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         mc, ours = out["modelcheckpoint_bytes"], out["repo_bytes"]
         print(f"ModelCheckpoint(save_top_k=-1) wrote {mc / 1024:.0f} KiB; the repository holds {ours / 1024:.0f} KiB"
               f" ({mc / ours:.2f}x smaller)")
-    print(f"resume any version: trainer.fit(module, ckpt_path={out['best_url']!r})")
+    print(f"resume the best version: trainer.fit(module, ckpt_path={out['best_url']!r})"
+          " (older versions are weights-only: load them with load_from_checkpoint)")
     return 0
 
 
