@@ -4,6 +4,7 @@ frames from plane packs, decode in parallel, and verify every tensor's digest.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -32,8 +33,8 @@ def lossy_values(codes: np.ndarray, transform: dict[str, Any], dtype: str) -> np
 
     try:
         values = lossy.decode(codes.view(lossy.code_dtype(transform)), transform, dtype)
-    except (TypeError, ValueError, KeyError) as exc:
-        raise FormatError(f"bad lossy transform {transform!r}: {exc}") from exc
+    except (TypeError, ValueError, KeyError, ArithmeticError) as exc:
+        raise FormatError(f"bad lossy transform {str(transform)[:200]}: {exc}") from exc
     return np.ascontiguousarray(values).view(uint_dtype(dtype))
 
 
@@ -67,10 +68,10 @@ class TensorReader:
     def record(self, vid: str, idx: int) -> dict[str, Any]:
         self._seen_versions.add(vid)
         m = self.manifest_of(vid)
-        try:
-            return m.tensors[idx]
-        except IndexError:
-            raise FormatError(f"{m.ref} has no tensor #{idx}") from None
+        # a negative index would silently pick a tensor from the end
+        if not 0 <= idx < len(m.tensors):
+            raise FormatError(f"{m.ref} has no tensor #{idx}; a record linking to it is damaged")
+        return m.tensors[idx]
 
     def resolve(self, vid: str, idx: int) -> tuple[str, int]:
         """Follow ``same`` links to the record that holds the data."""
@@ -97,6 +98,11 @@ class TensorReader:
                 stack.discard((vid, idx))
         try:
             return self._decode_retrying(vid, idx, planes)
+        except RecursionError:
+            raise FormatError(
+                f"version {vid} tensor {idx}: its chain of deltas and links is too deep to follow; "
+                "the repository is damaged — run 'modelhub verify'"
+            ) from None
         finally:
             self._active.stack = None
 
@@ -137,17 +143,20 @@ class TensorReader:
             self._refuse_dropped(vid, want)
         hvid, hidx = self.resolve(vid, idx)
         key = (hvid, hidx)
+        rec = self.record(hvid, hidx)
+        # checked before the cache: a link must never hand out another tensor's bits
+        if rec["data"]["kind"] != "planes":  # a link to a pruned record
+            raise FormatError(f"version {vid} tensor {want['path']!r} links to a tensor without data")
+        if rec["digest"] != want["digest"] or rec["nbytes"] != want["nbytes"]:
+            raise CorruptObjectError(
+                f"version {vid} tensor {want['path']!r} links to data with another digest or size"
+            )
         if planes is None:
             with self._lock:
                 hit = self._cache.get(key)
                 if hit is not None:
                     self._cache.move_to_end(key)
                     return hit
-        rec = self.record(hvid, hidx)
-        if rec["digest"] != want["digest"]:
-            raise CorruptObjectError(
-                f"version {vid} tensor {want['path']!r} links to data with another digest"
-            )
         bits = self._decode_planes(hvid, rec, planes)
         if planes is None:
             if digest_bits(bits) != rec["digest"]:
@@ -184,13 +193,11 @@ class TensorReader:
         if data["kind"] != "planes":
             raise FormatError(f"unknown tensor record kind {data['kind']!r}")
         cfg = codec.CodecConfig.from_json(data["codec"])
-        n = int(np.prod(rec["shape"], dtype=np.int64)) * (2 if rec["dtype"].startswith("complex") else 1)
+        n = math.prod(rec["shape"]) * (2 if rec["dtype"].startswith("complex") else 1)
         transform = data.get("lossy")
         if transform is not None:  # lossy codes (archive --lossy): decoded whole, then mapped
             planes = None
-            out = np.empty(n, uint_dtype(transform["code_dtype"]))
-        else:
-            out = np.empty(n, uint_dtype(rec["dtype"]))
+        out_dtype = uint_dtype(rec["dtype"] if transform is None else transform["code_dtype"])
         base = None
         context: np.ndarray | codec.ExponentContext | None = None
         if data.get("context") is not None:
@@ -206,7 +213,10 @@ class TensorReader:
             b = data["base"]
             base = self.decode(b["version"], int(b["index"]), planes)
         m = self.manifest_of(vid)
+        # frames first: the output is allocated only once the bytes it is decoded from
+        # were found (a manifest cannot make a reader allocate what no pack backs)
         chunks = self.fetch(m, data["chunks"], planes, data.get("cold_from"))
+        out = np.empty(n, out_dtype)
         where = f"{m.ref} tensor {rec['path']!r}"
         codec.decode_tensor(chunks, out, base, cfg, where, context=context)
         if transform is not None:
@@ -222,6 +232,8 @@ class TensorReader:
         for chunk in chunks:
             for p, frame in enumerate(chunk["frames"][:planes]):
                 wanted.setdefault(p, []).append((int(frame[0]), int(frame[1])))
+        if len({len(c["frames"][:planes]) for c in chunks}) > 1:  # payloads below pair up by position
+            raise FormatError(f"{m.ref}: the chunks of a tensor hold different numbers of planes")
         payloads: dict[int, list[bytes | memoryview]] = {}
         for p, ranges in wanted.items():
             packs = m.cold_packs if cold_from is not None and p >= cold_from else m.packs

@@ -13,10 +13,13 @@ referenced twice, so the tie is restored on load.
 from __future__ import annotations
 
 import base64
+import binascii
 import collections
 import enum
+import functools
 import math
 import pickle
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -168,60 +171,256 @@ def flatten(obj: Any, allow_pickle: bool = False) -> Flattened:
     return f.out
 
 
-def unflatten(skeleton: Any, tensors: list[torch.Tensor], weights_only: bool = True) -> Any:
-    """Rebuild the object from its skeleton and decoded tensors (ties restored)."""
+# nesting levels a skeleton may have: deeper than any checkpoint a commit could store
+# (flatten and the JSON codec recurse too), so only a damaged skeleton goes past it
+MAX_DEPTH = 1000
+# companion keys each tag may carry besides itself
+_COMPANIONS: dict[str, frozenset[str]] = {
+    "$t": frozenset({"np", "param"}),
+    "$dict": frozenset({"cls"}),
+    "$np": frozenset({"v"}),
+    "$bytes": frozenset({"mutable"}),
+    "$set": frozenset({"frozen"}),
+    **{tag: frozenset() for tag in ("$tuple", "$float", "$size", "$dtype", "$device", "$pickle")},
+}
+_NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+# every torch dtype by the name flatten writes: a name from a repository is looked up
+# here, never with getattr(torch, name) (which would hand out any attribute)
+_TORCH_DTYPES: dict[str, torch.dtype] = {
+    str(v).removeprefix("torch."): v for v in vars(torch).values() if isinstance(v, torch.dtype)
+}
+_INT64 = (-(1 << 63), (1 << 63) - 1)
 
-    def build(node: Any) -> Any:
+
+class _Bad(Exception):
+    """A malformed node (``args``: the node, what is wrong); located after the walk."""
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _tag(node: dict) -> str:
+    """The one ``$`` tag of a skeleton object; its other keys must be its companions."""
+    if len(node) == 1:  # the common case: a bare tag
+        (tag,) = node
+        if tag in _COMPANIONS:
+            return tag
+    tags = [k for k in node if isinstance(k, str) and k.startswith("$")]
+    if len(tags) != 1 or tags[0] not in _COMPANIONS:
+        raise _Bad(node, f"unknown skeleton tag in {sorted(map(str, node))[:8]!r}")
+    if len(node) > 1 and not _COMPANIONS[tags[0]].issuperset(k for k in node if k != tags[0]):
+        extra = sorted(map(str, set(node) - {tags[0]} - _COMPANIONS[tags[0]]))
+        raise _Bad(node, f"{tags[0]} node with unexpected keys {extra[:8]!r}")
+    return tags[0]
+
+
+@functools.lru_cache(maxsize=256)
+def _np_scalar_dtype(name: str) -> np.dtype | None:
+    """A numpy scalar dtype named in a skeleton: numbers and bools only (never object,
+    void or structured dtypes, which could hold pointers or nested fields)."""
+    try:
+        dt = np.dtype(name)
+    except (TypeError, ValueError, SyntaxError):
+        return None
+    return dt if dt.kind in "biufc" and dt.fields is None and dt.subdtype is None else None
+
+
+def _check_node(node: dict, tag: str, live: Sequence[bool]) -> list[Any]:
+    """Check one tagged node's own values; returns the children still to check."""
+    value = node[tag]
+    if tag == "$t":
+        if not _is_int(value) or not 0 <= value < len(live) or not live[value]:
+            raise _Bad(node, f"tensor index {str(value)[:40]} names no stored tensor (of {len(live)})")
+        if not all(isinstance(node.get(k, False), bool) for k in ("np", "param")):
+            raise _Bad(node, "tensor flags 'np' and 'param' must be true or false")
+        return []
+    if tag == "$dict":
+        if not isinstance(value, list) or not all(isinstance(kv, list) and len(kv) == 2 for kv in value):
+            raise _Bad(node, "$dict must hold a list of [key, value] pairs")
+        if not isinstance(node.get("cls", ""), str):
+            raise _Bad(node, "$dict cls must be a string")
+        return [x for kv in value for x in kv]
+    if tag in ("$tuple", "$set"):
+        if not isinstance(value, list) or not isinstance(node.get("frozen", False), bool):
+            raise _Bad(node, f"{tag} must hold a list")
+        if tag == "$set" and not all(_hashable_leaf(v) for v in value):
+            raise _Bad(node, "$set may hold only numbers, strings, booleans and null")
+        return value if tag == "$tuple" else []
+    if not _LEAF_CHECKS[tag](node, value):
+        raise _Bad(node, f"malformed {tag} node {str(node)[:120]}")
+    return []
+
+
+_LEAF_CHECKS: dict[str, Any] = {
+    "$float": lambda node, v: isinstance(v, str) and v in _NON_FINITE,
+    "$np": lambda node, v: isinstance(v, str) and isinstance(node.get("v"), str) and _np_scalar_dtype(v) is not None,
+    "$size": lambda node, v: isinstance(v, list) and all(_is_int(x) and _INT64[0] <= x <= _INT64[1] for x in v),
+    "$dtype": lambda node, v: isinstance(v, str) and v in _TORCH_DTYPES,
+    "$device": lambda node, v: isinstance(v, str) and len(v) <= 64,
+    "$bytes": lambda node, v: isinstance(v, str) and isinstance(node.get("mutable", False), bool),
+    "$pickle": lambda node, v: isinstance(v, str),
+}
+
+
+def _hashable_leaf(v: Any) -> bool:
+    if v is None or isinstance(v, (bool, int, str)):
+        return True
+    if isinstance(v, float):
+        return math.isfinite(v)
+    return isinstance(v, dict) and len(v) == 1 and v.get("$float") in _NON_FINITE
+
+
+_PLAIN = (type(None), bool, int, str)
+
+
+def check_skeleton(skeleton: Any, live: Sequence[bool], where: str = "skeleton") -> None:
+    """Refuse a skeleton that :func:`unflatten` could not rebuild exactly: unknown tags
+    or keys, values of the wrong type, tensor indices out of range or naming a pruned
+    tensor (``live[i]`` False), names outside the allow-lists, nesting deeper than
+    MAX_DEPTH. Iterative, so a deep document cannot exhaust the stack here; the path
+    of a bad node is worked out only when there is one."""
+    try:
+        _walk(skeleton, live)
+    except _Bad as bad:
+        node, what = bad.args
+        raise FormatError(f"{where} at {_path_of(skeleton, node)}: {what}") from None
+
+
+def _walk(skeleton: Any, live: Sequence[bool]) -> None:
+    stack: list[tuple[Any, int]] = [(skeleton, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if type(node) in _PLAIN:
+            continue
+        if depth > MAX_DEPTH:
+            raise _Bad(node, f"nested deeper than {MAX_DEPTH} levels")
+        if isinstance(node, list):
+            children = node
+        elif isinstance(node, dict):
+            children = _check_node(node, _tag(node), live)
+        elif isinstance(node, float) and math.isfinite(node):
+            continue
+        else:
+            raise _Bad(node, f"{str(node)[:40]} ({type(node).__name__}) is no skeleton node")
+        depth += 1
+        stack.extend((c, depth) for c in children)
+
+
+def _path_of(skeleton: Any, target: Any) -> str:
+    """Where ``target`` sits in the skeleton (for error messages: the slow path)."""
+    stack: list[tuple[Any, str]] = [(skeleton, "")]
+    while stack:
+        node, path = stack.pop()
+        if node is target:
+            return (path[:200] + ("..." if len(path) > 200 else "")) or "<root>"
+        if isinstance(node, list):
+            stack.extend((c, f"{path}/{i}") for i, c in enumerate(node))
+        elif isinstance(node, dict):
+            stack.extend((c, f"{path}/{k}") for k, c in node.items())
+    return "<root>"
+
+
+def _b64(text: str, where: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise FormatError(f"{where}: bad base64 ({exc})") from None
+
+
+def unflatten(skeleton: Any, tensors: list[torch.Tensor | None], weights_only: bool = True) -> Any:
+    """Rebuild the object from its skeleton and decoded tensors (ties restored).
+
+    The skeleton is checked first (:func:`check_skeleton`); ``tensors[i]`` is None for
+    a pruned tensor, which a skeleton must not name."""
+    check_skeleton(skeleton, [t is not None for t in tensors])
+    try:
+        return _Builder(tensors, weights_only).build(skeleton)
+    except RecursionError:
+        raise FormatError(f"skeleton nested too deeply to rebuild (limit {MAX_DEPTH} levels)") from None
+
+
+class _Builder:
+    """Turns a checked skeleton into objects; only conversions that depend on values
+    (base64, devices, hashability, tensor kinds) can still fail, as FormatError."""
+
+    def __init__(self, tensors: list[Any], weights_only: bool):
+        self.tensors = tensors
+        self.weights_only = weights_only
+
+    def build(self, node: Any) -> Any:
         if node is None or isinstance(node, (bool, int, float, str)):
             return node
         if isinstance(node, list):
-            return [build(v) for v in node]
-        if not isinstance(node, dict) or len(node) == 0:
-            raise FormatError(f"malformed skeleton node {node!r}")
-        if "$t" in node:
-            t = tensors[node["$t"]]
+            return [self.build(v) for v in node]
+        tag = next(k for k in node if k.startswith("$"))
+        return getattr(self, "_" + tag[1:])(node, node[tag])
+
+    def _t(self, node: dict, i: int) -> Any:
+        t = self.tensors[i]
+        try:
             if node.get("np"):
                 return t.numpy()
             if "param" in node:
                 return torch.nn.Parameter(t, requires_grad=node["param"])
-            return t
-        if "$dict" in node:
-            cls_name = node.get("cls")
-            if cls_name is None:
-                cls = dict
-            elif cls_name == "AttributeDict":
-                cls = _attribute_dict() or dict
-            else:
-                cls = _SAFE_DICTS.get(cls_name, dict)
-            return cls((build(k), build(v)) for k, v in node["$dict"])
-        if "$tuple" in node:
-            return tuple(build(v) for v in node["$tuple"])
-        if "$float" in node:
-            return float(node["$float"])
-        if "$np" in node:
-            return np.frombuffer(base64.b64decode(node["v"]), dtype=np.dtype(node["$np"]))[0]
-        if "$size" in node:
-            return torch.Size(node["$size"])
-        if "$dtype" in node:
-            return getattr(torch, node["$dtype"])
-        if "$device" in node:
-            return torch.device(node["$device"])
-        if "$bytes" in node:
-            data = base64.b64decode(node["$bytes"])
-            return bytearray(data) if node.get("mutable") else data
-        if "$set" in node:
-            items = [build(v) for v in node["$set"]]
-            return frozenset(items) if node.get("frozen") else set(items)
-        if "$pickle" in node:
-            if weights_only:
-                raise PickleRequiredError(
-                    "this version holds pickled objects; load it with weights_only=False "
-                    "only if you trust the repository it came from"
-                )
-            return pickle.loads(base64.b64decode(node["$pickle"]))
-        raise FormatError(f"unknown skeleton tag in {sorted(node)!r}")
+        except (TypeError, RuntimeError) as exc:
+            raise FormatError(f"skeleton: tensor {i} ({t.dtype}) cannot be rebuilt as stored: {exc}") from None
+        return t
 
-    return build(skeleton)
+    def _dict(self, node: dict, items: list) -> Any:
+        cls_name = node.get("cls")
+        if cls_name is None:
+            cls = dict
+        elif cls_name == "AttributeDict":
+            cls = _attribute_dict() or dict
+        else:  # an allow-list lookup: unknown names rebuild a plain dict
+            cls = _SAFE_DICTS.get(cls_name, dict)
+        pairs = [(self.build(k), self.build(v)) for k, v in items]
+        try:
+            return cls(pairs)
+        except TypeError as exc:  # an unhashable key (a list, a dict)
+            raise FormatError(f"skeleton: a dict key cannot be used as one ({exc})") from None
+
+    def _tuple(self, node: dict, items: list) -> Any:
+        return tuple(self.build(v) for v in items)
+
+    def _float(self, node: dict, text: str) -> float:
+        return _NON_FINITE[text]
+
+    def _np(self, node: dict, name: str) -> Any:
+        dt = _np_scalar_dtype(name)
+        data = _b64(node["v"], "skeleton: numpy scalar")
+        if dt is None or len(data) != dt.itemsize:
+            raise FormatError(f"skeleton: numpy scalar of {name!r} holds {len(data)} bytes")
+        return np.frombuffer(data, dtype=dt)[0]
+
+    def _size(self, node: dict, dims: list) -> torch.Size:
+        return torch.Size(dims)
+
+    def _dtype(self, node: dict, name: str) -> torch.dtype:
+        return _TORCH_DTYPES[name]
+
+    def _device(self, node: dict, name: str) -> torch.device:
+        try:
+            return torch.device(name)
+        except (RuntimeError, ValueError, TypeError) as exc:
+            raise FormatError(f"skeleton: bad device {name!r}: {exc}") from None
+
+    def _bytes(self, node: dict, text: str) -> bytes | bytearray:
+        data = _b64(text, "skeleton: bytes")
+        return bytearray(data) if node.get("mutable") else data
+
+    def _set(self, node: dict, items: list) -> set | frozenset:
+        values = [self.build(v) for v in items]
+        return frozenset(values) if node.get("frozen") else set(values)
+
+    def _pickle(self, node: dict, text: str) -> Any:
+        if self.weights_only:
+            raise PickleRequiredError(
+                "this version holds pickled objects; load it with weights_only=False "
+                "only if you trust the repository it came from"
+            )
+        return pickle.loads(_b64(text, "skeleton: pickled object"))
 
 
 def state_dict_paths(skeleton: Any) -> dict[str, int]:
@@ -246,8 +445,12 @@ def state_dict_paths(skeleton: Any) -> dict[str, int]:
         return {}
     for key in ("state_dict", "model_state_dict", "model"):
         inner = entries(top.get(key))
-        if inner and all(isinstance(v, dict) and "$t" in v for v in inner.values()):
+        if inner and all(_tensor_node(v) for v in inner.values()):
             return {k: v["$t"] for k, v in inner.items()}
-    if top and all(isinstance(v, dict) and "$t" in v for v in top.values()):
+    if top and all(_tensor_node(v) for v in top.values()):
         return {k: v["$t"] for k, v in top.items()}
     return {}
+
+
+def _tensor_node(v: Any) -> bool:
+    return isinstance(v, dict) and _is_int(v.get("$t")) and v["$t"] >= 0

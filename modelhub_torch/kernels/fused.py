@@ -23,8 +23,18 @@ from modelhub_torch.kernels.planes import (
 
 
 @njit(nogil=True, cache=True)
+def _check_merge4(p0, p1, p2, p3, base, out):
+    """Refuse planes or a base shorter than the output, once per call (the merge loops
+    do not check bounds; callers check first, this is the last line of defence)."""
+    n = out.shape[0]
+    if min(p0.shape[0], p1.shape[0], p2.shape[0], p3.shape[0], base.shape[0]) < n:
+        raise ValueError("merge4: planes or base shorter than the output")
+
+
+@njit(nogil=True, cache=True)
 def merge4_exp_first(p0, p1, p2, p3, exp_bits, out):
     """``out[i]`` = IEEE bits of the exponent-first element whose bytes are p0..p3[i]."""
+    _check_merge4(p0, p1, p2, p3, p0, out)
     mbits = np.uint32(31 - exp_bits)
     emask = np.uint32((1 << exp_bits) - 1)
     mmask = np.uint32((1 << (31 - exp_bits)) - 1)
@@ -95,6 +105,7 @@ def split4_sub(target, base, p0, p1, p2, p3):
 @njit(nogil=True, cache=True)
 def merge4_sub(p0, p1, p2, p3, base, out):
     """Inverse of :func:`split4_sub`: ``out = base + unzigzag(planes)``."""
+    _check_merge4(p0, p1, p2, p3, base, out)
     m32 = np.uint64(0xFFFFFFFF)
     for i in range(out.shape[0]):
         z = (

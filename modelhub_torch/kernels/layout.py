@@ -36,6 +36,8 @@ def to_exp_first(bits, exp_bits, out):
 def from_exp_first(bits, exp_bits, out):
     """Inverse of :func:`to_exp_first`."""
     nbits = 8 * bits.itemsize
+    if out.shape[0] < bits.shape[0] or exp_bits < 0 or exp_bits > nbits - 2:
+        raise ValueError("from_exp_first: output too short or exponent wider than the element")
     mbits = _U64(nbits - 1 - exp_bits)
     emask = (_U64(1) << _U64(exp_bits)) - _U64(1)
     mmask = (_U64(1) << mbits) - _U64(1)

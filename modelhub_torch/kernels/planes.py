@@ -171,6 +171,10 @@ def decode_planes(planes, base, op, lane, group_from, out):
     n = out.shape[0]
     nplanes = planes.shape[0]
     nbytes = out.itemsize
+    # no bounds checks below: operands that do not fit are refused here, once (callers
+    # check first and raise the library's errors; this is the last line of defence)
+    if nplanes > nbytes or planes.shape[1] < n or (op != OP_NONE and base.shape[0] < n):
+        raise ValueError("decode_planes: planes or base do not fit the output")
     if op == OP_NONE and group_from < 1:
         group_from = 1  # plane 0 is stored ungrouped: it carries the keys
     grouped = group_from < nplanes

@@ -62,6 +62,8 @@ def _bit_length(x):
 @njit(nogil=True, cache=True)
 def context_buckets(a, b, out):
     """``out[i] = clip(bit_length(zigzag(a[i] - b[i])) - 4, 0, K - 1)`` (unsigned, wrapping)."""
+    if b.shape[0] < a.shape[0] or out.shape[0] < a.shape[0]:
+        raise ValueError("context_buckets: operands shorter than the base")
     nbits = 8 * a.itemsize
     mask = np.uint64(0xFFFFFFFFFFFFFFFF) >> np.uint64(64 - nbits)
     top = np.uint64(nbits - 1)
@@ -78,6 +80,8 @@ def exponent_buckets(base, shift, mask, lo, out):
     of each base element, as the context of a delta that has no neighbour yet (Adam
     moves every weight by about the learning rate, so the delta's size in units of the
     base's last place falls by half with each step of the base's exponent)."""
+    if out.shape[0] < base.shape[0]:
+        raise ValueError("exponent_buckets: output shorter than the base")
     sh = np.uint64(shift)
     mk = np.uint64(mask)
     for i in range(base.shape[0]):
@@ -174,7 +178,7 @@ def rans_ctx_decode(stream, ctx, freqs, out):
     """Decode ``len(out)`` symbols; returns bytes read, or -1 if ``stream`` or the
     tables are malformed (a row not summing to M where a context is used)."""
     n = out.shape[0]
-    if stream.shape[0] < 4 * STATES:
+    if stream.shape[0] < 4 * STATES or ctx.shape[0] < n:
         return -1
     sym = np.zeros((K, M), np.uint8)
     freq_of = np.zeros((K, M), np.uint32)
@@ -187,8 +191,8 @@ def rans_ctx_decode(stream, ctx, freqs, out):
         if total == M:
             valid[k] = True
             decoder_tables(freqs[k], sym[k], freq_of[k], bias_of[k])
-    for i in range(n):  # every context used must have a table
-        if not valid[ctx[i]]:
+    for i in range(n):  # every context used must exist and have a table
+        if ctx[i] >= K or not valid[ctx[i]]:
             return -1
     x = np.zeros(STATES, np.uint32)
     o = read_states(stream, 0, x)

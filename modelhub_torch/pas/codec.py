@@ -44,10 +44,25 @@ class CodecConfig:
     exp_bits: int = 0  # exponent width when coded in exponent-first layout, else 0
 
     def __post_init__(self) -> None:
-        if self.op not in OPS:
+        # codecs come from manifests and settings files (untrusted): every field is
+        # checked here, so no kernel ever sees a shift or a size it was not built for
+        if not isinstance(self.op, str) or self.op not in OPS:
             raise FormatError(f"unknown delta op {self.op!r}; expected one of {sorted(OPS)}")
-        if self.lane not in (1, 2, 4, 8):
-            raise FormatError(f"lane must be 1, 2, 4 or 8 bytes, got {self.lane}")
+        if not _is_int(self.lane) or self.lane not in (1, 2, 4, 8):
+            raise FormatError(f"lane must be 1, 2, 4 or 8 bytes, got {self.lane!r}")
+        for name, lo, hi in _INT_FIELDS:
+            value = getattr(self, name)
+            if not _is_int(value) or not lo <= value <= hi:
+                raise FormatError(f"codec field {name} must be an integer in {lo}..{hi}, got {value!r}")
+
+    def check_width(self, width: int, where: str) -> None:
+        """Refuse an exponent-first layout wider than the element (its bit shifts would
+        leave the element: wrong bits at best)."""
+        if self.exp_bits and self.exp_bits > 8 * width - 2:
+            raise FormatError(
+                f"{where}: codec exp_bits {self.exp_bits} does not fit {width}-byte elements; "
+                "the manifest is damaged — run 'modelhub verify'"
+            )
 
     def for_width(self, width: int) -> CodecConfig:
         """The same settings clipped to an element width (lanes never exceed it)."""
@@ -74,13 +89,21 @@ class CodecConfig:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CodecConfig:
+        if not isinstance(data, dict):
+            raise FormatError(f"bad codec config {str(data)[:200]}: a JSON object expected")
         try:
             return cls(**data)
         except TypeError as exc:
-            raise FormatError(f"bad codec config {data!r}: {exc}") from exc
+            raise FormatError(f"bad codec config {str(data)[:200]}: {exc}") from exc
 
 
 _FIELDS = tuple(f.name for f in fields(CodecConfig))
+# integer codec fields and their ranges (zstd levels run from -2^17 to 22)
+_INT_FIELDS = (("group_from", 0, 8), ("level", -(1 << 17), 22), ("chunk_elems", 1, 1 << 40), ("exp_bits", 0, 11))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -180,12 +203,13 @@ class ExponentContext:
 
     @classmethod
     def from_json(cls, data: Any) -> ExponentContext:
-        try:
-            lo, bits = int(data["from"]), int(data["bits"])
-        except (TypeError, KeyError, ValueError) as exc:
-            raise FormatError(f"bad exponent context {data!r}: {exc}") from exc
-        if not (1 <= bits <= 11 and abs(lo) < 1 << 12):
-            raise FormatError(f"bad exponent context {data!r}: exponent width 1..11 and a small offset expected")
+        lo = data.get("from") if isinstance(data, dict) else None
+        bits = data.get("bits") if isinstance(data, dict) else None
+        if not (_is_int(lo) and _is_int(bits) and 1 <= bits <= 11 and abs(lo) < 1 << 12):
+            raise FormatError(
+                f"bad exponent context {str(data)[:200]}: "
+                '{"from": small integer, "bits": exponent width 1..11} expected'
+            )
         return cls(lo, bits)
 
 
@@ -248,6 +272,32 @@ def encode_chunk(
     return _code_planes(planes, cfg.level, ctx)
 
 
+def _check_chunk(
+    frames: Sequence[Frame],
+    n: int,
+    out: np.ndarray,
+    base: np.ndarray | None,
+    context: np.ndarray | ExponentContext | None,
+    cfg: CodecConfig,
+    where: str,
+) -> None:
+    """What the kernels take for granted, checked once per chunk (they do not check
+    bounds): the output, base and neighbour hold ``n`` elements of one width (the
+    kernels index all three with the same ``i``), and there are no more planes than
+    bytes per element."""
+    if n < 0 or out.shape[0] != n:
+        raise FormatError(f"{where}: a chunk of {n} elements does not fit its {out.shape[0]}-element slot")
+    if len(frames) > out.itemsize:
+        raise FormatError(f"{where}: {len(frames)} planes for {out.itemsize}-byte elements")
+    for name, arr in (("base", base), ("context", context)):
+        if isinstance(arr, np.ndarray) and (arr.shape != out.shape or arr.dtype != out.dtype):
+            raise FormatError(
+                f"{where}: {name} tensor holds {arr.shape[0]} {arr.dtype} elements, expected "
+                f"{n} {out.dtype}; the manifest is damaged — run 'modelhub verify'"
+            )
+    cfg.check_width(out.itemsize, where)
+
+
 def decode_chunk(
     frames: Sequence[Frame],
     n: int,
@@ -259,6 +309,7 @@ def decode_chunk(
 ) -> None:
     """Rebuild ``out`` (``n`` elements) from the frames of its leading planes."""
     k = _kernels()
+    _check_chunk(frames, n, out, base, context, cfg, where)
     ctx = None
     if any(codec == entropy.RANS_CTX for codec, _ in frames):
         if context is None or base is None:
@@ -323,7 +374,7 @@ def decode_tensor(
 ) -> np.ndarray:
     """Decode all chunks into ``out`` (a flat uint array), in parallel; returns ``out``."""
     starts = np.cumsum([0] + [n for n, _ in chunks])
-    if starts[-1] != out.shape[0]:
+    if starts[-1] != out.shape[0] or any(n < 0 for n, _ in chunks):
         raise FormatError(f"{where}: chunks hold {starts[-1]} elements, expected {out.shape[0]}")
 
     def work(i: int) -> None:

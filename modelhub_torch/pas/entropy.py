@@ -25,6 +25,8 @@ ZSTD = "zstd"
 RANS = "rans0"  # four interleaved states: frames of earlier versions, still decoded
 RANS8 = "rans8"  # eight interleaved states: what new frames use (faster to decode)
 RANS_CTX = "rans_ctx"
+# every coder a frame may name (FORMAT.md); manifests naming another are refused
+CODERS = frozenset({RAW, ZSTD, RANS, RANS8, RANS_CTX})
 
 # Try rANS when the plane's order-0 entropy promises this much over zstd's output.
 RANS_GAIN = 0.03
@@ -115,17 +117,34 @@ def encode_plane_ctx(plane: memoryview | bytes, ctx: np.ndarray, level: int) -> 
 def _decode_rans_ctx(payload: bytes | memoryview, size: int, ctx: np.ndarray | None, where: str) -> memoryview:
     if ctx is None or len(ctx) != size:
         raise CorruptObjectError(f"{where}: a context-coded frame needs its context tensor")
-    try:
-        (tlen,) = struct.unpack_from("<I", payload, 0)
-        tables = _decompressor().decompress(bytes(payload[4 : 4 + tlen]), max_output_size=rans_ctx.K * 512)
-        freqs = np.frombuffer(tables, "<u2").astype(np.int64).reshape(rans_ctx.K, 256)
-    except (struct.error, zstandard.ZstdError, ValueError) as exc:
-        raise CorruptObjectError(f"{where}: context rANS tables do not decode ({exc})") from exc
+    if len(payload) < 4:
+        raise CorruptObjectError(f"{where}: context rANS frame of {len(payload)} bytes has no table length")
+    (tlen,) = struct.unpack_from("<I", payload, 0)
+    if 4 + tlen > len(payload):
+        raise CorruptObjectError(f"{where}: context rANS tables ({tlen} bytes) run past the frame's {len(payload)}")
+    tables = _zstd(payload[4 : 4 + tlen], rans_ctx.K * 512, f"{where}: context rANS tables")
+    freqs = np.frombuffer(tables, "<u2").astype(np.int64).reshape(rans_ctx.K, 256)
     stream = np.frombuffer(payload, np.uint8)[4 + tlen :]
     out = np.empty(size, np.uint8)
     if rans_ctx.rans_ctx_decode(stream, ctx, freqs, out) != stream.shape[0]:
         raise CorruptObjectError(f"{where}: context rANS frame does not decode")
     return out.data
+
+
+def _zstd(payload: bytes | memoryview, size: int, where: str) -> bytes:
+    """One zstd frame that must hold exactly ``size`` bytes. The size its header declares
+    is checked first: zstandard would otherwise allocate whatever a forged header asks
+    for (a bomb), ignoring ``max_output_size``."""
+    try:
+        declared = zstandard.frame_content_size(payload)
+        if declared not in (-1, size):
+            raise CorruptObjectError(f"{where}: zstd frame declares {declared} bytes, expected {size}")
+        data = _decompressor().decompress(payload, max_output_size=max(size, 1))
+    except zstandard.ZstdError as exc:
+        raise CorruptObjectError(f"{where}: zstd frame does not decode ({exc})") from exc
+    if len(data) != size:
+        raise CorruptObjectError(f"{where}: zstd frame holds {len(data)} bytes, expected {size}")
+    return data
 
 
 SAMPLE_BYTES = 1 << 16
@@ -173,10 +192,7 @@ def decode_plane(
             raise CorruptObjectError(f"{where}: rANS frame does not decode")
         data = out.data
     elif codec == ZSTD:
-        try:
-            data = _decompressor().decompress(payload, max_output_size=size)
-        except zstandard.ZstdError as exc:
-            raise CorruptObjectError(f"{where}: zstd frame does not decode ({exc})") from exc
+        data = _zstd(payload, size, where)
     else:
         raise CorruptObjectError(f"{where}: unknown plane codec {codec!r}")
     if len(data) != size:

@@ -16,8 +16,13 @@ import blake3
 
 from modelhub_torch.errors import CorruptObjectError
 from modelhub_torch.store.location import Location
+from modelhub_torch.validate import check_object_id, is_object_id
 
 OBJECTS = "objects"
+# ranges ending below this are read without asking the object's size first; a longer
+# one is checked against it, so a damaged manifest cannot make a read allocate what
+# the object does not hold
+CHECKED_READ_BYTES = 64 << 20
 
 
 def hash_bytes(data: bytes | memoryview) -> str:
@@ -58,9 +63,15 @@ class ObjectWriter:
         return self.object_id
 
     def abort(self) -> None:
+        """Drop the unfinished object; its temp file goes even when closing fails
+        (a full disk fails the flush in close())."""
         if self.object_id is None:
-            self._fh.close()
-            self._store.loc.delete(self._tmp)
+            try:
+                self._fh.close()
+            except OSError:
+                pass
+            finally:
+                self._store.loc.delete(self._tmp)
 
 
 class MappedObjects:
@@ -105,6 +116,9 @@ class ObjectStore:
 
     @staticmethod
     def rel(oid: str) -> str:
+        """Path of an object under the root; refuses anything but an object id, so a
+        name read from a repository can never point outside ``objects/``."""
+        check_object_id(oid, "object name")
         return os.path.join(OBJECTS, oid[:2], oid[2:])
 
     def writer(self) -> ObjectWriter:
@@ -133,12 +147,15 @@ class ObjectStore:
             raise self._missing(oid) from None
 
     def get(self, oid: str, verify: bool = True) -> bytes:
+        rel = self.rel(oid)
         try:
-            data = self.loc.read(self.rel(oid))
+            data = self.loc.read(rel)
         except FileNotFoundError:
             if self.cold is not None:
                 return self.cold.get(oid, verify)
             raise self._missing(oid) from None
+        except (IsADirectoryError, NotADirectoryError):
+            raise self._not_a_file(oid) from None
         if verify and hash_bytes(data) != oid:
             raise CorruptObjectError(
                 f"object {oid} is corrupt (its bytes no longer hash to its name); "
@@ -159,21 +176,37 @@ class ObjectStore:
             if off < 0 or n < 0:
                 raise CorruptObjectError(f"bad byte range ({off}, {n}) of object {oid}: a manifest is damaged")
         try:
+            # a mapping exists only for a checked object id; any other path goes through
+            # rel(), which checks it (no path is built on a hit: this runs once per plane)
             view = mapped.view(self.loc, oid) if mapped is not None else None
             if view is not None:
                 parts: list[bytes | memoryview] = [view[off : off + n] for off, n in ranges]
             else:
-                parts = list(self.loc.read_ranges(self.rel(oid), ranges))
+                rel = self.rel(oid)
+                self._check_ranges(oid, rel, ranges)
+                parts = list(self.loc.read_ranges(rel, ranges))
         except FileNotFoundError:
             if self.cold is not None:
                 return self.cold.get_ranges(oid, ranges, mapped)
             raise self._missing(oid) from None
+        except (IsADirectoryError, NotADirectoryError):
+            raise self._not_a_file(oid) from None
         for (off, n), part in zip(ranges, parts):
             if len(part) != n:
                 raise CorruptObjectError(
                     f"object {oid} is truncated: wanted {n} bytes at offset {off}, got {len(part)}"
                 )
         return parts
+
+    def _check_ranges(self, oid: str, rel: str, ranges: list[tuple[int, int]]) -> None:
+        """Ranges ending past ``CHECKED_READ_BYTES`` must lie inside the object: reading
+        them would otherwise allocate what a (damaged) manifest claims, not what is there."""
+        end = max((off + n for off, n in ranges), default=0)
+        if end > CHECKED_READ_BYTES and end > self.loc.size(rel):
+            raise CorruptObjectError(
+                f"object {oid} is truncated or a manifest is damaged: a frame ends at byte {end}, "
+                f"past the object's {self.loc.size(rel)} bytes; run 'modelhub verify'"
+            )
 
     def check(self, oid: str) -> bool:
         try:
@@ -191,10 +224,17 @@ class ObjectStore:
         """Every object id, in either tier (an id held by both is listed twice)."""
         for rel in self.loc.walk_files(OBJECTS):
             parts = rel.replace("\\", "/").split("/")
-            if len(parts) == 3 and len(parts[1]) == 2:
+            if len(parts) == 3 and len(parts[1]) == 2 and is_object_id(parts[1] + parts[2]):
                 yield parts[1] + parts[2]
         if self.cold is not None:
             yield from self.cold
+
+    @staticmethod
+    def _not_a_file(oid: str) -> CorruptObjectError:
+        return CorruptObjectError(
+            f"object {oid} is not a file (a folder stands in its place); the repository is "
+            "damaged — run 'modelhub verify'"
+        )
 
     @staticmethod
     def _missing(oid: str) -> CorruptObjectError:
