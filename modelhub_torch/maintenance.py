@@ -71,7 +71,7 @@ def scan(repo: Repository) -> Scan:
     _scan_links(s)
     _scan_objects(repo, s)
     _scan_tags(repo, s)
-    temps = repo.loc.listdir("tmp")
+    temps = _temp_files(repo)
     if temps:
         size = sum(_size(repo, f"tmp/{t}") for t in temps)
         s.problems.append(_problem(
@@ -79,6 +79,12 @@ def scan(repo: Repository) -> Scan:
             damage=False, action="'modelhub gc' removes them",
         ))
     return s
+
+
+def _temp_files(repo: Repository) -> list[str]:
+    """Leftovers of interrupted writes in tmp/; writers never name one with a leading
+    dot, so a ``.keep`` (an empty folder's placeholder in a git checkout) is not one."""
+    return [t for t in repo.loc.listdir("tmp") if not t.startswith(".")]
 
 
 def _size(repo: Repository, rel: str) -> int:
@@ -426,7 +432,7 @@ def gc(repo: Repository, dry_run: bool = False) -> dict[str, Any]:
                 removed += 1
                 if not dry_run:
                     repo.objects.delete(oid)
-        temps = repo.loc.listdir("tmp")
+        temps = _temp_files(repo)
         if not dry_run:
             for v in orphans:
                 repo.refs.delete_version(v)

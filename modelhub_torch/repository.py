@@ -271,7 +271,7 @@ class Repository:
         try:
             vid = self.refs.version_at(model, number)
             if vid:
-                self._index(vid)
+                self._index(vid, slot=(model, number))
         except ModelHubError as exc:
             self._note_damage(f"{model}@v{number}", str(exc))
 
@@ -286,9 +286,12 @@ class Repository:
                 stacklevel=3,
             )
 
-    def _index(self, vid: str) -> None:
+    def _index(self, vid: str, slot: tuple[str, int] | None = None) -> None:
+        """Index ``vid`` once its manifest and its ref agree; ``slot`` is the ref it
+        was just read from, so that ref is not read twice."""
         m = self.manifest(vid)
-        if self.refs.version_at(m.model, m.number) != vid:
+        claimed = (m.model, m.number)
+        if claimed != slot and self.refs.version_at(m.model, m.number) != vid:
             raise FormatError(
                 f"version {vid}'s manifest claims to be {m.ref}, which is another version "
                 "(or none): its ref is damaged; run 'modelhub verify --repair'"
@@ -385,8 +388,17 @@ class Repository:
             if n in listed:
                 return self._version_at(ref, model, n)
             self._no_such(ref, model, [f"{model}@v{k}" for k in listed])
-        if _is_number(which):  # never an id prefix: 'm@4' reads as version 4
+        if _is_number(which):  # 'm@4' reads as version 4; only 6+ digits can be an id prefix
             n = int(which)
+            ids = self._ids_with_prefix(model, which)
+            if len(ids) == 1 and n not in listed:
+                return ids.pop()
+            if ids:
+                raise AmbiguousRefError(
+                    f"{ref!r} is ambiguous: it starts {len(ids)} version id(s) of {model}"
+                    + (f" and looks like {model}@v{n}" if n in listed else "")
+                    + f"; write {model}@v{n} for the number or give more of the id"
+                )
             hint = f"did you mean {model}@v{n}?" if n in listed else (
                 f"{model} has v{listed[0]}..v{listed[-1]}" if listed else f"{model} has no versions")
             raise RefNotFoundError(

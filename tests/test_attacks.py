@@ -344,6 +344,43 @@ def test_one_damaged_version_leaves_the_rest_usable(four, damage, capsys):
     _loads(root, expect, [r for r in expect if r != victim or damage.startswith("garbage")])
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_fifo_in_place_of_a_file_is_damage_not_a_hang(four, capsys):
+    """A FIFO where a manifest or a ref should be would block open() forever: it reads
+    as damage, and repair clears it."""
+    root, expect = four
+    repo = Repository(root)
+    mfile = _manifest_file(root, repo, "other@v1")
+    repo.catalog.close()
+    mfile.unlink()
+    os.mkfifo(mfile)
+    ref = _ref_file(root, "m", 1)
+    vid = ref.read_text().strip()
+    ref.unlink()
+    os.mkfifo(ref)
+    signal.signal(signal.SIGALRM, lambda *_: pytest.fail("a read blocked on a FIFO"))
+    signal.alarm(60)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            repo = Repository(root)
+            for victim in ("other@v1", "m@v1"):
+                with pytest.raises(ModelHubError):
+                    repo.load(victim)
+            _loads(root, expect, ["m@v2", "m@v4", "other@v2"])
+            problems = repo.verify()
+            assert ("corrupt-object", mfile.parent.name + mfile.name) in {(p.kind, p.subject) for p in problems}
+            assert any("m@v1" in p.subject + p.detail for p in problems), problems
+        code, out, err = cli(capsys, "--repo", root, "verify", "--repair")
+        assert code == 0, out + err
+        repo = Repository(root)
+        assert repo.verify() == []
+        assert repo.resolve("m@v1") == vid
+        _loads(root, expect, [r for r in expect if r != "other@v1"])
+    finally:
+        signal.alarm(0)
+
+
 def test_a_damaged_newest_version_quarantines_what_leans_on_it(four, capsys):
     """Damage to the base of a delta chain: its dependents cannot decode either; repair
     quarantines them all, and the other model and new commits carry on."""
@@ -458,6 +495,21 @@ def test_refs_say_what_they_mean(four, capsys):
     for alias in ("latest", "v3", "V12", "42"):
         with pytest.raises(ModelHubError, match="reserved"):
             repo.tag("m@v1", alias)
+
+
+def test_an_id_starting_with_six_digits_still_resolves(tmp_path):
+    """An id whose prefix is all digits (1 in 17 ids start with six) resolves by that
+    prefix; one that is also a version number is refused as ambiguous."""
+    repo = Repository.init(tmp_path / "r")
+    for k in range(400):  # P(no id among 400 starts with six digits) < 1e-10
+        v = repo.commit({"w": torch.full((2,), float(k))}, "m")
+        if v.id[:6].isdigit():
+            break
+    else:
+        pytest.fail("no id started with six digits")
+    assert repo.resolve(f"m@{v.id[:8]}") == v.id and repo.resolve(v.id[:8]) == v.id
+    with pytest.raises(RefNotFoundError, match=f"m@v{int(v.id[:3])}|has v1"):
+        repo.resolve(f"m@{v.id[:3]}")
 
 
 # --------------------------------------------------------------------- bad input

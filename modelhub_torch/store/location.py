@@ -9,12 +9,33 @@ from __future__ import annotations
 import mmap
 import os
 import posixpath
+import stat
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
 import fsspec
+
+
+class NotAFileError(IsADirectoryError):
+    """Something other than a regular file (a FIFO, a device, a socket) stands where a
+    file should be; handled like a folder there, as damage, never opened for reading
+    (opening a FIFO would block the reader forever)."""
+
+
+def _open_regular(path: str) -> int:
+    """A read-only descriptor of ``path`` if it is a regular file (a symlink to one is)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+    except BaseException:
+        os.close(fd)
+        raise
+    if stat.S_ISDIR(mode) or not stat.S_ISREG(mode):
+        os.close(fd)
+        raise NotAFileError(f"{path} is not a regular file")
+    return fd
 
 
 class Location:
@@ -82,7 +103,7 @@ class Location:
     def read(self, *parts: str) -> bytes:
         p = self.path(*parts)
         if self.local is not None:
-            with open(p, "rb") as fh:
+            with open(_open_regular(p), "rb") as fh:
                 return fh.read()
         return self.fs.cat_file(p)
 
@@ -90,7 +111,7 @@ class Location:
         """Read ``(offset, length)`` ranges of one file with one open."""
         p = self.path(name)
         if self.local is not None:
-            fd = os.open(p, os.O_RDONLY)
+            fd = _open_regular(p)
             try:
                 return [os.pread(fd, n, off) for off, n in ranges]
             finally:
@@ -104,7 +125,7 @@ class Location:
         rename, so a mapping never sees a file change under it."""
         if self.local is None:
             return None
-        with open(self.path(name), "rb") as fh:
+        with open(_open_regular(self.path(name)), "rb") as fh:
             if os.fstat(fh.fileno()).st_size == 0:
                 return None
             return memoryview(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ))

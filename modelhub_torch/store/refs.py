@@ -24,7 +24,7 @@ MAX_REF_BYTES = 256  # a ref holds one id and a newline; anything longer is dama
 
 
 def check_name(kind: str, name: str) -> str:
-    if not isinstance(name, str) or not MODEL_NAME.match(name) or name in ("latest",):
+    if not isinstance(name, str) or not MODEL_NAME.fullmatch(name) or name in ("latest",):
         raise ModelHubError(
             f"invalid {kind} name {name!r}: use letters, digits, '.', '_' or '-' "
             "(starting with a letter or digit, at most 128 characters)"
@@ -100,7 +100,7 @@ class RefStore:
 
     # models -> numbered versions
     def models(self) -> list[str]:
-        return [m for m in self.loc.listdir("refs", "models") if MODEL_NAME.match(m) and m != "latest"]
+        return [m for m in self.loc.listdir("refs", "models") if MODEL_NAME.fullmatch(m) and m != "latest"]
 
     def listed_numbers(self, model: str) -> list[int]:
         """Version numbers of a model from one directory listing (no file reads)."""
@@ -142,7 +142,7 @@ class RefStore:
     def tags(self, model: str, damaged: dict[str, str] | None = None) -> dict[str, str]:
         out: dict[str, str] = {}
         for name in self.loc.listdir("refs", "tags", model):
-            if not MODEL_NAME.match(name):
+            if not MODEL_NAME.fullmatch(name):
                 continue
             try:
                 vid = self._read_id("version", "tags", model, name)
