@@ -388,19 +388,13 @@ class Repository:
             if n in listed:
                 return self._version_at(ref, model, n)
             self._no_such(ref, model, [f"{model}@v{k}" for k in listed])
-        if _is_number(which):  # 'm@4' reads as version 4; only 6+ digits can be an id prefix
+        if _is_number(which):  # never an id prefix: 'm@4' reads as version 4
             n = int(which)
-            ids = self._ids_with_prefix(model, which)
-            if len(ids) == 1 and n not in listed:
-                return ids.pop()
-            if ids:
-                raise AmbiguousRefError(
-                    f"{ref!r} is ambiguous: it starts {len(ids)} version id(s) of {model}"
-                    + (f" and looks like {model}@v{n}" if n in listed else "")
-                    + f"; write {model}@v{n} for the number or give more of the id"
-                )
             hint = f"did you mean {model}@v{n}?" if n in listed else (
                 f"{model} has v{listed[0]}..v{listed[-1]}" if listed else f"{model} has no versions")
+            starts = sorted(self._ids_with_prefix(model, which))
+            if len(starts) == 1:  # an id that begins with digits: name its version
+                hint += f" ({which} also begins the id of {self.manifest(starts[0]).ref})"
             raise RefNotFoundError(
                 f"{ref!r} names no version: version numbers are written with a 'v' ({model}@v{n}); {hint}"
             )

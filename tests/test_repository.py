@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import re
 import warnings
 
 import numpy as np
@@ -345,7 +346,9 @@ def test_refs(repo):
     assert repo.resolve(v2) == v2.id
     assert_bit_equal(repo.load(v2), sds[1])
     assert_bit_equal(repo.load(v2.id[:10]), sds[1])  # bare id prefix
-    assert_bit_equal(repo.load(f"m@{v2.id[:8]}"), sds[1])  # id prefix within the model
+    within = re.match(r"[0-9]*[a-f]?", v2.id).group()  # digits alone after '@' are a number
+    within = v2.id[: max(8, len(within))]
+    assert_bit_equal(repo.load(f"m@{within}"), sds[1])  # id prefix within the model
     assert_bit_equal(repo.load(v2.id.upper()[:12]), sds[1])
 
     tagged = repo.tag("m@v2", "best")
