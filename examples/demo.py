@@ -128,7 +128,8 @@ def main() -> int:
 
     step("7. archive: re-plan storage (least bytes with every version within 2x its fastest load)")
     modelhub("archive", "--budget", "2", "--measure")
-    modelhub("archive", "--lossy", "quant:4", "--versions", "digits-cnn@v5", "--data", str(data))
+    modelhub("archive", "--lossy", "quant:4", "--versions", "digits-cnn@v5", "--data", str(data),
+             "--module", "digits:DigitsCNN")
     modelhub("verify")
     print(f"\nDone. Explore it yourself: .venv/bin/modelhub --repo {REPO.relative_to(ROOT)} list")
     print("(eval builds the network's class you name: --module examples.digits:DigitsCNN from the"

@@ -920,7 +920,7 @@ def _eval_data(path: str) -> tuple[Any, Any]:
     return x, y
 
 
-def _eval_module(repo: Repository, v: Version, spec: str | None) -> Any:
+def _eval_module(repo: Repository, v: Version, spec: str | None, command: str = "eval") -> Any:
     """The architecture from --module PKG.MOD:CLASS. A class named in a version's
     metadata is never imported: the repository is not trusted to choose code."""
     import importlib
@@ -931,7 +931,7 @@ def _eval_module(repo: Repository, v: Version, spec: str | None) -> Any:
         hint = (f"; it records {str(recorded)[:120]!r}: pass --module with that path if you trust it"
                 if isinstance(recorded, str) and recorded else "")
         raise CliError(
-            f"eval needs the network's class: pass --module PKG.MOD:CLASS (modelhub never imports "
+            f"{command} needs the network's class: pass --module PKG.MOD:CLASS (modelhub never imports "
             f"a class a repository names){hint}"
         )
     mod_name, _, cls_name = path.replace(":", ".").rpartition(".")
@@ -1099,7 +1099,7 @@ def _accuracy(repo: Repository, v: Version, x: Any, y: Any, spec: str | None) ->
     """Top-1 predictions of a version on ``x`` and its accuracy on ``y`` (if given)."""
     import torch
 
-    module = _eval_module(repo, v, spec).eval()
+    module = _eval_module(repo, v, spec, "archive --data").eval()
     module.load_state_dict(repo.load_state_dict(v.ref))
     with torch.no_grad():
         pred = module(x).argmax(dim=1)

@@ -320,3 +320,10 @@ def test_cli_lossy_accuracy_check(tmp_path, capsys) -> None:
     with torch.no_grad():
         acc = float((net(x).argmax(1) == y).float().mean())
     assert f"{acc:.4g}"[:4] in text
+    before = repo.load_state_dict("mlp@v1")
+    # without --module nothing is imported, and the version is left as it was
+    assert main(["--repo", repo.url, "archive", "--lossy", "quant:4", "--versions", "mlp@v1",
+                 "--data", str(tmp_path / "data.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "archive --data needs the network's class: pass --module" in err
+    assert_bit_equal(repo.load_state_dict("mlp@v1"), before)

@@ -554,9 +554,13 @@ WRITER = textwrap.dedent(
     import resource, sys
     resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), int(sys.argv[2])))
     from modelhub_torch.cli import main
-    sys.exit(main(["--repo", sys.argv[1], "commit", sys.argv[3], "--model", "m"]))
+    sys.exit(main(["--repo", sys.argv[1], *sys.argv[3:]]))
     """
 )
+
+
+def _files(root: Path) -> list[str]:
+    return sorted(str(p) for p in root.rglob("*") if p.is_file() and "index" not in p.parts)
 
 
 def test_write_failure_mid_commit_is_one_line_and_changes_nothing(four, tmp_path):
@@ -564,20 +568,45 @@ def test_write_failure_mid_commit_is_one_line_and_changes_nothing(four, tmp_path
     root, _ = four
     big = tmp_path / "big.pt"
     torch.save({"w": torch.randn(400_000)}, big)
-    before = sorted(str(p) for p in root.rglob("*") if p.is_file() and "index" not in p.parts)
-    r = subprocess.run([sys.executable, "-c", WRITER, str(root), str(256 << 10), str(big)],
+    before = _files(root)
+    r = subprocess.run([sys.executable, "-c", WRITER, str(root), str(256 << 10), "commit", str(big), "--model", "m"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2, r.stderr
     line = one_line_error(r.stderr)
     assert "commit to 'm' failed" in line and "File too large" in line and "nothing was changed" in line
-    after = sorted(str(p) for p in root.rglob("*") if p.is_file() and "index" not in p.parts)
-    assert after == before  # no temp file, no object, no ref
+    assert _files(root) == before  # no temp file, no object, no ref
     repo = Repository(root)
     assert [v.ref for v in repo.versions("m")] == ["m@v1", "m@v2", "m@v3", "m@v4"]
     assert repo.verify() == []
     with pytest.raises(WriteFailedError) as info, repo._writes("commit to 'm'"):
         raise OSError(28, "No space left on device")
     assert isinstance(info.value, OSError) and "No space left on device" in str(info.value)
+
+
+def test_write_failure_mid_archive_is_one_line_and_loses_nothing(tmp_path):
+    """The same for archive, which rewrites every version: the one-line error, then
+    every version loads bit-exact and verify is clean (gc takes what was written)."""
+    root = tmp_path / "repo"
+    repo = Repository.init(root)
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(300_000, generator=g)
+    expect = {}
+    for k in range(4):
+        w = w + 1e-3 * torch.randn(300_000, generator=g)
+        repo.commit({"w": w}, "m")
+        expect[f"m@v{k + 1}"] = {"w": w.clone()}
+    repo.catalog.close()
+    r = subprocess.run([sys.executable, "-c", WRITER, str(root), str(200 << 10), "archive", "--budget", "100"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stdout + r.stderr
+    line = one_line_error(r.stderr)
+    assert "archive failed" in line and "File too large" in line
+    _loads(root, expect, list(expect))
+    repo = Repository(root)
+    assert [p.kind for p in repo.verify() if p.damage] == []
+    repo.gc()
+    assert repo.verify() == []
+    _loads(root, expect, list(expect))
 
 
 KILLED = textwrap.dedent(
