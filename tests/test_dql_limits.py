@@ -214,6 +214,11 @@ def test_resumable_and_pickle_fields(repo: Repository) -> None:
     assert refs(repo, "select m where m.resumable is null") == ["cnn@v1", "cnn@v2", "pickled@v1", "plain@v1"]
     assert refs(repo, "select m where m.resumable in (true, false)") == ["run@v1", "run@v2"]
     assert refs(repo, "select m where m.pickle = true") == ["pickled@v1"]
+    # a bare true/false field is short for "= true"
+    assert refs(repo, "select m where m.resumable") == ["run@v2"]
+    assert refs(repo, "select m where not m.resumable") == ["run@v1"]
+    assert refs(repo, "select m where m.pickle or (m.resumable and m.version = 2)") == ["pickled@v1", "run@v2"]
+    assert refs(repo, "select m where m.info.trainer_state") == ["run@v2"]  # JSON true
     assert refs(repo, "select m where m.pickle != true and m.name like \"p%\"") == ["plain@v1"]
     assert refs(repo, "select m where m.name = \"run\" order by m.resumable desc") == ["run@v2", "run@v1"]
     # prune turned the pruned version's recorded trainer_state false, in the index too
@@ -229,6 +234,8 @@ def test_resumable_and_pickle_fields(repo: Repository) -> None:
     ('select m where m.resumable like "t%"', "like compares text, and m.resumable is true or false"),
     ("select m where m.pickle in (true, 0)", "m.pickle is true or false; list only true and false"),
     ("select m where m.resumabel = true", "unknown field m.resumabel; did you mean m.resumable?"),
+    ("select m where m.version", "m.version alone is a condition only for a true/false field, and it is a number; write m.version > 0"),
+    ('select m where m.name and m.pickle', 'm.name alone is a condition only for a true/false field, and it is a text; write m.name = "..."'),
 ])
 def test_boolean_fields_are_typed(repo: Repository, query: str, message: str) -> None:
     assert error(repo, query).splitlines()[0].startswith(message)

@@ -279,6 +279,10 @@ def _check_types(side: Any, t: str, other: Any, ot: str, ctx: _Ctx) -> None:
 def _compare(node: Compare, ctx: _Ctx) -> str:
     left, lt = _operand(node.left, ctx)
     right, rt = _operand(node.right, ctx)
+    if node.bare and lt not in ("boolean", "json"):
+        what = {"number": "m.x > 0", "text": 'm.x = "..."'}.get(lt, "a comparison").replace("m.x", _describe(node.left))
+        raise ctx.error(node, f"{_describe(node.left)} alone is a condition only for a true/false field, and it "
+                              f"is {_WITH.get(lt, 'not one')}; write {what}")
     for (side, t), (other, ot) in (((node.left, lt), (node.right, rt)), ((node.right, rt), (node.left, lt))):
         _check_types(side, t, other, ot, ctx)
     guard = ""

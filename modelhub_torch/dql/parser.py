@@ -95,6 +95,7 @@ class Compare(Node):
     op: str
     left: Any
     right: Any
+    bare: bool = False  # written as a bare field: ``where m.resumable``
 
 
 @dataclass(frozen=True)
@@ -330,6 +331,11 @@ class _ToTree(Transformer):
     # predicates
     def compare(self, left: Any, op: Token, right: Any) -> Compare:
         return Compare("!=" if str(op) == "<>" else str(op), left, right, pos=_pos(left))
+
+    def truth(self, f: Field) -> Compare:
+        """A bare field is a condition on its truth: ``where m.resumable`` means
+        ``m.resumable = true`` (the compiler refuses it for a field that is not boolean)."""
+        return Compare("=", f, Literal(True, pos=f.pos), bare=True, pos=f.pos)
 
     def like(self, operand: Any, *rest: Token) -> Like:
         return Like(operand, self._unquote(rest[-1]), negate=len(rest) == 3, pos=_pos(operand))
