@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                 root = work / f"{algorithm}-{alpha}"
                 shutil.copytree(work / "base", root, ignore=shutil.ignore_patterns("index"))
                 repo = Repository(root)
-                r = archive(repo, alpha=alpha, scheme=args.scheme, algorithm=algorithm, decode_model=model)
+                r = archive(repo.store, alpha=alpha, scheme=args.scheme, algorithm=algorithm, decode_model=model)
                 stored = sizes[f"{algorithm} {alpha:g}"] = repo_bytes(root)
                 t = load_times(repo)
                 assert repo.verify() == [], f"{algorithm} {alpha}: verify failed"
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             repo = Repository.init(root)
             v = repo.commit(final, "m")
             if scheme:
-                archive(repo, alpha=1.0, lossy={v.ref: scheme}, decode_model=model)
+                archive(repo.store, alpha=1.0, lossy={v.ref: scheme}, decode_model=model)
             size = repo.version(v.ref).stored_bytes
             acc = accuracy(repo.load_state_dict(v.ref))
             lrows.append([scheme or "lossless", fmt_bytes(size), f"{100 * size / raw:.1f}%", f"{acc:.4f}",

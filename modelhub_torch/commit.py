@@ -8,9 +8,11 @@ by parallel jobs; the caller's thread writes their frames to the packs in order.
 
 from __future__ import annotations
 
+import datetime as _dt
+import uuid
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from modelhub_torch.errors import ModelHubError, ModelHubWarning
 from modelhub_torch.manifest import DROPPED, Manifest
@@ -18,13 +20,14 @@ from modelhub_torch.pas.codec import CodecConfig, ExponentContext, RepoCodecs, s
 from modelhub_torch.pas.dtypes import dtype_name, tensor_bits
 from modelhub_torch.pas.entropy import RANS_CTX
 from modelhub_torch.progress import byte_bar
-from modelhub_torch.reader import TensorReader, digest_bits
+from modelhub_torch.publish import publish
+from modelhub_torch.reader import TensorReader, digest_bits, open_reader
+from modelhub_torch.records import Version
+from modelhub_torch.store.objects import hash_bytes
+from modelhub_torch.store.repo import RepoStore
 from modelhub_torch.writer import PackSet, encode_all, encoded_size, record_size
 
-if TYPE_CHECKING:
-    from modelhub_torch.repository import Repository
-
-INLINE_BYTES = 1 << 16  # tensors smaller than this are prepared by the committing thread
+PREPARE_INLINE_BYTES = 1 << 16  # tensors smaller than this are prepared by the committing thread
 # context re-coding pays for its per-context tables only on bigger tensors: below this
 # it gained < 0.5% on the digits trajectory and cost ~4 ms a commit
 CONTEXT_MIN_BYTES = 1 << 16
@@ -46,11 +49,11 @@ class _Prepared:
     raw: int
 
 
-def _readable(repo: Repository, vid: str) -> Manifest | None:
+def _readable(store: RepoStore, vid: str) -> Manifest | None:
     """A neighbour's manifest, or None where it is damaged: the new version is then
     stored without leaning on it (whole), so one damaged version never blocks commits."""
     try:
-        return repo.manifest(vid)
+        return store.manifest(vid)
     except ModelHubError as exc:
         warnings.warn(
             f"version {vid} is damaged ({exc}); the new version is stored without deltas "
@@ -59,6 +62,61 @@ def _readable(repo: Repository, vid: str) -> Manifest | None:
             stacklevel=3,
         )
         return None
+
+
+@dataclass(frozen=True)
+class CommitRequest:
+    """What a caller asks to commit, already flattened and checked."""
+
+    flat: Any  # skeleton.flatten's result
+    model: str
+    parent: str | None  # a version id, or None: the model's latest
+    metrics: dict[str, Any]
+    hparams: dict[str, Any]
+    message: str
+    info: dict[str, Any]
+    graph: dict[str, Any] | None
+    expect_number: int | None = None
+    progress: bool = False
+
+
+def commit_version(store: RepoStore, req: CommitRequest) -> Version:
+    """Number, encode and publish a new version (takes the store's lock)."""
+    with store.lock, store.writes(f"commit to {req.model!r}"):
+        store.sync_index()  # deletions below trust the index to know every version
+        listed = store.refs.listed_numbers(req.model)
+        number = (listed[-1] if listed else 0) + 1
+        if req.expect_number is not None and number != req.expect_number:
+            why = (
+                f"another process committed to {req.model!r} meanwhile; give each run its own model name"
+                if number > req.expect_number
+                else f"an earlier commit meant as {req.model}@v{number} did not complete"
+            )
+            raise ModelHubError(
+                f"expected to commit {req.model}@v{req.expect_number} but the next version is "
+                f"{req.model}@v{number}: {why}"
+            )
+        parent = req.parent
+        if parent is None and listed:
+            parent = store.refs.version_at(req.model, listed[-1])
+        created = _now()
+        vid = _new_version_id(req.model, number, created)
+        job = CommitJob(store, req.flat, req.model, number, vid, parent, progress=req.progress)
+        manifest, replaced = job.run(req.metrics, req.hparams, req.message, created)
+        if req.info:
+            manifest.extra["info"] = req.info
+        if req.graph:
+            manifest.extra["graph"] = req.graph
+        return publish(store, manifest, replaced)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
+
+
+def _new_version_id(model: str, number: int, created: str) -> str:
+    """Stable identity of a version: never derived from its (replaceable) manifest."""
+    return hash_bytes(f"{model}\0{number}\0{created}\0{uuid.uuid4().hex}".encode())[:32]
 
 
 class CommitJob:
@@ -71,7 +129,7 @@ class CommitJob:
 
     def __init__(
         self,
-        repo: Repository,
+        store: RepoStore,
         flat: Any,
         model: str,
         number: int,
@@ -79,17 +137,17 @@ class CommitJob:
         parent_vid: str | None,
         progress: bool = False,
     ):
-        self.repo = repo
+        self.store = store
         self.flat = flat
         self.model = model
         self.number = number
         self.vid = vid
         self.parent_vid = parent_vid
         self.progress = progress
-        self.parent = _readable(repo, parent_vid) if parent_vid else None
+        self.parent = _readable(store, parent_vid) if parent_vid else None
         # each parent tensor is decoded once: caching them would hold a model's worth
-        self.reader = repo.reader(cache_bytes=0)
-        s = repo.settings
+        self.reader = open_reader(store, cache_bytes=0)
+        s = store.settings
         c = RepoCodecs.from_settings(s)
         self.mat_cfg, self.delta_cfg, self.exp_first = c.materialize, c.delta, c.exp_first
         self.keyframe_interval = max(1, int(s["keyframe_interval"]))
@@ -103,7 +161,7 @@ class CommitJob:
         self.grand = None
         self.context_coding = bool(s.get("context_coding", True))
         if self.rewrite and p.parent and self.context_coding:
-            grand = _readable(repo, p.parent)
+            grand = _readable(store, p.parent)
             if grand is not None and grand.model == model:
                 self.grand = grand
 
@@ -120,7 +178,7 @@ class CommitJob:
                 done = self._result(pending.pop(0))
                 inflight -= done.raw
                 yield done
-            pending.append(pool.submit(self._prepare, i) if size >= INLINE_BYTES else i)
+            pending.append(pool.submit(self._prepare, i) if size >= PREPARE_INLINE_BYTES else i)
             inflight += size
         for item in pending:
             yield self._result(item)
@@ -133,8 +191,8 @@ class CommitJob:
     ) -> tuple[Manifest, list[tuple[Manifest, Manifest]]]:
         """The new version's manifest and the ``(new, old)`` manifests it replaces."""
         p = self.parent
-        packs = PackSet(self.repo.objects)
-        parent_packs = PackSet(self.repo.objects)
+        packs = PackSet(self.store.objects)
+        parent_packs = PackSet(self.store.objects)
         parent_recs = p.copy_records() if self.rewrite else []
         changed: set[int] = set()
         records: list[dict[str, Any]] = []
@@ -275,7 +333,7 @@ class CommitJob:
             return None
         new_index = {path: i for i, path in enumerate(self.flat.paths)}
         recs = g.copy_records()
-        packs = PackSet(self.repo.objects)
+        packs = PackSet(self.store.objects)
         changed: set[int] = set()
         try:
             for gi, grec in enumerate(g.tensors):
@@ -357,7 +415,7 @@ class CommitJob:
     def _dedup(self, rec: dict[str, Any]) -> tuple[str, int] | None:
         """An identical tensor stored whole elsewhere (never in the parent being re-encoded:
         that one's data moves into the new version instead)."""
-        hit = self.repo.catalog.find_digest(rec["digest"])
+        hit = self.store.catalog.find_digest(rec["digest"])
         if hit is None:
             return None
         try:

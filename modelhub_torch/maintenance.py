@@ -20,15 +20,15 @@ import datetime as _dt
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from modelhub_torch.errors import DamagedRepositoryError, ModelHubError
 from modelhub_torch.manifest import DROPPED, Manifest
-from modelhub_torch.store.catalog import link_targets, row_disagreements
+from modelhub_torch.reader import open_reader
+from modelhub_torch.records import Problem
+from modelhub_torch.store.catalog import Catalog, link_targets, row_disagreements
+from modelhub_torch.store.repo import RepoStore
 from modelhub_torch.validate import is_object_id
-
-if TYPE_CHECKING:
-    from modelhub_torch.repository import Problem, Repository
 
 QUARANTINE = "quarantine"
 # how long gc keeps an unlisted version that nothing leans on while its number is free
@@ -37,9 +37,30 @@ ORPHAN_EXPIRY = _dt.timedelta(days=14)
 REPAIR = "run 'modelhub verify --repair'"
 
 
-def _problem(kind: str, subject: str, detail: str, damage: bool = True, action: str = "") -> Problem:
-    from modelhub_torch.repository import Problem
+def stats(store: RepoStore) -> dict[str, Any]:
+    """Raw vs stored bytes for the whole repository, per model and per plane."""
+    store.sync_index()
+    rows = [Catalog.decode_row(r) for r in store.catalog.rows()]
+    per_model: dict[str, dict[str, int]] = {}
+    for r in rows:
+        pm = per_model.setdefault(r["model"], {"versions": 0, "raw_bytes": 0, "stored_bytes": 0})
+        pm["versions"] += 1
+        pm["raw_bytes"] += r["raw_bytes"]
+        pm["stored_bytes"] += r["stored_bytes"]
+    raw = sum(r["raw_bytes"] for r in rows)
+    stored = sum(r["stored_bytes"] for r in rows)
+    return {
+        "versions": len(rows),
+        "models": len(per_model),
+        "raw_bytes": raw,
+        "stored_bytes": stored,
+        "ratio": raw / stored if stored else None,
+        "planes": store.catalog.plane_totals(),
+        "per_model": per_model,
+    }
 
+
+def _problem(kind: str, subject: str, detail: str, damage: bool = True, action: str = "") -> Problem:
     return Problem(kind, subject, detail, damage, action)
 
 
@@ -64,16 +85,16 @@ class Scan:
         return set(self.live) | self.needed
 
 
-def scan(repo: Repository) -> Scan:
+def scan(store: RepoStore) -> Scan:
     s = Scan()
-    _scan_refs(repo, s)
-    _scan_manifests(repo, s)
+    _scan_refs(store, s)
+    _scan_manifests(store, s)
     _scan_links(s)
-    _scan_objects(repo, s)
-    _scan_tags(repo, s)
-    temps = _temp_files(repo)
+    _scan_objects(store, s)
+    _scan_tags(store, s)
+    temps = _temp_files(store)
     if temps:
-        size = sum(_size(repo, f"tmp/{t}") for t in temps)
+        size = sum(_size(store, f"tmp/{t}") for t in temps)
         s.problems.append(_problem(
             "temp-files", "tmp/", f"{len(temps)} files ({size:,} bytes) left by interrupted writes",
             damage=False, action="'modelhub gc' removes them",
@@ -81,23 +102,23 @@ def scan(repo: Repository) -> Scan:
     return s
 
 
-def _temp_files(repo: Repository) -> list[str]:
+def _temp_files(store: RepoStore) -> list[str]:
     """Leftovers of interrupted writes in tmp/; writers never name one with a leading
     dot, so a ``.keep`` (an empty folder's placeholder in a git checkout) is not one."""
-    return [t for t in repo.loc.listdir("tmp") if not t.startswith(".")]
+    return [t for t in store.loc.listdir("tmp") if not t.startswith(".")]
 
 
-def _size(repo: Repository, rel: str) -> int:
+def _size(store: RepoStore, rel: str) -> int:
     try:
-        return repo.loc.size(rel)
+        return store.loc.size(rel)
     except OSError:
         return 0
 
 
-def _scan_refs(repo: Repository, s: Scan) -> None:
+def _scan_refs(store: RepoStore, s: Scan) -> None:
     damaged: dict[str, str] = {}
-    for model in repo.refs.models():
-        for n, vid in repo.refs.numbers(model, damaged).items():
+    for model in store.refs.models():
+        for n, vid in store.refs.numbers(model, damaged).items():
             ref = f"{model}@v{n}"
             if vid in s.live:
                 s.problems.append(_problem("duplicate-ref", ref, f"names the same version as {s.live[vid]}",
@@ -108,11 +129,11 @@ def _scan_refs(repo: Repository, s: Scan) -> None:
         s.problems.append(_problem("damaged-ref", path, why, action=REPAIR))
 
 
-def _scan_manifests(repo: Repository, s: Scan) -> None:
-    for vid in sorted(set(repo.refs.version_ids()) | set(s.live)):
+def _scan_manifests(store: RepoStore, s: Scan) -> None:
+    for vid in sorted(set(store.refs.version_ids()) | set(s.live)):
         ref = s.live.get(vid, vid)
         try:
-            moid = repo.refs.manifest_of(vid)
+            moid = store.refs.manifest_of(vid)
         except ModelHubError as exc:
             s.problems.append(_problem("damaged-ref", f"refs/versions/{vid}", str(exc), action=REPAIR))
             s.bad[ref] = str(exc)
@@ -125,12 +146,12 @@ def _scan_manifests(repo: Repository, s: Scan) -> None:
             continue
         s.manifest_oids[vid] = moid
         try:
-            m = repo.manifest(vid)
+            m = store.manifest(vid)
         except ModelHubError as exc:
-            if not repo.objects.exists(moid):
+            if not store.objects.exists(moid):
                 s.problems.append(_problem("missing-object", moid, f"the manifest of {ref}; referenced but absent",
                                            action=REPAIR))
-            elif not repo.objects.check(moid):
+            elif not store.objects.check(moid):
                 s.problems.append(_problem("corrupt-object", moid, f"the manifest of {ref}; bytes do not hash "
                                            "to the name", action=REPAIR))
             else:
@@ -192,22 +213,22 @@ def repo_slot_free(s: Scan, m: Manifest) -> bool:
     return m.ref not in set(s.live.values())
 
 
-def _scan_objects(repo: Repository, s: Scan) -> None:
+def _scan_objects(store: RepoStore, s: Scan) -> None:
     for vid in sorted(s.kept()):
         m = s.manifests.get(vid)
         if m is None:
             continue
         for oid in sorted(m.objects()):
-            if not repo.objects.exists(oid):
+            if not store.objects.exists(oid):
                 s.problems.append(_problem("missing-object", oid, f"{s.live.get(vid, m.ref)} needs it",
                                            action=REPAIR))
                 s.bad.setdefault(s.live.get(vid, m.ref), f"object {oid} is missing")
 
 
-def _scan_tags(repo: Repository, s: Scan) -> None:
-    for model in repo.refs.models():
+def _scan_tags(store: RepoStore, s: Scan) -> None:
+    for model in store.refs.models():
         damaged: dict[str, str] = {}
-        for alias, vid in repo.refs.tags(model, damaged).items():
+        for alias, vid in store.refs.tags(model, damaged).items():
             if vid not in s.live:
                 s.problems.append(_problem("dangling-tag", f"{model}@{alias}", f"points at {vid}, no listed version",
                                            action=REPAIR))
@@ -216,13 +237,13 @@ def _scan_tags(repo: Repository, s: Scan) -> None:
 
 
 # ------------------------------------------------------------------------ verify
-def verify(repo: Repository, rebuild_index: bool = False, repair: bool = False,
+def verify(store: RepoStore, rebuild_index: bool = False, repair: bool = False,
            progress: bool = False) -> list[Problem]:
     """Every problem of the repository: refs, manifests, objects (re-hashed), every
     version decoded, leftovers and the index; ``repair`` fixes what it can."""
     from tqdm.auto import tqdm
 
-    s = scan(repo)
+    s = scan(store)
     problems = list(s.problems)
     referenced: dict[str, str] = {}
     for vid in s.kept():
@@ -231,24 +252,24 @@ def verify(repo: Repository, rebuild_index: bool = False, repair: bool = False,
             for oid in s.manifests[vid].objects():
                 referenced.setdefault(oid, s.live.get(vid, vid))
     for oid in tqdm(sorted(referenced), desc="objects", disable=not progress, unit="obj"):
-        if repo.objects.exists(oid) and not repo.objects.check(oid):
+        if store.objects.exists(oid) and not store.objects.check(oid):
             problems.append(_problem("corrupt-object", oid, "bytes do not hash to the name", action=REPAIR))
             s.bad.setdefault(referenced[oid], f"object {oid} is corrupt")
-    undecodable = _decode_all(repo, s, progress)
+    undecodable = _decode_all(store, s, progress)
     problems += undecodable
     if repair:
-        problems = _repair(repo, s, problems)
-    problems += _check_index(repo, rebuild_index or repair)
+        problems = _repair(store, s, problems)
+    problems += _check_index(store, rebuild_index or repair)
     return problems
 
 
-def _decode_all(repo: Repository, s: Scan, progress: bool) -> list[Problem]:
+def _decode_all(store: RepoStore, s: Scan, progress: bool) -> list[Problem]:
     """Decode every live version, newest first through one reader: reverse deltas point
     at newer versions, so each base is decoded (and its digest checked) once."""
     from tqdm.auto import tqdm
 
     out = []
-    reader = repo.reader()
+    reader = open_reader(store)
 
     def newest_first(kv: tuple[str, str]) -> tuple[str, int]:
         model, _, n = kv[1].rpartition("@v")
@@ -267,11 +288,11 @@ def _decode_all(repo: Repository, s: Scan, progress: bool) -> list[Problem]:
     return out
 
 
-def _check_index(repo: Repository, rebuild: bool) -> list[Problem]:
+def _check_index(store: RepoStore, rebuild: bool) -> list[Problem]:
     """The index is a cache: a damaged file or a row that disagrees with the refs and
     manifests is reported and fixed on the spot."""
     out = []
-    cat = repo.catalog
+    cat = store.catalog
     broken = cat.integrity_problems()
     if broken:
         out.append(_problem("index-damaged", cat.path, "; ".join(broken)[:200], damage=False,
@@ -279,11 +300,11 @@ def _check_index(repo: Repository, rebuild: bool) -> list[Problem]:
         cat.recover(sqlite3.DatabaseError("; ".join(broken)[:200]))
     if rebuild:
         cat.clear()
-        repo.damaged.clear()
-    repo._sync_index()
+        store.damaged.clear()
+    store.sync_index()
     live: dict[str, str] = {}
-    for model in repo.refs.models():
-        for n, vid in repo.refs.numbers(model).items():
+    for model in store.refs.models():
+        for n, vid in store.refs.numbers(model).items():
             live[vid] = f"{model}@v{n}"
     for (model, n), vid in cat.numbered().items():
         if live.get(vid) != f"{model}@v{n}":
@@ -291,11 +312,11 @@ def _check_index(repo: Repository, rebuild: bool) -> list[Problem]:
                                 damage=False, action="removed from the index"))
             cat.remove([vid])
     for vid, ref in live.items():
-        if ref in repo.damaged:
+        if ref in store.damaged:
             continue
         try:
-            m = repo.manifest(vid)
-            moid = repo.refs.manifest_of(vid)
+            m = store.manifest(vid)
+            moid = store.refs.manifest_of(vid)
         except ModelHubError:
             continue
         row = cat.row(vid)
@@ -304,23 +325,23 @@ def _check_index(repo: Repository, rebuild: bool) -> list[Problem]:
             if not rebuild:
                 out.append(_problem("index-mismatch", ref, f"the index disagreed with the manifest: {', '.join(wrong)}",
                                     damage=False, action="re-indexed"))
-            repo._index(vid)
+            store.index(vid)
     return out
 
 
 # ------------------------------------------------------------------------ repair
-def _repair(repo: Repository, s: Scan, problems: list[Problem]) -> list[Problem]:
+def _repair(store: RepoStore, s: Scan, problems: list[Problem]) -> list[Problem]:
     """Restore refs from manifests; quarantine versions that cannot be restored."""
     out = [p for p in problems if not p.damage]
-    by_ref = _manifests_on_disk(repo, s) if any(p.kind in ("damaged-ref", "missing-manifest-ref", "bad-manifest")
+    by_ref = _manifests_on_disk(store, s) if any(p.kind in ("damaged-ref", "missing-manifest-ref", "bad-manifest")
                                               for p in problems) else {}
     restored: set[str] = set()
-    with repo._lock:
+    with store.lock:
         # 1. orphans: their numbered ref comes back where the slot is free
         for vid in sorted(s.orphans):
             m = s.manifests[vid]
-            if repo_slot_free(s, m) and repo.refs.version_at_or_none(m.model, m.number) is None:
-                repo.refs.set_number(m.model, m.number, vid)
+            if repo_slot_free(s, m) and store.refs.version_at_or_none(m.model, m.number) is None:
+                store.refs.set_number(m.model, m.number, vid)
                 s.live[vid] = m.ref
                 restored.add(m.ref)
                 out.append(_problem("orphaned-version", f"{m.ref} ({vid})", "its ref was gone",
@@ -329,8 +350,8 @@ def _repair(repo: Repository, s: Scan, problems: list[Problem]) -> list[Problem]
         # the same version found among the objects takes its place
         for vid, ref in list(s.live.items()):
             if ref in s.bad and vid in by_ref:
-                repo.refs.set_manifest(vid, by_ref[vid])
-                repo._invalidate(vid)
+                store.refs.set_manifest(vid, by_ref[vid])
+                store.invalidate(vid)
                 s.bad.pop(ref)
                 restored.add(ref)
                 out.append(_problem("damaged-ref", f"refs/versions/{vid}", "pointed at no usable manifest",
@@ -344,13 +365,13 @@ def _repair(repo: Repository, s: Scan, problems: list[Problem]) -> list[Problem]
                 if vid is not None and s.live.get(vid) == f"{model}@v{n}":
                     continue  # restored above, as an unlisted version claiming this number
                 if vid is not None and vid not in s.live:
-                    repo.refs.set_number(model, int(n), vid)
+                    store.refs.set_number(model, int(n), vid)
                     s.live[vid] = f"{model}@v{n}"
                     restored.add(f"{model}@v{n}")
                     out.append(_problem("damaged-ref", p.subject, "garbage in a numbered ref", damage=False,
                                         action=f"restored {model}@v{n} from its manifest"))
                 else:
-                    out.append(_quarantine(repo, [p.subject], p, "no manifest claims this version"))
+                    out.append(_quarantine(store, [p.subject], p, "no manifest claims this version"))
         # 4. what is still damaged goes to quarantine, with the tags pointing at it
         for ref, why in sorted(s.bad.items()):
             if ref in restored:
@@ -360,58 +381,58 @@ def _repair(repo: Repository, s: Scan, problems: list[Problem]) -> list[Problem]
             if "@v" in ref:
                 model, _, n = ref.rpartition("@v")
                 paths.append(f"refs/models/{model}/{n}")
-            out.append(_quarantine(repo, paths, _problem("damaged-version", ref, why), "it cannot be restored"))
+            out.append(_quarantine(store, paths, _problem("damaged-version", ref, why), "it cannot be restored"))
         for p in problems:
             if p.kind in ("dangling-tag",) or (p.kind == "damaged-ref" and p.subject.startswith("refs/tags/")):
                 path = p.subject if p.subject.startswith("refs/") else "refs/tags/" + p.subject.replace("@", "/", 1)
-                out.append(_quarantine(repo, [path], p, "it names no listed version"))
+                out.append(_quarantine(store, [path], p, "it names no listed version"))
         for p in problems:
             if p.kind in ("broken-link", "missing-object", "corrupt-object", "duplicate-ref", "ref-mismatch") \
                     and not any(q.subject == p.subject for q in out):
                 out.append(_problem(p.kind, p.subject, p.detail, damage=False,
                                     action="the versions it affects were quarantined"))
-    repo.damaged.clear()
-    repo._invalidate_all()
+    store.damaged.clear()
+    store.invalidate_all()
     return out
 
 
-def _quarantine(repo: Repository, paths: Iterable[str], p: Problem, why: str) -> Problem:
+def _quarantine(store: RepoStore, paths: Iterable[str], p: Problem, why: str) -> Problem:
     """Move refs out of the repository's namespace (kept under quarantine/ with a note)
     so the rest of the repository works; nothing is deleted."""
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
     moved = []
     for path in paths:
-        if repo.loc.exists(path):
-            repo.loc.move(path, f"{QUARANTINE}/{stamp}/{path}")
+        if store.loc.exists(path):
+            store.loc.move(path, f"{QUARANTINE}/{stamp}/{path}")
             moved.append(path)
     note = f"{p.kind}: {p.subject}: {p.detail}\nmoved here by 'modelhub verify --repair' because {why}\n"
-    repo.loc.write_atomic(f"{QUARANTINE}/{stamp}/NOTES-{abs(hash(p.subject)) % 10**8}.txt", note.encode())
+    store.loc.write_atomic(f"{QUARANTINE}/{stamp}/NOTES-{abs(hash(p.subject)) % 10**8}.txt", note.encode())
     return _problem(p.kind, p.subject, p.detail, damage=False,
                     action=f"quarantined ({', '.join(moved) or 'nothing left to move'} -> {QUARANTINE}/{stamp}/)")
 
 
-def _manifests_on_disk(repo: Repository, s: Scan) -> dict[str, str]:
+def _manifests_on_disk(store: RepoStore, s: Scan) -> dict[str, str]:
     """Version id -> a manifest object among the objects whose every pack exists and
     whose links resolve (a replaced layout that gc has not collected still decodes)."""
     found: dict[str, str] = {}
-    for oid in repo.objects:
+    for oid in store.objects:
         try:
-            if repo.objects.size(oid) > 64 << 20:
+            if store.objects.size(oid) > 64 << 20:
                 continue
-            m = Manifest.from_bytes(repo.objects.get(oid), where=f"object {oid}")
+            m = Manifest.from_bytes(store.objects.get(oid), where=f"object {oid}")
         except (ModelHubError, OSError):
             continue
-        if all(repo.objects.exists(o) for o in m.objects()) and m.id not in found:
+        if all(store.objects.exists(o) for o in m.objects()) and m.id not in found:
             found[m.id] = oid
     return found
 
 
 # ---------------------------------------------------------------------------- gc
-def gc(repo: Repository, dry_run: bool = False) -> dict[str, Any]:
+def gc(store: RepoStore, dry_run: bool = False) -> dict[str, Any]:
     """Delete objects no kept manifest needs, temp files and orphan refs no kept
     version needs — and nothing at all while the repository is damaged."""
-    with repo._lock:
-        s = scan(repo)
+    with store.lock:
+        s = scan(store)
         if s.damaged:
             first = s.damaged[0]
             raise DamagedRepositoryError(
@@ -424,20 +445,20 @@ def gc(repo: Repository, dry_run: bool = False) -> dict[str, Any]:
         for vid in s.kept() | (s.orphans - set(orphans)):
             keep.add(s.manifest_oids[vid])
             keep.update(s.manifests[vid].objects())
-        keep |= _quarantined_objects(repo)
+        keep |= _quarantined_objects(store)
         removed = freed = 0
-        for oid in list(repo.objects):
+        for oid in list(store.objects):
             if oid not in keep:
-                freed += repo.objects.size(oid)
+                freed += store.objects.size(oid)
                 removed += 1
                 if not dry_run:
-                    repo.objects.delete(oid)
-        temps = _temp_files(repo)
+                    store.objects.delete(oid)
+        temps = _temp_files(store)
         if not dry_run:
             for v in orphans:
-                repo.refs.delete_version(v)
+                store.refs.delete_version(v)
             for t in temps:
-                repo.loc.delete(f"tmp/{t}")
+                store.loc.delete(f"tmp/{t}")
         return {"objects_removed": removed, "bytes_freed": freed, "orphan_refs": len(orphans),
                 "temp_files": len(temps)}
 
@@ -458,20 +479,20 @@ def _expired(s: Scan, vid: str) -> bool:
     return _dt.datetime.now(_dt.timezone.utc) - created > ORPHAN_EXPIRY
 
 
-def _quarantined_objects(repo: Repository) -> set[str]:
+def _quarantined_objects(store: RepoStore) -> set[str]:
     """Objects that quarantined versions name: kept, so an expert can still look."""
     out: set[str] = set()
-    for rel in repo.loc.walk_files(QUARANTINE):
+    for rel in store.loc.walk_files(QUARANTINE):
         if "/refs/versions/" not in rel.replace("\\", "/"):
             continue
         try:
-            oid = repo.loc.read(rel).decode("ascii").strip()
+            oid = store.loc.read(rel).decode("ascii").strip()
         except (OSError, UnicodeDecodeError):
             continue
         if is_object_id(oid):
             out.add(oid)
             try:
-                out.update(Manifest.from_bytes(repo.objects.get(oid)).objects())
+                out.update(Manifest.from_bytes(store.objects.get(oid)).objects())
             except ModelHubError:
                 pass
     return out

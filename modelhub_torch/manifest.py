@@ -16,9 +16,9 @@ import zstandard
 
 from modelhub_torch.errors import FormatError, ModelHubError
 from modelhub_torch.pas.codec import CodecConfig, ExponentContext
-from modelhub_torch.pas.dtypes import DTYPES
+from modelhub_torch.pas.dtypes import ITEMSIZE
 from modelhub_torch.pas.entropy import CODERS
-from modelhub_torch.skeleton import check_skeleton
+from modelhub_torch.skeleton_check import check_skeleton
 from modelhub_torch.store.refs import MODEL_NAME
 from modelhub_torch.validate import check_object_id, check_version_id, is_object_id, is_version_id
 
@@ -286,13 +286,13 @@ def _check_record(doc: dict[str, Any], i: int, rec: Any, where: str) -> bool:
     if data["kind"] == DROPPED:
         return False
     dtype, shape, nbytes = rec.get("dtype"), rec.get("shape"), rec.get("nbytes")
-    if not isinstance(dtype, str) or dtype not in DTYPES:
-        raise _fail(at, f"dtype {_short(dtype)} is not one of {', '.join(sorted(DTYPES))}")
+    if not isinstance(dtype, str) or dtype not in ITEMSIZE:
+        raise _fail(at, f"dtype {_short(dtype)} is not one of {', '.join(sorted(ITEMSIZE))}")
     if not isinstance(shape, list) or len(shape) > 64 or not all(type(d) is int and 0 <= d <= MAX_SIZE for d in shape):
         raise _fail(at, f"shape {str(shape)[:80]} is not a list of non-negative integers")
     count = math.prod(shape)
-    if not _is_int(nbytes) or nbytes != count * DTYPES[dtype].itemsize:
-        raise _fail(at, f"shape {shape} of {dtype} holds {count * DTYPES[dtype].itemsize} bytes, but nbytes is {_short(nbytes)}")
+    if not _is_int(nbytes) or nbytes != count * ITEMSIZE[dtype]:
+        raise _fail(at, f"shape {shape} of {dtype} holds {count * ITEMSIZE[dtype]} bytes, but nbytes is {_short(nbytes)}")
     if not is_object_id(rec.get("digest")):
         raise _fail(at, f"digest {_short(rec.get('digest'))} is not 64 hex digits")
     if data["kind"] == "same":
@@ -321,7 +321,7 @@ def _check_planes(doc: dict[str, Any], rec: dict[str, Any], data: dict[str, Any]
         raise _fail(at, str(exc)) from None
     transform = data.get("lossy")
     code = rec["dtype"] if transform is None else _check_lossy(transform, rec["dtype"], at)
-    width = DTYPES[code].itemsize // (2 if code.startswith("complex") else 1)
+    width = ITEMSIZE[code] // (2 if code.startswith("complex") else 1)
     cfg.check_width(width, at)
     links = {k: data.get(k) for k in ("base", "context")}
     for key, link in links.items():

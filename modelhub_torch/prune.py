@@ -10,17 +10,31 @@ the indices of the remaining records, so references into the version stay valid.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from modelhub_torch.commit import copy_unchanged
 from modelhub_torch.errors import ModelHubError
 from modelhub_torch.manifest import DROPPED, Manifest
 from modelhub_torch.pas.codec import RepoCodecs
+from modelhub_torch.publish import switch
+from modelhub_torch.reader import open_reader
+from modelhub_torch.records import Version
 from modelhub_torch.resumable import top_level_keys
+from modelhub_torch.store.repo import RepoStore
 from modelhub_torch.writer import PackSet, encode_all
 
-if TYPE_CHECKING:
-    from modelhub_torch.repository import Repository
+
+def prune(store: RepoStore, vid: str, keys: set[str]) -> Version:
+    """Remove top-level entries ``keys`` of version ``vid`` (takes the store's lock);
+    every other version keeps loading bit-exact at every step."""
+    with store.lock, store.writes("prune"):
+        store.sync_index()
+        store.refresh_rows(store.possible_dependents(vid))
+        replaced = Pruner(store, vid, sorted(store.catalog.dependents(vid))).run(keys)
+        if replaced:
+            new_oids = [store.objects.put(new.to_bytes()) for new, _ in replaced]
+            switch(store, replaced, new_oids, set())
+        return store.checked_version(vid)
 
 
 def _tensor_indices(node: Any, out: set[int]) -> None:
@@ -67,16 +81,16 @@ class Pruner:
     """Plans the manifests one prune replaces (dependents first, the version last).
     ``others``: the versions whose manifests point into this one (the catalog's links)."""
 
-    def __init__(self, repo: Repository, vid: str, others: list[str]):
-        self.repo = repo
+    def __init__(self, store: RepoStore, vid: str, others: list[str]):
+        self.store = store
         self.vid = vid
         self.others = others
-        self.reader = repo.reader(cache_bytes=0)
-        c = RepoCodecs.from_settings(repo.settings)
+        self.reader = open_reader(store, cache_bytes=0)
+        c = RepoCodecs.from_settings(store.settings)
         self.mat_cfg, self.exp_first = c.materialize, c.exp_first
 
     def run(self, keys: set[str]) -> list[tuple[Manifest, Manifest]]:
-        m = self.repo.manifest(self.vid)
+        m = self.store.manifest(self.vid)
         top = m.skeleton.get("$dict") if isinstance(m.skeleton, dict) else None
         if top is None:
             raise ModelHubError(f"{m.ref} is not a checkpoint dict: there are no entries to prune")
@@ -90,7 +104,7 @@ class Pruner:
         removed = {i for i in dropped_refs - kept_refs if m.tensors[i]["data"]["kind"] != DROPPED}
         replaced = []
         for other in self.others:
-            om = self.repo.manifest(other)
+            om = self.store.manifest(other)
             deps = {j for j, rec in enumerate(om.tensors) if _refs_into(rec["data"], self.vid, removed)}
             if deps:
                 replaced.append((self._rewrite(om, deps, set()), om))
@@ -105,7 +119,7 @@ class Pruner:
     def _rewrite(self, m: Manifest, whole: set[int], drop: set[int]) -> Manifest:
         """``m`` with records ``whole`` re-encoded whole and records ``drop`` dropped."""
         recs = m.copy_records()
-        packs = PackSet(self.repo.objects)
+        packs = PackSet(self.store.objects)
         try:
             for j in sorted(whole):
                 rec = recs[j]

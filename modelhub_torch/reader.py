@@ -1,23 +1,27 @@
-"""Decode tensors of stored versions: resolve ``same`` links and delta bases, fetch
-frames from plane packs, decode in parallel, and verify every tensor's digest.
+"""The load path: decode tensors of stored versions — resolve ``same`` links and delta
+bases, fetch frames from plane packs, decode in parallel, verify every tensor's digest —
+and rebuild what ``torch.load`` would return from them and the skeleton.
 """
 
 from __future__ import annotations
 
 import math
 import threading
+import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import blake3
 import numpy as np
 
-from modelhub_torch.errors import CorruptObjectError, FormatError
+from modelhub_torch.errors import CorruptObjectError, FormatError, ModelHubError, ModelHubWarning
 from modelhub_torch.manifest import DROPPED, Manifest
 from modelhub_torch.pas import codec
 from modelhub_torch.pas.dtypes import uint_dtype
+from modelhub_torch.progress import byte_bar
 from modelhub_torch.store.objects import MappedObjects, ObjectStore
+from modelhub_torch.store.repo import RepoStore
 
 
 def digest_bits(bits: np.ndarray) -> str:
@@ -250,3 +254,104 @@ class TensorReader:
             ]
             out.append((int(chunk["n"]), frames))
         return out
+
+
+# ------------------------------------------------------------------ load path
+# tensors of at least this many bytes are decoded on the tensor pool during a load
+# (reads, decode and checksum overlap); smaller ones cost less than a thread hand-off
+POOL_MIN_BYTES = 1 << 20
+
+
+def open_reader(store: RepoStore, cache_bytes: int = 1 << 30) -> TensorReader:
+    """A fresh decoder over a repository's store (its base cache lives as long as it does)."""
+    return TensorReader(store.objects, store.cached_manifest, store.invalidate, cache_bytes)
+
+
+def load_version(store: RepoStore, vid: str, map_location: Any = None, weights_only: bool = True,
+                 progress: bool = False) -> Any:
+    """What ``torch.load`` of the committed object returns, bit for bit; unpickles only
+    with ``weights_only=False``, after warning what the pickles import."""
+    from modelhub_torch.skeleton import unflatten
+
+    m = store.manifest(vid)
+    if not weights_only and m.extra.get("pickle"):
+        from modelhub_torch.trust import describe, skeleton_pickle_globals
+
+        warnings.warn(
+            f"weights_only=False: unpickling {m.ref} runs code stored in the repository at "
+            f"{store.url}; its pickles import {describe(skeleton_pickle_globals(m.skeleton))}",
+            ModelHubWarning,
+            stacklevel=3,
+        )
+    live = [i for i, t in enumerate(m.tensors) if t["data"]["kind"] != DROPPED]
+    tensors: list[Any] = [None] * len(m.tensors)
+    for i, t in zip(live, decode_tensors(store, vid, m, live, map_location, progress)):
+        tensors[i] = t
+    return unflatten(m.skeleton, tensors, weights_only=weights_only)
+
+
+def load_all_tensors(store: RepoStore, vid: str, progress: bool = False) -> list[Any]:
+    """Every tensor a version stores, decoded and checked, without its skeleton: what a
+    load costs, and safe on versions holding pickles (nothing is unpickled)."""
+    m = store.manifest(vid)
+    live = [i for i, t in enumerate(m.tensors) if t["data"]["kind"] != DROPPED]
+    return decode_tensors(store, vid, m, live, None, progress)
+
+
+def load_weights(store: RepoStore, vid: str, map_location: Any = None, progress: bool = False) -> dict[str, Any]:
+    """Only the model weights of a version (``state_dict`` of a checkpoint)."""
+    from modelhub_torch.skeleton import state_dict_paths
+
+    m = store.manifest(vid)
+    paths = state_dict_paths(m.skeleton)
+    if not paths:
+        raise ModelHubError(f"{m.ref} holds no state_dict (it is not a model checkpoint)")
+    wanted = sorted(set(paths.values()))
+    decoded = dict(zip(wanted, decode_tensors(store, vid, m, wanted, map_location, progress)))
+    return {k: decoded[i] for k, i in paths.items()}
+
+
+def decode_tensors(store: RepoStore, vid: str, m: Manifest, indices: Iterable[int], map_location: Any,
+                   progress: bool = False) -> list[Any]:
+    """Tensors ``indices`` of version ``vid`` as torch tensors (each its own storage)."""
+    from modelhub_torch.pas.codec import shared_pool
+    from modelhub_torch.pas.dtypes import bits_to_tensor
+
+    reader = open_reader(store)
+    indices = list(indices)
+    # big tensors are jobs on the tensor pool (reads, decode and checksum overlap, and
+    # their chunks spread over the chunk pool); small ones cost less than a thread
+    # hand-off, so this thread decodes them meanwhile
+    big = sorted((i for i in indices if m.tensors[i]["nbytes"] >= POOL_MIN_BYTES), key=lambda i: -m.tensors[i]["nbytes"])
+    futures = {i: shared_pool("tensor").submit(reader.decode, vid, i) for i in big}
+    with byte_bar(sum(m.tensors[i]["nbytes"] for i in indices), f"load {m.ref}", progress) as bar:
+        bits = {}
+        for i in indices:
+            if i not in futures:
+                bits[i] = reader.decode(vid, i)
+                bar.update(m.tensors[i]["nbytes"])
+        for i, f in futures.items():
+            bits[i] = f.result()
+            bar.update(m.tensors[i]["nbytes"])
+    out, used = [], set()
+    for i in indices:
+        b = bits[i]
+        if id(b) in used:  # two records resolved to the same data: give each its own
+            b = b.copy()
+        used.add(id(b))
+        rec = m.tensors[i]
+        out.append(_map_location(bits_to_tensor(b, rec["dtype"], rec["shape"]), map_location))
+    return out
+
+
+def _map_location(t: Any, map_location: Any) -> Any:
+    """``torch.load``'s map_location: None, a device, a dict or a callable."""
+    if map_location is None:
+        return t
+    if isinstance(map_location, dict):
+        target = map_location.get("cpu")
+        return t if target is None else t.to(target)
+    if callable(map_location):
+        result = map_location(t, "cpu")
+        return t if result is None else result
+    return t.to(map_location)

@@ -159,20 +159,21 @@ def test_kill_during_archive_leaves_a_consistent_repository(built, step, k) -> N
 
 def test_unfinished_switch_is_read_through_the_journal_when_read_only(built, monkeypatch) -> None:
     repo, expect = built
+    from modelhub_torch import publish
     from modelhub_torch.archive import plan_repository
     from modelhub_torch.archive.rewrite import Rewriter
     from modelhub_torch.store.switch import write_switch
 
-    rg, plan, *_ = plan_repository(repo, alpha=8.0, algorithm="mst")
-    new = Rewriter(repo, repo.reader(), rg, plan, 2).run()
+    rg, plan, *_ = plan_repository(repo.store, alpha=8.0, algorithm="mst")
+    new = Rewriter(repo.store, repo.reader(), rg, plan, 2).run()
     write_switch(repo.loc, {m.id: repo.objects.put(m.to_bytes()) for m in new}, "archive")
 
-    def read_only(self, manifests):
+    def read_only(store, manifests):
         raise PermissionError("read-only file system")
 
-    monkeypatch.setattr(Repository, "_apply_switch", read_only)
+    monkeypatch.setattr(publish, "apply_switch", read_only)
     ro = Repository(repo.url)
-    assert ro._pending and (Path(repo.url) / "switch.json").exists()
+    assert ro.store.pending and (Path(repo.url) / "switch.json").exists()
     for ref, obj in expect.items():
         assert_bit_equal(ro.load(ref, weights_only=False), obj, ref)
     monkeypatch.undo()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import math
 import re
 import warnings
 
@@ -496,13 +497,18 @@ def test_metrics_must_be_json(repo):
         repo.commit({"w": torch.ones(1)}, "m", metrics={"bad": object()})
 
 
-def test_non_finite_metrics_are_stored_as_null(repo):
-    """Regression: a NaN/inf metric (a diverged loss) failed the commit with a bare
-    ValueError after every tensor was encoded (manifests are strict JSON)."""
+def test_non_finite_metrics_are_kept(repo):
+    """A NaN/inf metric (a diverged loss) is kept as what it was (stored tagged, as
+    manifests are strict JSON), in the manifest and in the index, and in queries it
+    is neither a number nor null."""
     v = repo.commit({"w": torch.ones(1)}, "m", metrics={"loss": float("nan"), "best": torch.tensor(float("inf")),
                                                         "hist": [1.0, float("-inf")], "acc": 0.5})
-    assert v.metrics == {"loss": None, "best": None, "hist": [1.0, None], "acc": 0.5}
-    assert repo.versions("m")[0].metrics == v.metrics
+    for got in (v.metrics, repo.versions("m")[0].metrics, Repository(repo.url).version("m@v1").metrics):
+        assert math.isnan(got["loss"]) and got["best"] == math.inf and got["hist"] == [1.0, -math.inf]
+        assert got["acc"] == 0.5
+    assert repo.query("select m where m.metrics.best > 1").refs == []
+    assert repo.query("select m where m.metrics.loss is null").refs == []
+    assert repo.query("select m where m.metrics.acc = 0.5").refs == ["m@v1"]
     assert repo.gc()["objects_removed"] == 0
 
 

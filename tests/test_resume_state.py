@@ -22,7 +22,8 @@ from torch.nn import functional as F
 
 from modelhub_torch import ModelHubError, Repository
 from modelhub_torch.callbacks import ModelHubCheckpoint, make_url
-from modelhub_torch.resumable import nearest_resumable, resume_refusal, trainer_state
+from modelhub_torch.callbacks.resume import nearest_resumable, resume_refusal
+from modelhub_torch.resumable import trainer_state
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 STATE_KEYS = ("optimizer_states", "lr_schedulers", "callbacks")

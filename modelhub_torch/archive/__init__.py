@@ -14,7 +14,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from modelhub_torch.archive.costs import DecodeModel
 from modelhub_torch.archive.graph import GraphBuilder, RepoGraph
@@ -23,10 +23,11 @@ from modelhub_torch.errors import ModelHubError
 from modelhub_torch.pas import lossy as lossy_mod
 from modelhub_torch.pas.codec import RepoCodecs
 from modelhub_torch.pas.planner import ALGORITHMS, SCHEMES, Plan, solve
+from modelhub_torch.publish import apply_switch
+from modelhub_torch.reader import open_reader
+from modelhub_torch.resolution import resolve
 from modelhub_torch.store.objects import ObjectStore
-
-if TYPE_CHECKING:
-    from modelhub_torch.repository import Repository
+from modelhub_torch.store.repo import RepoStore
 
 __all__ = ["ArchiveReport", "archive", "plan_repository"]
 
@@ -62,7 +63,7 @@ class ArchiveReport:
 
 
 def plan_repository(
-    repo: Repository,
+    store: RepoStore,
     *,
     alpha: float = 2.0,
     scheme: str = "independent",
@@ -86,23 +87,23 @@ def plan_repository(
         raise ModelHubError(f"hot_planes must be at least 1, got {hot_planes}")
     order = [
         vid
-        for model in sorted(repo.refs.models())
-        for _, vid in sorted(repo.refs.numbers(model).items())
+        for model in sorted(store.refs.models())
+        for _, vid in sorted(store.refs.numbers(model).items())
     ]
     if not order:
-        raise ModelHubError(f"{repo.url} holds no versions; there is nothing to archive")
-    manifests = {vid: repo.manifest(vid) for vid in order}
+        raise ModelHubError(f"{store.url} holds no versions; there is nothing to archive")
+    manifests = {vid: store.manifest(vid) for vid in order}
     schemes: dict[str, lossy_mod.LossyScheme] = {}
     for ref, text in (lossy or {}).items():
-        schemes[repo.resolve(ref)] = lossy_mod.parse_scheme(text)
+        schemes[resolve(store, ref)] = lossy_mod.parse_scheme(text)
     if decode_model is None:
-        c = RepoCodecs.from_settings(repo.settings)
-        decode_model = DecodeModel.calibrate(repo.objects, c.materialize, c.delta, cold)
+        c = RepoCodecs.from_settings(store.settings)
+        decode_model = DecodeModel.calibrate(store.objects, c.materialize, c.delta, cold)
     elif cold is not None and not decode_model.cold_read_Bps:
         raise ModelHubError("the decode model given has no cold-tier figures; calibrate it with the cold store")
-    reader = repo.reader()
+    reader = open_reader(store)
     builder = GraphBuilder(
-        repo, reader, decode_model, lossy=schemes, cold=cold is not None, hot_planes=hot_planes,
+        store, reader, decode_model, lossy=schemes, cold=cold is not None, hot_planes=hot_planes,
         cold_price=cold_price, sample_bytes=sample_bytes,
     )
     rg = builder.build(manifests, order)
@@ -118,7 +119,7 @@ def plan_repository(
 
 
 def archive(
-    repo: Repository,
+    store: RepoStore,
     *,
     alpha: float = 2.0,
     scheme: str = "independent",
@@ -133,23 +134,23 @@ def archive(
 ) -> ArchiveReport:
     """Re-plan the whole repository's storage; see ``Repository.archive``."""
     t0 = time.perf_counter()
-    with repo._lock:
-        repo._sync_index()
-        cold_store = repo.objects.cold
+    with store.lock:
+        store.sync_index()
+        cold_store = store.objects.cold
         if cold is not None:
-            cold_store = _cold_store(repo, cold, record=not dry_run)
-        before = _stored(repo)
+            cold_store = _cold_store(store, cold, record=not dry_run)
+        before = _stored(store)
         rg, plan, spt, mst, model = plan_repository(
-            repo, alpha=alpha, scheme=scheme, algorithm=algorithm, lossy=lossy,
+            store, alpha=alpha, scheme=scheme, algorithm=algorithm, lossy=lossy,
             cold=cold_store,
             hot_planes=hot_planes, cold_price=cold_price, sample_bytes=sample_bytes, decode_model=decode_model,
         )
         if not dry_run:
-            reader = repo.reader()
-            new = Rewriter(repo, reader, rg, plan, hot_planes).run()
-            _switch(repo, new)
-        after = _stored(repo) if not dry_run else before
-        cold_after = sum(repo.manifest(v).cold_bytes() for v in rg.order) if not dry_run else 0
+            reader = open_reader(store)
+            new = Rewriter(store, reader, rg, plan, hot_planes).run()
+            _switch(store, new)
+        after = _stored(store) if not dry_run else before
+        cold_after = sum(store.manifest(v).cold_bytes() for v in rg.order) if not dry_run else 0
     costs = list(plan.group_costs.values())
     spt_costs = list(spt.group_costs.values())
     return ArchiveReport(
@@ -158,53 +159,47 @@ def archive(
         planned_storage=plan.storage_cost, mst_storage=mst.storage_cost, spt_storage=spt.storage_cost,
         recreation_mean_s=statistics.fmean(costs), recreation_max_s=max(costs),
         spt_recreation_mean_s=statistics.fmean(spt_costs), spt_recreation_max_s=max(spt_costs),
-        feasible=plan.feasible, lossy={rg.manifests[v].ref: text for v, text in _lossy_refs(repo, lossy).items()},
+        feasible=plan.feasible, lossy={rg.manifests[v].ref: text for v, text in _lossy_refs(store, lossy).items()},
         seconds=time.perf_counter() - t0, dry_run=dry_run, decode_model=model.to_json(),
     )
 
 
-def _lossy_refs(repo: Repository, lossy: dict[str, str] | None) -> dict[str, str]:
-    return {repo.resolve(ref): text for ref, text in (lossy or {}).items()}
+def _lossy_refs(store: RepoStore, lossy: dict[str, str] | None) -> dict[str, str]:
+    return {resolve(store, ref): text for ref, text in (lossy or {}).items()}
 
 
-def _stored(repo: Repository) -> int:
-    return sum(r["stored_bytes"] for r in repo.catalog.rows())
+def _stored(store: RepoStore) -> int:
+    return sum(r["stored_bytes"] for r in store.catalog.rows())
 
 
-def _cold_store(repo: Repository, url: str, record: bool) -> ObjectStore:
+def _cold_store(store: RepoStore, url: str, record: bool) -> ObjectStore:
     """The cold tier at ``url``, recorded in the settings (before any object is written
     there) unless ``record`` is false (a dry run)."""
-    import json
-
-    from modelhub_torch.repository import CONFIG_FILE
     from modelhub_torch.store.location import Location
 
     loc = Location(url)
-    have = repo.settings.get("cold")
+    have = store.settings.get("cold")
     if have and Location(have).url != loc.url:
         raise ModelHubError(
-            f"{repo.url} already keeps its cold tier at {have}; a repository has one cold tier: "
+            f"{store.url} already keeps its cold tier at {have}; a repository has one cold tier: "
             f"archive with --cold {have} (or without --cold, which keeps using it)"
         )
-    if loc.url == repo.loc.url:
+    if loc.url == store.loc.url:
         raise ModelHubError("the cold tier must be another location than the repository itself")
     loc.makedirs("tmp")  # the calibration probe goes there
-    store = ObjectStore(loc)
+    cold_objects = ObjectStore(loc)
     if record:
         loc.makedirs("objects")
         if not have:
-            settings = json.loads(repo.loc.read(CONFIG_FILE))
-            settings["cold"] = loc.url
-            repo.loc.write_atomic(CONFIG_FILE, json.dumps(settings, indent=2).encode())
-            repo.settings["cold"] = loc.url
-        repo.objects.cold = store
-    return store
+            store.update_settings(cold=loc.url)
+        store.objects.cold = cold_objects
+    return cold_objects
 
 
-def _switch(repo: Repository, new: list) -> None:
+def _switch(store: RepoStore, new: list) -> None:
     """New manifests in, journal written (the commit point), refs switched, old objects out."""
     from modelhub_torch.store.switch import write_switch
 
-    mapping = {m.id: repo.objects.put(m.to_bytes()) for m in new}
-    write_switch(repo.loc, mapping, "archive")
-    repo._apply_switch(mapping)
+    mapping = {m.id: store.objects.put(m.to_bytes()) for m in new}
+    write_switch(store.loc, mapping, "archive")
+    apply_switch(store, mapping)

@@ -32,7 +32,7 @@ from modelhub_torch.writer import encode_all
 
 if TYPE_CHECKING:
     from modelhub_torch.reader import TensorReader
-    from modelhub_torch.repository import Repository
+    from modelhub_torch.store.repo import RepoStore
 
 SAMPLE_BLOCKS = 16
 SAMPLE_BLOCK_ELEMS = 1 << 16
@@ -121,7 +121,7 @@ def plane_sizes(chunks: list, scale: float = 1.0) -> list[int]:
 class GraphBuilder:
     def __init__(
         self,
-        repo: Repository,
+        store: RepoStore,
         reader: TensorReader,
         model: DecodeModel,
         *,
@@ -131,8 +131,8 @@ class GraphBuilder:
         cold_price: float,
         sample_bytes: int,
     ):
-        s = repo.settings
-        self.repo = repo
+        s = store.settings
+        self.store = store
         self.reader = reader
         self.model = model
         self.lossy = lossy

@@ -24,13 +24,13 @@ from modelhub_torch.writer import PackSet, encode_all
 
 if TYPE_CHECKING:
     from modelhub_torch.reader import TensorReader
-    from modelhub_torch.repository import Repository
+    from modelhub_torch.store.repo import RepoStore
 
 
 class Rewriter:
-    def __init__(self, repo: Repository, reader: TensorReader, rg: RepoGraph, plan: Plan, hot_planes: int):
-        s = repo.settings
-        self.repo = repo
+    def __init__(self, store: RepoStore, reader: TensorReader, rg: RepoGraph, plan: Plan, hot_planes: int):
+        s = store.settings
+        self.store = store
         self.reader = reader
         self.rg = rg
         self.plan = plan
@@ -48,8 +48,8 @@ class Rewriter:
 
     def _version(self, m: Manifest) -> Manifest:
         recs = m.copy_records()
-        hot = PackSet(self.repo.objects)
-        cold = PackSet(self.repo.objects.cold) if self.repo.objects.cold is not None else None
+        hot = PackSet(self.store.objects)
+        cold = PackSet(self.store.objects.cold) if self.store.objects.cold is not None else None
         schemes = set()
         try:
             for i, rec in enumerate(recs):

@@ -32,9 +32,9 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from modelhub_torch.callbacks.fs import PREFIX, make_url, parse_url
+from modelhub_torch.callbacks.resume import resume_refusal
 from modelhub_torch.errors import ModelHubError, RefNotFoundError
 from modelhub_torch.repository import Repository
-from modelhub_torch.resumable import resume_refusal
 from modelhub_torch.store.refs import check_name
 
 log = logging.getLogger(__name__)

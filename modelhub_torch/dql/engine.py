@@ -6,13 +6,11 @@ import functools
 import re
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from modelhub_torch.dql.compiler import compile_select
 from modelhub_torch.dql.parser import Derive, DQLError, Evaluate, Select, caret_error, parse
-
-if TYPE_CHECKING:
-    from modelhub_torch.repository import Version
+from modelhub_torch.records import Version
 
 BASE_COLUMNS = ["ref", "name", "version", "created", "params", "size"]
 # SQLite's words for a statement beyond its compiled-in limits: the query's shape, not

@@ -30,10 +30,11 @@ from typing import Any, TypeVar
 
 from modelhub_torch.errors import LockTimeoutError, ModelHubError, ModelHubWarning
 from modelhub_torch.manifest import DROPPED, Manifest
+from modelhub_torch.records import decode_values
 from modelhub_torch.store.location import Location
 
 # bumped whenever SCHEMA changes: an older index is dropped and rebuilt from the refs
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 _T = TypeVar("_T")
 TABLES = ("versions", "plane_bytes", "tensors", "version_objects", "links", "graph_nodes", "graph_edges")
 
@@ -55,6 +56,7 @@ CREATE TABLE IF NOT EXISTS versions (
     graph TEXT,
     pickle INTEGER NOT NULL DEFAULT 0,
     resumable INTEGER,
+    lossy TEXT NOT NULL DEFAULT '[]',
     UNIQUE (model, number)
 );
 CREATE INDEX IF NOT EXISTS versions_model ON versions(model, number);
@@ -126,6 +128,12 @@ def _resumable(m: Manifest) -> int | None:
     return None if state is None else int(state)
 
 
+def _lossy(m: Manifest) -> str:
+    """The lossy schemes an archive applied to the version, as the index stores them."""
+    schemes = m.extra.get("lossy") or []
+    return json.dumps([str(x) for x in schemes])
+
+
 def row_disagreements(row: sqlite3.Row, m: Manifest, manifest_oid: str | None) -> list[str]:
     """Columns of an index row that do not say what the version's manifest says (a
     stale or tampered index); empty when the row is true."""
@@ -133,6 +141,7 @@ def row_disagreements(row: sqlite3.Row, m: Manifest, manifest_oid: str | None) -
         "model": m.model, "number": m.number, "parent": m.parent, "created_at": m.created_at,
         "message": m.message, "manifest": manifest_oid or "", "raw_bytes": m.raw_bytes,
         "pickle": int(bool(m.extra.get("pickle"))), "resumable": _resumable(m),
+        "lossy": _lossy(m),
     }
     wrong = [k for k, v in expect.items() if row[k] != v]
     for col, value in (("metrics", m.metrics), ("hparams", m.hparams), ("info", m.info)):
@@ -385,13 +394,13 @@ class Catalog:
     def _insert(self, c: sqlite3.Connection, m: Manifest, manifest_oid: str, stored_bytes: int) -> None:
         c.execute("DELETE FROM versions WHERE id=? OR (model=? AND number=?)", (m.id, m.model, m.number))
         c.execute(
-            "INSERT INTO versions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO versions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 m.id, m.model, m.number, m.parent, m.created_at, m.message,
                 json.dumps(m.metrics), json.dumps(m.hparams), m.raw_bytes,
                 stored_bytes, model_params(m), manifest_oid, json.dumps(m.info),
                 self._graph(c, m.extra.get("graph")), int(bool(m.extra.get("pickle"))),
-                _resumable(m),
+                _resumable(m), _lossy(m),
             ),
         )
         c.execute("DELETE FROM plane_bytes WHERE version=?", (m.id,))
@@ -531,7 +540,7 @@ class Catalog:
     @staticmethod
     def decode_row(row: sqlite3.Row) -> dict[str, Any]:
         d = dict(row)
-        d["metrics"] = json.loads(d["metrics"])
-        d["hparams"] = json.loads(d["hparams"])
-        d["info"] = json.loads(d["info"])
+        for col in ("metrics", "hparams", "info"):
+            d[col] = decode_values(json.loads(d[col]))
+        d["lossy"] = tuple(json.loads(d.get("lossy") or "[]"))
         return d

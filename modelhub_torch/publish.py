@@ -1,0 +1,116 @@
+"""Making written versions visible: the commit point and the switch of re-encoded ones.
+
+Objects are written first, refs last: a version exists once its numbered ref does, and
+an older version moves to a new manifest (a reverse delta, an archive's plan) by one
+atomic ref write. Every mixture of old and new manifests decodes to the same bits, so a
+crash between any two steps is harmless. A many-version switch (archive) goes through
+the journal in store/switch.py, which this module rolls forward when it finds one.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+from modelhub_torch.errors import ModelHubError, ModelHubWarning
+from modelhub_torch.manifest import Manifest
+from modelhub_torch.records import Version
+from modelhub_torch.resumable import trainer_state
+from modelhub_torch.store.repo import RepoStore
+from modelhub_torch.store.switch import clear_switch, read_switch
+
+Replaced = list[tuple[Manifest, Manifest]]  # (new manifest, old manifest) of re-encoded versions
+
+
+def open_store(path_or_url: object) -> RepoStore:
+    """Open a repository's store, finishing an archive a crash interrupted."""
+    store = RepoStore(path_or_url)
+    finish_switch(store)
+    store.sync_index()
+    return store
+
+
+def publish(store: RepoStore, m: Manifest, replaced: Replaced) -> Version:
+    """Make the new version visible, then switch each re-encoded older version to its
+    new manifest. Call with the store's lock held."""
+    moid = store.objects.put(m.to_bytes())
+    new_oids = [store.objects.put(new.to_bytes()) for new, _ in replaced]
+    store.refs.set_manifest(m.id, moid)
+    store.refs.set_number(m.model, m.number, m.id)  # the commit point
+    # the version has landed: what follows only tidies (index, the parent's re-encode),
+    # so a failure here is a warning, never a failed commit
+    try:
+        store.catalog.upsert(m, moid, store.stored_bytes(m, moid))
+        switch(store, replaced, new_oids, {moid, *m.objects()})
+    except (ModelHubError, OSError) as exc:
+        warnings.warn(
+            f"{m.ref} was committed, but tidying up after it failed ({exc}); its parent "
+            "stays stored whole and 'modelhub gc' reclaims what is left over",
+            ModelHubWarning,
+            stacklevel=3,
+        )
+    try:
+        return store.checked_version(m.id)
+    except ModelHubError:
+        return version_from_manifest(store, m, moid)
+
+
+def version_from_manifest(store: RepoStore, m: Manifest, moid: str) -> Version:
+    """A Version straight from its manifest (when the index cannot give it)."""
+    return Version(
+        model=m.model, number=m.number, id=m.id, ref=m.ref, parent=m.parent,
+        created_at=m.created_at, metrics=m.metrics, hparams=m.hparams, message=m.message,
+        raw_bytes=m.raw_bytes, stored_bytes=store.stored_bytes(m, moid), info=m.info,
+        holds_pickle=bool(m.extra.get("pickle")), resumable=trainer_state(m.skeleton),
+        lossy=tuple(m.extra.get("lossy") or ()),
+    )
+
+
+def switch(store: RepoStore, replaced: Replaced, new_oids: list[str], keep: set[str]) -> None:
+    """Point each version at its new manifest, in order, and delete the objects only
+    its old manifest used (``keep``: objects that must survive regardless)."""
+    for (new, old), new_oid in zip(replaced, new_oids):
+        old_moid = store.refs.manifest_of(old.id)
+        store.refs.set_manifest(new.id, new_oid)
+        store.invalidate(new.id)
+        store.catalog.upsert(new, new_oid, store.stored_bytes(new, new_oid))
+        # objects are content-addressed: never delete what the new manifests use, nor
+        # what any other version's current manifest shares (packs are salted, so that
+        # is a second line of defence; gc reclaims whatever is kept needlessly)
+        survive = {new_oid, *new.objects(), *keep}
+        for oid in [*old.objects(), old_moid]:
+            if oid and oid not in survive and not (store.catalog.object_users(oid) - {old.id}):
+                store.objects.delete(oid)
+
+
+def finish_switch(store: RepoStore) -> None:
+    """Roll an interrupted archive forward (its journal is its commit point)."""
+    if not read_switch(store.loc):
+        return
+    try:
+        with store.lock:
+            pending = read_switch(store.loc)
+            if pending:
+                apply_switch(store, pending)
+    except OSError:
+        store.pending = read_switch(store.loc)  # cannot write here: read through the journal
+
+
+def apply_switch(store: RepoStore, manifests: dict[str, str]) -> None:
+    """Point every journalled version at its new manifest, re-index, drop the journal,
+    then delete what no current manifest uses. Idempotent: safe to repeat after a crash."""
+    from modelhub_torch.maintenance import gc
+
+    live = {vid for m in store.refs.models() for vid in store.refs.numbers(m).values()}
+    for vid, moid in manifests.items():
+        if vid in live and store.refs.manifest_of(vid) != moid:
+            store.refs.set_manifest(vid, moid)
+        store.invalidate(vid)
+    rows = []
+    for vid, moid in manifests.items():
+        if vid in live:
+            m = store.manifest(vid)
+            rows.append((m, moid, store.stored_bytes(m, moid)))
+    store.catalog.upsert_many(rows)
+    clear_switch(store.loc)
+    store.pending = {}
+    gc(store)
