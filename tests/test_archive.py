@@ -52,7 +52,11 @@ def built(tmp_path):
 def test_every_version_bit_exact_after_archive(built, algorithm) -> None:
     repo, expect = built
     r = repo.archive(2.0, algorithm=algorithm)
-    assert (r.versions == len(expect) and r.feasible) or algorithm in ("mst", "last")
+    assert r.versions == len(expect)
+    if algorithm in ("spt", "pas-mt", "pas-pt"):  # the budget-aware planners meet the budget
+        assert r.feasible
+    if algorithm == "mst":  # least storage, whatever the recreation cost
+        assert r.planned_storage == pytest.approx(r.mst_storage)
     _check_all(repo, expect)
     assert repo.gc(dry_run=True)["objects_removed"] == 0  # the archive collected its garbage
     assert repo.resolve("m@best") == repo.resolve("m@v5")
@@ -103,7 +107,7 @@ def test_dry_run_writes_nothing(built, tmp_path) -> None:
     assert r.dry_run and r.stored_after == r.stored_before
     r = repo.archive(3.0, dry_run=True, cold=str(tmp_path / "cold"), cold_price=0.01)
     assert r.planned_storage < r.spt_storage and r.cold_after == 0
-    assert "cold" not in json.loads((root / "modelhub.json").read_text()) or repo.settings["cold"] is None
+    assert json.loads((root / "modelhub.json").read_text()).get("cold") is None and repo.settings["cold"] is None
     assert repo.objects.cold is None
     assert sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file() and "index" not in p.parts) == before
 
@@ -312,10 +316,10 @@ def test_cli_lossy_accuracy_check(tmp_path, capsys) -> None:
     repo = Repository.init(tmp_path / "r")
     repo.commit(net, "mlp")
     torch.save({"x": x, "y": y}, tmp_path / "data.pt")
-    import tests_archive_module as mod  # noqa: F401 - registers the class for --module
+    import digits_mlp_for_cli  # noqa: F401 - importable, as --module needs
 
     assert main(["--repo", repo.url, "archive", "--lossy", "quant:2", "--versions", "mlp@v1",
-                 "--data", str(tmp_path / "data.pt"), "--module", "tests_archive_module:DigitsMLP"]) == 0
+                 "--data", str(tmp_path / "data.pt"), "--module", "digits_mlp_for_cli:DigitsMLP"]) == 0
     text = capsys.readouterr().out
     assert "ACC BEFORE" in text and "mlp@v1" in text
     with torch.no_grad():

@@ -370,7 +370,9 @@ def test_bad_refs_name_the_closest_match(repo):
     repo.tag("m@v1", "best")
     with pytest.raises(RefNotFoundError) as exc:
         repo.resolve("m@v9")
-    assert "m@v3" in str(exc.value) or "m@v2" in str(exc.value) or "m@v1" in str(exc.value)
+    assert "model 'm' has no version 'm@v9' (it has v1..v3; latest is m@v3)" in str(exc.value)
+    with pytest.raises(RefNotFoundError, match=r"did you mean m@v1\b"):
+        repo.resolve("m@v11")
     assert isinstance(exc.value, KeyError)  # `except KeyError` still works
     with pytest.raises(RefNotFoundError, match="m@best"):
         repo.load("m@bset")
