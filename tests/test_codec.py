@@ -181,7 +181,7 @@ def test_unknown_plane_coder_asks_for_an_upgrade_not_a_verify():
     cfg = CodecConfig(chunk_elems=1000)
     (n, frames), = _payloads(bits, cfg)
     bad = [("lz4", frames[0][1]), *frames[1:]]
-    with pytest.raises(NewerFormatError, match="plane coder 'lz4' is unknown .* newer modelhub_torch: upgrade"):
+    with pytest.raises(NewerFormatError, match=r"plane coder 'lz4' is unknown .* newer modelhub_torch: upgrade"):
         decode_tensor([(n, bad)], np.empty_like(bits), None, cfg, "t")
     damaged = [("\x00zstd", frames[0][1]), *frames[1:]]
     with pytest.raises(FormatError, match="damaged") as info:
@@ -190,7 +190,7 @@ def test_unknown_plane_coder_asks_for_an_upgrade_not_a_verify():
 
 
 def test_unknown_delta_op_asks_for_an_upgrade():
-    with pytest.raises(NewerFormatError, match="delta op 'add' is unknown .* upgrade"):
+    with pytest.raises(NewerFormatError, match=r"delta op 'add' is unknown .* upgrade"):
         CodecConfig.from_json({**CodecConfig().to_json(), "op": "add"})
     with pytest.raises(FormatError, match="damaged") as info:
         CodecConfig.from_json({**CodecConfig().to_json(), "op": 2})
