@@ -8,7 +8,6 @@ with the first coded tensor and Lightning with ``ModelHubCheckpoint``.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
 from modelhub_torch.errors import ModelHubError
@@ -19,25 +18,24 @@ if TYPE_CHECKING:
     from modelhub_torch.callbacks.checkpoint import ModelHubCheckpoint
     from modelhub_torch.repository import Repository, Version
 
-# public name -> the module that defines it (imported on first access)
-_LAZY = {
-    "Repository": "modelhub_torch.repository",
-    "Version": "modelhub_torch.repository",
-    "ModelHubCheckpoint": "modelhub_torch.callbacks",
-}
-
 __all__ = ["ModelHubCheckpoint", "ModelHubError", "Repository", "Version", "__version__", "load"]
 
 
 def __getattr__(name: str) -> Any:
-    home = _LAZY.get(name)
-    if home is None:
-        raise AttributeError(f"module 'modelhub_torch' has no attribute {name!r}")
-    return getattr(importlib.import_module(home), name)
+    # imported on first access: torch with Repository, Lightning with the callback
+    if name in ("Repository", "Version"):
+        from modelhub_torch import repository
+
+        return getattr(repository, name)
+    if name == "ModelHubCheckpoint":
+        from modelhub_torch.callbacks import ModelHubCheckpoint
+
+        return ModelHubCheckpoint
+    raise AttributeError(f"module 'modelhub_torch' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+    return sorted({*globals(), *__all__})
 
 
 def load(path_or_url: str, ref: str, map_location: Any = None, weights_only: bool = True) -> Any:

@@ -181,7 +181,7 @@ def test_unknown_plane_coder_asks_for_an_upgrade_not_a_verify():
     cfg = CodecConfig(chunk_elems=1000)
     (n, frames), = _payloads(bits, cfg)
     bad = [("lz4", frames[0][1]), *frames[1:]]
-    with pytest.raises(NewerFormatError, match=r"plane coder 'lz4' is unknown .* newer modelhub_torch: upgrade"):
+    with pytest.raises(NewerFormatError, match=r"frame coder 'lz4' is unknown .* newer modelhub_torch: upgrade"):
         decode_tensor([(n, bad)], np.empty_like(bits), None, cfg, "t")
     damaged = [("\x00zstd", frames[0][1]), *frames[1:]]
     with pytest.raises(FormatError, match="damaged") as info:

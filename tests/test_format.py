@@ -149,7 +149,7 @@ def _planes_record(doc: dict) -> dict:
     ("edit", "what"),
     [
         (lambda d: _planes_record(d)["data"].update(kind="sparse"), "record kind 'sparse'"),
-        (lambda d: _planes_record(d)["data"]["chunks"][0]["frames"][0].__setitem__(2, "lz4"), "plane coder 'lz4'"),
+        (lambda d: _planes_record(d)["data"]["chunks"][0]["frames"][0].__setitem__(2, "lz4"), "frame coder 'lz4'"),
         (lambda d: _planes_record(d)["data"]["codec"].update(op="mul"), "delta op 'mul'"),
     ],
 )

@@ -8,7 +8,6 @@ Everything here is a pure function of its arrays.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
 from modelhub_torch.kernels.ops import OP_NONE, OP_SUB, OP_XOR
@@ -83,6 +82,9 @@ def __getattr__(name: str) -> Any:
     home = _HOMES.get(name)
     if home is None:
         raise AttributeError(f"module 'modelhub_torch.kernels' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"modelhub_torch.kernels.{home}"), name)
+    # fused imports layout and planes itself: the three load together
+    from modelhub_torch.kernels import fused, layout, planes
+
+    value = getattr({"fused": fused, "layout": layout, "planes": planes}[home], name)
     globals()[name] = value  # later lookups skip this function
     return value

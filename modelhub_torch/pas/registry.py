@@ -45,7 +45,7 @@ E = TypeVar("E", bound=_HasId)
 
 
 class Registry(Generic[E]):
-    """Entries of one kind (``what``: "plane coder", "delta op") by their stable id."""
+    """Entries of one kind (``what``: "frame coder", "delta op") by their stable id."""
 
     def __init__(self, what: str) -> None:
         self.what = what
@@ -108,7 +108,7 @@ class DeltaOp:
     lanes: bool = False
 
 
-PLANE_CODERS: Registry[PlaneCoder] = Registry("plane coder")  # filled by pas/entropy.py
+PLANE_CODERS: Registry[PlaneCoder] = Registry("frame coder")  # filled by pas/entropy.py
 DELTA_OPS: Registry[DeltaOp] = Registry("delta op")
 DELTA_OPS.register(DeltaOp("none", OP_NONE))
 DELTA_OPS.register(DeltaOp("xor", OP_XOR))

@@ -130,6 +130,8 @@ def _commit_rans0(repo: Any, obj: Any, model: str) -> None:
 
 
 def main() -> int:
+    from make_golden import tidy
+
     from modelhub_torch import Repository
 
     if TARGET.exists():
@@ -164,12 +166,8 @@ def main() -> int:
     settings = json.loads((root / "modelhub.json").read_text())
     settings["cold"] = COLD_SETTING
     (root / "modelhub.json").write_text(json.dumps(settings, indent=2))
-    for leftover in ("index", "tmp"):
-        shutil.rmtree(root / leftover, ignore_errors=True)
+    tidy(root)
     shutil.rmtree(cold / "tmp", ignore_errors=True)
-    (root / "tmp").mkdir()
-    (root / "tmp" / ".keep").touch()
-    (root / "lock").unlink(missing_ok=True)
     return 0
 
 
