@@ -17,7 +17,8 @@ import zstandard
 from modelhub_torch.errors import FormatError, ModelHubError
 from modelhub_torch.pas.codec import CodecConfig, ExponentContext
 from modelhub_torch.pas.dtypes import ITEMSIZE
-from modelhub_torch.pas.entropy import CODERS
+from modelhub_torch.pas.entropy import PLANE_CODERS
+from modelhub_torch.pas.registry import NewerFormatError, is_id, newer
 from modelhub_torch.skeleton_check import check_skeleton
 from modelhub_torch.store.refs import MODEL_NAME
 from modelhub_torch.validate import check_object_id, check_version_id, is_object_id, is_version_id
@@ -281,8 +282,10 @@ def _check_record(doc: dict[str, Any], i: int, rec: Any, where: str) -> bool:
         raise _fail(f"{where}: tensor {i}", "a record needs a string 'path'")
     at = f"{where}: tensor {i} ({rec['path'][:200]})"
     data = rec.get("data")
-    if not isinstance(data, dict) or not isinstance(data.get("kind"), str) or data["kind"] not in KINDS:
+    if not isinstance(data, dict) or not is_id(data.get("kind")):
         raise _fail(at, f"data must be an object whose kind is one of {', '.join(KINDS)}")
+    if data["kind"] not in KINDS:
+        raise newer(at, f"record kind {data['kind']!r} is unknown (this version knows {', '.join(KINDS)})")
     if data["kind"] == DROPPED:
         return False
     dtype, shape, nbytes = rec.get("dtype"), rec.get("shape"), rec.get("nbytes")
@@ -317,6 +320,8 @@ def _check_planes(doc: dict[str, Any], rec: dict[str, Any], data: dict[str, Any]
         ectx = data.get("exponent_context")
         if ectx is not None:
             ExponentContext.from_json(ectx)
+    except NewerFormatError as exc:  # a delta op of a newer version: not damage
+        raise NewerFormatError(f"{at}: {exc}") from None
     except FormatError as exc:
         raise _fail(at, str(exc)) from None
     transform = data.get("lossy")
@@ -365,8 +370,9 @@ def _check_chunks(doc: dict[str, Any], chunks: Any, elements: int, width: int, c
 def _check_frame(doc: dict[str, Any], frame: Any, n: int, p: int, cold_from: int | None, at: str, c: int) -> None:
     """``[offset, length, coder]`` in a pack the manifest lists (``at``, ``c``: where)."""
     ok = isinstance(frame, list) and len(frame) == 3 and _is_int(frame[0]) and _is_int(frame[1], 0, 2 * n + FRAME_SLACK)
-    if not ok or not isinstance(frame[2], str) or frame[2] not in CODERS:
+    if not ok or not is_id(frame[2]):
         raise _fail(f"{at}: chunk {c} plane {p}", f"frame {str(frame)[:120]} is not [offset, length <= 2n + {FRAME_SLACK}, coder]")
+    PLANE_CODERS.get(frame[2], f"{at}: chunk {c} plane {p}")  # a coder of a newer version: NewerFormatError
     key = "cold_packs" if cold_from is not None and p >= cold_from else "packs"
     packs = doc.get(key, ())
     if p >= len(packs) or packs[p] is None:
@@ -377,6 +383,9 @@ def _check_lossy(transform: Any, dtype: str, at: str) -> str:
     """A lossy record's transform: its scheme, code dtype and table; returns the code dtype."""
     from modelhub_torch.pas import lossy
 
+    scheme = transform.get("scheme") if isinstance(transform, dict) else None
+    if is_id(scheme) and scheme.partition(":")[0] not in lossy.SCHEME_NAMES:
+        raise newer(at, f"lossy scheme {scheme!r} is unknown (this version knows {', '.join(lossy.SCHEME_NAMES)})")
     try:
         if not isinstance(transform, dict):
             raise FormatError("the transform is not an object")

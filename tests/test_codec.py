@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from modelhub_torch.errors import CorruptObjectError, FormatError, ModelHubError
+from modelhub_torch.kernels.ops import OP_NONE, OP_SUB, OP_XOR
 from modelhub_torch.pas import entropy
 from modelhub_torch.pas.codec import (
     CodecConfig,
@@ -13,6 +14,7 @@ from modelhub_torch.pas.codec import (
     decode_tensor,
     encode_tensor,
 )
+from modelhub_torch.pas.registry import DELTA_OPS, PLANE_CODERS, DeltaOp, NewerFormatError
 
 
 def _weights(n: int, seed: int = 0) -> np.ndarray:
@@ -174,13 +176,36 @@ def test_raw_payload_of_wrong_size_raises():
         decode_tensor([(n, short)], np.empty_like(bits), None, cfg, "t")
 
 
-def test_unknown_plane_codec_raises():
+def test_unknown_plane_coder_asks_for_an_upgrade_not_a_verify():
     bits = _weights(100)
     cfg = CodecConfig(chunk_elems=1000)
     (n, frames), = _payloads(bits, cfg)
     bad = [("lz4", frames[0][1]), *frames[1:]]
-    with pytest.raises(CorruptObjectError, match="unknown plane codec"):
+    with pytest.raises(NewerFormatError, match=r"frame coder 'lz4' is unknown .* newer modelhub_torch: upgrade"):
         decode_tensor([(n, bad)], np.empty_like(bits), None, cfg, "t")
+    damaged = [("\x00zstd", frames[0][1]), *frames[1:]]
+    with pytest.raises(FormatError, match="damaged") as info:
+        decode_tensor([(n, damaged)], np.empty_like(bits), None, cfg, "t")
+    assert not isinstance(info.value, NewerFormatError)
+
+
+def test_unknown_delta_op_asks_for_an_upgrade():
+    with pytest.raises(NewerFormatError, match=r"delta op 'add' is unknown .* upgrade"):
+        CodecConfig.from_json({**CodecConfig().to_json(), "op": "add"})
+    with pytest.raises(FormatError, match="damaged") as info:
+        CodecConfig.from_json({**CodecConfig().to_json(), "op": 2})
+    assert not isinstance(info.value, NewerFormatError)
+
+
+def test_registries_name_every_coder_and_op_of_the_format():
+    """FORMAT.md's coders and ops, each with its feature: the ids are the stored format."""
+    assert {c.id: c.feature for c in PLANE_CODERS} == {
+        "raw": None, "zstd": None, "rans0": "rans0", "rans8": "rans8", "rans_ctx": "rans_ctx",
+    }
+    assert [c.id for c in PLANE_CODERS if c.needs_context] == ["rans_ctx"]
+    assert {op.id: op.kernel_op for op in DELTA_OPS} == {"none": OP_NONE, "xor": OP_XOR, "sub": OP_SUB}
+    with pytest.raises(ValueError, match="registered twice"):
+        DELTA_OPS.register(DeltaOp("sub", OP_SUB))
 
 
 def test_zstd_frame_decoding_to_wrong_size_raises():

@@ -1,13 +1,17 @@
 """Golden-file tests: the byte format of FORMAT.md must keep decoding.
 
-``tests/golden/repo-v1`` was written by ``tests/golden/make_golden.py``; whatever the
-code becomes, that repository must load to exactly these values. The kernel stages
+``tests/golden/repo-v1`` was written by ``tests/golden/make_golden.py`` and
+``tests/golden/features-v1`` (every frame coder and format feature) by
+``tests/golden/make_features.py``; whatever the code becomes, they must load to
+exactly the recorded values — so a kernel change that changes its NumPy twin too
+cannot silently change the format. The kernel stages
 we own (plane split, exponent-first layout, rANS) are pinned byte for byte; zstd's
 output is not (the library may change it), only its decoding.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import sys
@@ -17,9 +21,22 @@ import blake3
 import numpy as np
 import pytest
 import torch
+import zstandard
 
 from modelhub_torch import Repository
+from modelhub_torch.errors import FormatError
 from modelhub_torch.kernels import encode_planes, rans, to_exp_first
+from modelhub_torch.manifest import validate_manifest
+from modelhub_torch.pas.entropy import PLANE_CODERS
+from modelhub_torch.pas.registry import NewerFormatError
+from modelhub_torch.store.config import (
+    BASELINE_FEATURES,
+    KNOWN_FEATURES,
+    declared_features,
+    features_to_record,
+    manifest_features,
+    validate_settings,
+)
 
 GOLDEN = Path(__file__).parent / "golden"
 # a rans8 frame of the data in test_rans8_frame_is_pinned (the twin in kernels/rans.py
@@ -27,7 +44,10 @@ GOLDEN = Path(__file__).parent / "golden"
 PINNED_RANS8 = "c60b2783b176bddb954c8ab038f36190b7cd3f05d9356cfac136580dc5d7a858"
 PINNED_RANS8_BYTES = 752
 sys.path.insert(0, str(GOLDEN))
+from make_features import digest, tensors  # noqa: E402
 from make_golden import golden_versions  # noqa: E402
+
+FEATURES = GOLDEN / "features-v1"
 
 
 @pytest.fixture
@@ -68,6 +88,131 @@ def test_golden_repository_uses_every_stored_form(golden_repo: Repository) -> No
             data = rec["data"]
             kinds.add("delta" if data.get("base") else data["kind"])
     assert kinds == {"planes", "delta", "same"}
+
+
+@pytest.fixture
+def features_repo(tmp_path: Path) -> Repository:
+    """A copy of features-v1 whose cold tier setting points at the copied cold tier."""
+    shutil.copytree(FEATURES, tmp_path / "f")
+    config = tmp_path / "f" / "repo" / "modelhub.json"
+    settings = json.loads(config.read_text())
+    assert settings["cold"] == "../cold"
+    config.write_text(json.dumps({**settings, "cold": str(tmp_path / "f" / "cold")}))
+    return Repository(tmp_path / "f" / "repo")
+
+
+def test_every_frame_kind_and_feature_loads_bit_exact(features_repo: Repository) -> None:
+    """Each version of features-v1 loads to the bits recorded when it was written."""
+    expected = json.loads((FEATURES / "expected.json").read_text())
+    assert sorted(expected) == ["ft@v1", "net@v1", "net@v2", "old@v1", "traj@v1", "traj@v2", "traj@v3"]
+    for ref, want in expected.items():
+        got = tensors(features_repo.load(ref))
+        assert sorted(got) == sorted(want), ref
+        for path, t in got.items():
+            assert [str(t.dtype).removeprefix("torch."), list(t.shape)] == [want[path]["dtype"], want[path]["shape"]]
+            assert digest(t) == want[path]["blake3"], (ref, path)
+    assert "optimizer" not in features_repo.load("ft@v1")  # pruned
+    assert features_repo.verify() == []
+
+
+def test_feature_fixture_holds_every_frame_kind(features_repo: Repository) -> None:
+    """The fixture cannot silently lose a coder, record form or feature the test above
+    is meant to pin."""
+    coders, forms, features = set(), set(), set()
+    for model in ("net", "traj", "old", "ft"):
+        for v in features_repo.versions(model):
+            m = features_repo.manifest(v.id)
+            features |= manifest_features(m)
+            for rec in m.tensors:
+                data = rec["data"]
+                forms.add(data["kind"])
+                forms.update(k for k in ("base", "context", "exponent_context", "lossy", "cold_from")
+                             if data.get(k) is not None)
+                if data["kind"] == "planes":
+                    coders.update(f[2] for c in data["chunks"] for f in c["frames"])
+    assert coders == set(PLANE_CODERS.ids()) == {"raw", "zstd", "rans0", "rans8", "rans_ctx"}
+    assert features == set(KNOWN_FEATURES)
+    assert forms == {"planes", "same", "dropped", "base", "context", "exponent_context", "lossy", "cold_from"}
+    assert features_repo.manifest(features_repo.resolve("net@v1")).extra["lossy"] == ["quant:4"]
+
+
+def _doc(repo: Repository, ref: str) -> dict:
+    """A version's manifest as its JSON document (to damage or extend in a test)."""
+    return json.loads(zstandard.ZstdDecompressor().decompress(repo.manifest(repo.resolve(ref)).to_bytes()))
+
+
+def _planes_record(doc: dict) -> dict:
+    return next(r for r in doc["tensors"] if r["data"]["kind"] == "planes")
+
+
+@pytest.mark.parametrize(
+    ("edit", "what"),
+    [
+        (lambda d: _planes_record(d)["data"].update(kind="sparse"), "record kind 'sparse'"),
+        (lambda d: _planes_record(d)["data"]["chunks"][0]["frames"][0].__setitem__(2, "lz4"), "frame coder 'lz4'"),
+        (lambda d: _planes_record(d)["data"]["codec"].update(op="mul"), "delta op 'mul'"),
+    ],
+)
+def test_ids_of_a_newer_version_ask_for_an_upgrade(golden_repo: Repository, edit, what: str) -> None:
+    """An id this version does not know was written by a newer one: upgrade, not verify."""
+    doc = _doc(golden_repo, "golden@v3")
+    edit(doc)
+    with pytest.raises(NewerFormatError, match=f"{what} is unknown .*written by a newer modelhub_torch: upgrade"):
+        validate_manifest(doc, "m")
+
+
+def test_unknown_lossy_scheme_asks_for_an_upgrade(golden_repo: Repository) -> None:
+    doc = _doc(golden_repo, "golden@v3")
+    rec = next(r for r in doc["tensors"] if r["data"]["kind"] == "planes" and not r["data"]["base"]
+               and r["dtype"] == "float32")
+    rec["data"]["lossy"] = {"scheme": "nf4", "code_dtype": "uint8"}
+    with pytest.raises(NewerFormatError, match=r"lossy scheme 'nf4' is unknown .* upgrade"):
+        validate_manifest(doc, "m")
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda d: _planes_record(d)["data"].update(kind=7),
+        lambda d: _planes_record(d)["data"]["chunks"][0]["frames"][0].__setitem__(2, ""),
+        lambda d: _planes_record(d)["data"]["chunks"][0]["frames"][0].__setitem__(2, None),
+        lambda d: _planes_record(d)["data"]["codec"].update(op=["sub"]),
+        lambda d: _planes_record(d)["data"]["codec"].update(lane=3),
+    ],
+)
+def test_damaged_values_of_known_kinds_ask_for_verify(golden_repo: Repository, edit) -> None:
+    doc = _doc(golden_repo, "golden@v3")
+    edit(doc)
+    with pytest.raises(FormatError, match=r"damaged .*run 'modelhub verify'") as info:
+        validate_manifest(doc, "m")
+    assert not isinstance(info.value, NewerFormatError)
+
+
+def test_features_setting_refuses_what_a_newer_version_wrote() -> None:
+    base = {"format": 1}
+    assert "features" not in validate_settings(base)  # absent: the format-1 baseline
+    assert declared_features(validate_settings(base)) == BASELINE_FEATURES == frozenset(KNOWN_FEATURES)
+    assert declared_features(validate_settings({**base, "features": ["rans8"]})) == {"rans8"}
+    with pytest.raises(NewerFormatError, match=r"features \['sparse_v2'\] .*newer modelhub_torch: upgrade"):
+        validate_settings({**base, "features": ["rans8", "sparse_v2"]})
+    for bad in ("rans8", [1], [""], {"rans8": True}):
+        with pytest.raises(FormatError, match="must be a list of feature names") as info:
+            validate_settings({**base, "features": bad})
+        assert not isinstance(info.value, NewerFormatError)
+
+
+def test_features_to_record_names_what_a_version_adds(golden_repo: Repository) -> None:
+    doc = _doc(golden_repo, "golden@v3")
+    used = manifest_features(doc)
+    assert used == manifest_features(golden_repo.manifest(golden_repo.resolve("golden@v3")))
+    assert features_to_record({"format": 1}, doc) is None  # the baseline covers it
+    assert features_to_record({"features": sorted(used)}, doc) is None
+    rec = _planes_record(doc)
+    rec["data"]["chunks"][0]["frames"][0][2] = "rans_ctx"
+    rec["data"]["exponent_context"] = {"from": 100, "bits": 8}
+    assert features_to_record({"features": []}, doc) == [
+        f for f in KNOWN_FEATURES if f in used | {"rans_ctx", "exponent_context"}
+    ]
 
 
 def _signal() -> tuple[np.ndarray, np.ndarray]:

@@ -323,3 +323,21 @@ def test_rans_rejects_malformed_frames():
     bad_table = frame.copy()
     bad_table[0] ^= 0x01  # frequencies no longer sum to M
     assert rans.rans_decode(bad_table, back) == -1
+
+
+def test_numba_loads_with_the_first_coded_tensor_not_at_import() -> None:
+    """numba costs ~0.3 s to import: the package, its public names, manifests and
+    settings must not pull it in; the first kernel call does."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from modelhub_torch import Repository, load, ModelHubCheckpoint, ModelHubError\n"
+        "import modelhub_torch.manifest, modelhub_torch.store.config, modelhub_torch.writer, modelhub_torch.kernels\n"
+        "assert 'numba' not in sys.modules, 'numba imported at import time'\n"
+        "from modelhub_torch.kernels import encode_planes\n"
+        "assert 'numba' in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -27,9 +27,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-OP_NONE = 0
-OP_XOR = 1
-OP_SUB = 2
+from modelhub_torch.kernels.ops import OP_NONE, OP_SUB, OP_XOR
 
 _U64 = np.uint64
 _ALL_ONES = np.uint64(0xFFFFFFFFFFFFFFFF)

@@ -17,9 +17,10 @@ from typing import Any, TypeVar
 import numpy as np
 
 from modelhub_torch.errors import FormatError
+from modelhub_torch.kernels.ops import OP_NONE
 from modelhub_torch.pas import entropy
+from modelhub_torch.pas.registry import DELTA_OPS, PLANE_CODERS
 
-OPS = {"none": 0, "xor": 1, "sub": 2}
 # exponent width per float dtype (complex: of its components); used by the exp-first layout
 EXP_BITS = {
     "float64": 11, "complex128": 11, "float32": 8, "complex64": 8, "bfloat16": 8,
@@ -46,8 +47,7 @@ class CodecConfig:
     def __post_init__(self) -> None:
         # codecs come from manifests and settings files (untrusted): every field is
         # checked here, so no kernel ever sees a shift or a size it was not built for
-        if not isinstance(self.op, str) or self.op not in OPS:
-            raise FormatError(f"unknown delta op {self.op!r}; expected one of {sorted(OPS)}")
+        DELTA_OPS.get(self.op, "codec")  # an op this version lacks: NewerFormatError
         if not _is_int(self.lane) or self.lane not in (1, 2, 4, 8):
             raise FormatError(f"lane must be 1, 2, 4 or 8 bytes, got {self.lane!r}")
         for name, lo, hi in _INT_FIELDS:
@@ -262,7 +262,7 @@ def encode_chunk(
         else:
             k.split4_sub(target, base, planes[0], planes[1], planes[2], planes[3])
         return _code_planes(planes, cfg.level, ctx)
-    op = OPS[cfg.op] if base is not None else k.OP_NONE
+    op = DELTA_OPS.get(cfg.op, "codec").kernel_op if base is not None else OP_NONE
     if cfg.exp_bits and base is None:
         swapped = np.empty_like(target)
         k.to_exp_first(target, cfg.exp_bits, swapped)
@@ -311,7 +311,7 @@ def decode_chunk(
     k = _kernels()
     _check_chunk(frames, n, out, base, context, cfg, where)
     ctx = None
-    if any(codec == entropy.RANS_CTX for codec, _ in frames):
+    if any(PLANE_CODERS.get(codec, where).needs_context for codec, _ in frames):
         if context is None or base is None:
             raise FormatError(f"{where}: context-coded frames need the base and context tensors")
         ctx = _context(base, context)
@@ -330,7 +330,7 @@ def decode_chunk(
     for p, (codec, payload) in enumerate(frames):
         data = entropy.decode_plane(codec, payload, n, f"{where} plane {p}", ctx)
         planes[p] = np.frombuffer(data, np.uint8)
-    op = OPS[cfg.op] if base is not None else k.OP_NONE
+    op = DELTA_OPS.get(cfg.op, where).kernel_op if base is not None else OP_NONE
     empty = out[:0]
     k.decode_planes(planes, empty if base is None else base, op, cfg.lane, cfg.group_from, out)
     if cfg.exp_bits and base is None:

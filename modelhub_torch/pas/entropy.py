@@ -13,20 +13,22 @@ from __future__ import annotations
 
 import struct
 import threading
+from typing import TYPE_CHECKING
 
 import numpy as np
 import zstandard
 
 from modelhub_torch.errors import CorruptObjectError
-from modelhub_torch.kernels import rans, rans_ctx
+from modelhub_torch.pas.registry import PLANE_CODERS, PlaneCoder, PlaneDecoder
+
+if TYPE_CHECKING:
+    from types import ModuleType
 
 RAW = "raw"
 ZSTD = "zstd"
 RANS = "rans0"  # four interleaved states: frames of earlier versions, still decoded
 RANS8 = "rans8"  # eight interleaved states: what new frames use (faster to decode)
 RANS_CTX = "rans_ctx"
-# every coder a frame may name (FORMAT.md); manifests naming another are refused
-CODERS = frozenset({RAW, ZSTD, RANS, RANS8, RANS_CTX})
 
 # Try rANS when the plane's order-0 entropy promises this much over zstd's output.
 RANS_GAIN = 0.03
@@ -39,6 +41,19 @@ MIN_SAVING = 0.02
 RANS_MIN_BYTES = 4096
 
 _local = threading.local()
+
+
+def _rans() -> ModuleType:
+    # numba loads with the first coded plane, not with this module (import stays cheap)
+    from modelhub_torch.kernels import rans
+
+    return rans
+
+
+def _rans_ctx() -> ModuleType:
+    from modelhub_torch.kernels import rans_ctx
+
+    return rans_ctx
 
 
 def _compressor(level: int) -> zstandard.ZstdCompressor:
@@ -70,6 +85,7 @@ def encode_plane(plane: memoryview | bytes, level: int) -> tuple[str, bytes]:
         return RAW, b""
     if n < RANS_MIN_BYTES:  # rANS's 512-byte table cannot pay: zstd or raw, one call
         return _zstd_or_raw(plane, _compressor(level).compress(plane))
+    rans = _rans()
     sample = _sample(plane, n)
     z_bytes = _compressor(level).compress(sample)
     z_sample = len(z_bytes)
@@ -105,6 +121,7 @@ def encode_plane_ctx(plane: memoryview | bytes, ctx: np.ndarray, level: int) -> 
     arr = np.frombuffer(plane, np.uint8)
     if arr.size == 0:
         return best
+    rans_ctx = _rans_ctx()
     freqs = rans_ctx.normalize_freqs2d(rans_ctx.histogram2d(arr, ctx))
     tables = _compressor(3).compress(freqs.astype("<u2").tobytes())
     out = np.empty(2 * arr.size + 64, np.uint8)
@@ -114,11 +131,12 @@ def encode_plane_ctx(plane: memoryview | bytes, ctx: np.ndarray, level: int) -> 
     return best
 
 
-def _decode_rans_ctx(payload: bytes | memoryview, size: int, ctx: np.ndarray | None, where: str) -> memoryview:
+def _decode_rans_ctx(payload: bytes | memoryview, size: int, where: str, ctx: np.ndarray | None) -> memoryview:
     if ctx is None or len(ctx) != size:
         raise CorruptObjectError(f"{where}: a context-coded frame needs its context tensor")
     if len(payload) < 4:
         raise CorruptObjectError(f"{where}: context rANS frame of {len(payload)} bytes has no table length")
+    rans_ctx = _rans_ctx()
     (tlen,) = struct.unpack_from("<I", payload, 0)
     if 4 + tlen > len(payload):
         raise CorruptObjectError(f"{where}: context rANS tables ({tlen} bytes) run past the frame's {len(payload)}")
@@ -169,32 +187,48 @@ def _entropy_bytes(counts: np.ndarray, n: int) -> float:
 
 
 def _rans_encode(arr: np.ndarray, counts: np.ndarray) -> bytes:
+    rans = _rans()
     freqs = rans.normalize_freqs(counts)
     out = np.empty(rans.HEADER_BYTES + 2 * arr.shape[0] + 64, np.uint8)
     used = rans.rans_encode8(arr, freqs, out)
     return out[:used].tobytes()
 
 
+def _decode_raw(payload: bytes | memoryview, size: int, where: str, ctx: np.ndarray | None) -> bytes | memoryview:
+    return payload
+
+
+def _decode_zstd(payload: bytes | memoryview, size: int, where: str, ctx: np.ndarray | None) -> bytes:
+    return _zstd(payload, size, where)
+
+
+def _rans_decoder(decode_name: str) -> PlaneDecoder:
+    def decode(payload: bytes | memoryview, size: int, where: str, ctx: np.ndarray | None) -> memoryview:
+        out = np.empty(size, np.uint8)
+        used = getattr(_rans(), decode_name)(np.frombuffer(payload, np.uint8), out)
+        if used != len(payload):
+            raise CorruptObjectError(f"{where}: rANS frame does not decode")
+        return out.data
+
+    return decode
+
+
+PLANE_CODERS.register(PlaneCoder(RAW, _decode_raw))
+PLANE_CODERS.register(PlaneCoder(ZSTD, _decode_zstd))
+PLANE_CODERS.register(PlaneCoder(RANS, _rans_decoder("rans_decode"), feature="rans0"))
+PLANE_CODERS.register(PlaneCoder(RANS8, _rans_decoder("rans_decode8"), feature="rans8"))
+PLANE_CODERS.register(PlaneCoder(RANS_CTX, _decode_rans_ctx, feature="rans_ctx", needs_context=True))
+# every coder a frame may name (FORMAT.md); manifests naming another are refused
+CODERS = PLANE_CODERS.ids()
+
+
 def decode_plane(
     codec: str, payload: bytes | memoryview, size: int, where: str, ctx: np.ndarray | None = None
 ) -> bytes | memoryview:
     """Inverse of :func:`encode_plane` / :func:`encode_plane_ctx`; ``where`` names the
-    data in error messages; ``ctx`` is the per-element context of ``rans_ctx`` frames."""
-    if codec == RANS_CTX:
-        data = _decode_rans_ctx(payload, size, ctx, where)
-    elif codec == RAW:
-        data = payload
-    elif codec in (RANS, RANS8):
-        out = np.empty(size, np.uint8)
-        decoder = rans.rans_decode8 if codec == RANS8 else rans.rans_decode
-        used = decoder(np.frombuffer(payload, np.uint8), out)
-        if used != len(payload):
-            raise CorruptObjectError(f"{where}: rANS frame does not decode")
-        data = out.data
-    elif codec == ZSTD:
-        data = _zstd(payload, size, where)
-    else:
-        raise CorruptObjectError(f"{where}: unknown plane codec {codec!r}")
+    data in error messages; ``ctx`` is the per-element context of ``rans_ctx`` frames.
+    An unknown ``codec`` was written by a newer modelhub_torch (NewerFormatError)."""
+    data = PLANE_CODERS.get(codec, where).decode(payload, size, where, ctx)
     if len(data) != size:
         raise CorruptObjectError(f"{where}: plane has {len(data)} bytes, expected {size}")
     return data

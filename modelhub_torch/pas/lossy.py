@@ -49,6 +49,7 @@ from modelhub_torch.errors import ModelHubError
 
 __all__ = [
     "LOSSY_DTYPES",
+    "SCHEME_NAMES",
     "LossyError",
     "LossyScheme",
     "applies",
@@ -62,6 +63,8 @@ LOSSY_DTYPES = ("float32", "float64", "float16", "bfloat16")
 
 _VALID_FORMS = "fp16, bf16, fixed:K (2 <= K <= 16), quant:K (1 <= K <= 8)"
 _BITS_RANGE = {"fixed": (2, 16), "quant": (1, 8)}
+# every scheme name this version decodes (a manifest naming another came from a newer one)
+SCHEME_NAMES = ("fp16", "bf16", *_BITS_RANGE)
 _SCHEME_RE = re.compile(r"(fixed|quant):([0-9]{1,2})")
 
 # numpy dtype of the codes, by the "code_dtype" name a transform records

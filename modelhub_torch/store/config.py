@@ -8,10 +8,13 @@ names it, the value found and what is allowed (it never reaches a codec or a loo
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from modelhub_torch.errors import FormatError, ModelHubError
 from modelhub_torch.pas.codec import CodecConfig
+from modelhub_torch.pas.entropy import PLANE_CODERS
+from modelhub_torch.pas.registry import is_id, newer
 
 CONFIG_FILE = "modelhub.json"
 REPO_FORMAT = 1
@@ -30,6 +33,15 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     # the cold tier (any fsspec URL) archive --cold moved low-order planes to, or None
     "cold": None,
 }
+
+# Format features: parts of format 1 a reader must know to read a repository's objects
+# (FORMAT.md, "Features"). modelhub.json's optional "features" names those its versions
+# use; a reader refuses one it does not know before it reads a byte of data.
+KNOWN_FEATURES = ("rans0", "rans8", "rans_ctx", "exponent_context", "cold_packs", "lossy", "dropped")
+# what a repository without "features" may use: everything format 1 had when the
+# setting was introduced (so existing repositories open unchanged)
+BASELINE_FEATURES = frozenset(KNOWN_FEATURES)
+FEATURES_KEY = "features"
 
 # bounds of the codec fields a settings file may choose
 _CODEC_BOUNDS = {"lane": (1, 8), "group_from": (0, 8), "level": (1, 22),
@@ -71,12 +83,14 @@ def validate_settings(found: Any) -> dict[str, Any]:
             f"repository format {json.dumps(found.get('format'))[:20]} is not supported by this "
             f"modelhub_torch (reads {REPO_FORMAT})"
         )
-    unknown = sorted(set(found) - set(DEFAULT_SETTINGS))
+    unknown = sorted(set(found) - set(DEFAULT_SETTINGS) - {FEATURES_KEY})
     if unknown:
         raise FormatError(
             f"{CONFIG_FILE}: unknown settings {unknown}; known: {sorted(DEFAULT_SETTINGS)} "
             "(a newer modelhub_torch may have written them: upgrade, or remove them)"
         )
+    if FEATURES_KEY in found:
+        _check_features(found[FEATURES_KEY])
     s = {**DEFAULT_SETTINGS, **found}
     _int_in("keyframe_interval", s["keyframe_interval"], 1, 1 << 20)
     if s["layout"] not in LAYOUTS:
@@ -96,6 +110,74 @@ def validate_settings(found: Any) -> dict[str, Any]:
                              or "\x00" in cold or len(cold) > 4096):
         raise _bad("cold", cold, "null or one fsspec URL or path (no '::' chains)")
     return s
+
+
+def _check_features(value: Any) -> None:
+    if not isinstance(value, list) or not all(is_id(f) for f in value):
+        raise _bad(FEATURES_KEY, value, f"a list of feature names (known: {', '.join(KNOWN_FEATURES)})")
+    unknown = [f for f in value if f not in KNOWN_FEATURES]
+    if unknown:
+        raise newer(
+            CONFIG_FILE,
+            f"the repository uses features {unknown} this version does not know "
+            f"(it knows {', '.join(KNOWN_FEATURES)})",
+        )
+
+
+def declared_features(settings: Mapping[str, Any]) -> frozenset[str]:
+    """The features a repository's settings say its versions may use."""
+    found = settings.get(FEATURES_KEY)
+    return BASELINE_FEATURES if found is None else frozenset(found)
+
+
+def manifest_features(manifest: Any) -> frozenset[str]:
+    """The format features a manifest uses: its parsed JSON document or a Manifest.
+
+    Pure (reads nothing): the frame coders of its records (``rans0``/``rans8``/
+    ``rans_ctx``; a neighbour ``context`` is ``rans_ctx`` too), ``exponent_context``,
+    ``lossy`` records, ``dropped`` records, and ``cold_packs`` when frames live in
+    the cold tier."""
+    if isinstance(manifest, Mapping):
+        tensors, cold_packs = manifest.get("tensors", []), manifest.get("cold_packs", [])
+    else:
+        tensors, cold_packs = manifest.tensors, manifest.cold_packs
+    used: set[str] = set()
+    coders: set[str] = set()
+    for rec in tensors:
+        data = rec["data"]
+        if data["kind"] == "dropped":
+            used.add("dropped")
+        if data["kind"] != "planes":
+            continue
+        for key, feature in _RECORD_FEATURES:
+            if data.get(key) is not None:
+                used.add(feature)
+        for chunk in data["chunks"]:
+            coders.update(frame[2] for frame in chunk["frames"])
+    used.update(c.feature for c in PLANE_CODERS if c.id in coders and c.feature)
+    if any(cold_packs):
+        used.add("cold_packs")
+    return frozenset(used)
+
+
+# optional keys of a planes record -> the feature a reader needs to decode them
+_RECORD_FEATURES = (("context", "rans_ctx"), ("exponent_context", "exponent_context"),
+                    ("cold_from", "cold_packs"), ("lossy", "lossy"))
+
+
+def features_to_record(settings: Mapping[str, Any], manifest: Any) -> list[str] | None:
+    """The new value of ``settings["features"]`` once ``manifest`` is published, or None
+    when the settings already cover every feature it uses (nothing to write).
+
+    Call it before the version becomes visible, and write modelhub.json first when it
+    returns a list: a reader must never find a version using a feature the file does
+    not name. With today's features it returns None for repositories without the
+    setting (they may use all of them)."""
+    have = declared_features(settings)
+    used = manifest_features(manifest)
+    if used <= have:
+        return None
+    return sorted(have | used, key=KNOWN_FEATURES.index)
 
 
 def parse_settings(data: bytes) -> dict[str, Any]:

@@ -43,12 +43,18 @@ def main() -> int:
     for i, v in enumerate(golden_versions()):
         repo.commit(v, "golden", metrics={"loss": 1.0 / (i + 1)}, message=f"v{i + 1}")
     repo.tag("golden@v2", "best")
-    shutil.rmtree(target / "index", ignore_errors=True)
-    shutil.rmtree(target / "tmp", ignore_errors=True)
-    (target / "tmp").mkdir()
-    (target / "tmp" / ".keep").touch()
-    (target / "lock").unlink(missing_ok=True)
+    tidy(target)
     return 0
+
+
+def tidy(root: Path) -> None:
+    """Leave only what a repository is made of: no index, lock or temp files (an empty
+    ``tmp/`` kept by ``.keep``, which verify ignores)."""
+    shutil.rmtree(root / "index", ignore_errors=True)
+    shutil.rmtree(root / "tmp", ignore_errors=True)
+    (root / "tmp").mkdir()
+    (root / "tmp" / ".keep").touch()
+    (root / "lock").unlink(missing_ok=True)
 
 
 if __name__ == "__main__":
