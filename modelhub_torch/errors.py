@@ -49,6 +49,11 @@ class FormatError(ModelHubError, ValueError):
     """A manifest, ref or codec config that this version cannot read."""
 
 
+class NewerFormatError(FormatError):
+    """An id or feature this version does not know: a newer modelhub_torch wrote it
+    (the fix is to upgrade, not to repair)."""
+
+
 class LockTimeoutError(ModelHubError, TimeoutError):
     """Another process held the repository lock for too long."""
 

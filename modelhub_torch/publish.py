@@ -32,6 +32,7 @@ def open_store(path_or_url: object) -> RepoStore:
 def publish(store: RepoStore, m: Manifest, replaced: Replaced) -> Version:
     """Make the new version visible, then switch each re-encoded older version to its
     new manifest. Call with the store's lock held."""
+    store.record_features([m, *(new for new, _ in replaced)])
     moid = store.objects.put(m.to_bytes())
     new_oids = [store.objects.put(new.to_bytes()) for new, _ in replaced]
     store.refs.set_manifest(m.id, moid)
@@ -68,6 +69,7 @@ def version_from_manifest(store: RepoStore, m: Manifest, moid: str) -> Version:
 def switch(store: RepoStore, replaced: Replaced, new_oids: list[str], keep: set[str]) -> None:
     """Point each version at its new manifest, in order, and delete the objects only
     its old manifest used (``keep``: objects that must survive regardless)."""
+    store.record_features(new for new, _ in replaced)
     for (new, old), new_oid in zip(replaced, new_oids):
         old_moid = store.refs.manifest_of(old.id)
         store.refs.set_manifest(new.id, new_oid)

@@ -200,6 +200,7 @@ def _switch(store: RepoStore, new: list) -> None:
     """New manifests in, journal written (the commit point), refs switched, old objects out."""
     from modelhub_torch.store.switch import write_switch
 
+    store.record_features(new)
     mapping = {m.id: store.objects.put(m.to_bytes()) for m in new}
     write_switch(store.loc, mapping, "archive")
     apply_switch(store, mapping)

@@ -15,14 +15,10 @@ from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 
-from modelhub_torch.errors import FormatError
+from modelhub_torch.errors import FormatError, NewerFormatError
 from modelhub_torch.kernels.ops import OP_NONE, OP_SUB, OP_XOR
 
 UPGRADE = "written by a newer modelhub_torch: upgrade modelhub_torch (pip install -U modelhub_torch) to read it"
-
-
-class NewerFormatError(FormatError):
-    """An id or feature this version does not know: a newer modelhub_torch wrote it."""
 
 
 def is_id(value: object) -> bool:

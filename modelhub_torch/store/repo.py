@@ -32,6 +32,8 @@ from modelhub_torch.store.catalog import Catalog, catalog_path, row_disagreement
 from modelhub_torch.store.config import (
     CONFIG_FILE,
     DEFAULT_SETTINGS,
+    FEATURES_KEY,
+    features_to_record,
     parse_settings,
     validate_settings,
 )
@@ -90,6 +92,15 @@ class RepoStore:
         config = validate_settings({**json.loads(self.loc.read(CONFIG_FILE)), **changes})
         self.loc.write_atomic(CONFIG_FILE, json.dumps(config, indent=2).encode())
         self.settings = parse_settings(self.loc.read(CONFIG_FILE))
+
+    def record_features(self, manifests: Iterable[Manifest]) -> None:
+        """Name in modelhub.json the format features these manifests use that it does
+        not name yet — before they become visible, so an older reader refuses the
+        repository clearly instead of meeting an unknown frame."""
+        for m in manifests:
+            new = features_to_record(self.settings, m)
+            if new is not None:
+                self.update_settings(**{FEATURES_KEY: new})
 
     @contextlib.contextmanager
     def writes(self, what: str) -> Iterator[None]:
