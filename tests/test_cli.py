@@ -13,7 +13,9 @@ import pytest
 import torch
 from torch import nn
 
-from modelhub_torch.cli import human_ratio, human_size, main, natural_key, table
+from modelhub_torch.checkpoint_files import natural_key
+from modelhub_torch.cli import main
+from modelhub_torch.cli.output import human_ratio, human_size, table
 
 
 # ------------------------------------------------------------------ helpers
@@ -159,7 +161,14 @@ def test_commit_three_versions_lineage_and_fine_tune(tmp_path, capsys, repo):
     ft = commit(capsys, repo, tmp_path / "v1.pt", "ft", "--parent", "net@v2", "--hparam", "lr=0.001")
     assert (ft["ref"], ft["parent"], ft["hparams"]) == ("ft@v1", "net@v2", {"lr": 0.001})
     net2_id = run_json(capsys, repo, "desc", "net@v2")["id"]
-    assert run_json(capsys, repo, "tag", "net@v2", "best") == {"alias": "net@best", "ref": "net@v2", "id": net2_id}
+    assert run_json(capsys, repo, "tag", "net@v2", "best") == {"alias": "net@best", "ref": "net@v2", "id": net2_id,
+                                                               "previous": None}
+    # moving an alias says where it was
+    code, out, _ = run(capsys, "--repo", repo, "tag", "net@v3", "best")
+    assert code == 0 and out.strip() == "moved best: net@v2 -> net@v3"
+    code, out, _ = run(capsys, "--repo", repo, "tag", "net@v2", "best")
+    assert out.strip() == "moved best: net@v3 -> net@v2"
+    assert run(capsys, "--repo", repo, "tag", "net@v2", "best")[1].strip() == "net@best -> net@v2 (already there)"
 
     doc = run_json(capsys, repo, "list", "net")
     assert [v["ref"] for v in doc["versions"]] == ["net@v1", "net@v2", "net@v3"]
