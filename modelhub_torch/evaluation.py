@@ -140,3 +140,25 @@ def top1(repo: RepositoryLike, v: VersionLike, module: Any, x: Any, y: Any = Non
     with torch.no_grad():
         pred = module(x).argmax(dim=1)
     return pred, (float((pred == y.reshape(-1)).float().mean()) if y is not None else None)
+
+
+def agreement(pred_a: Any, pred_b: Any) -> float:
+    """Share of inputs on which two sets of predictions agree."""
+    return float((pred_a == pred_b).float().mean())
+
+
+def load_times(repo: RepositoryLike, progress: bool = False, when: str = "now") -> list[float]:
+    """Seconds to load each version's tensors, after one warm-up load (compiled kernels,
+    imports); ``when`` labels the progress bar (e.g. before / after an archive)."""
+    from tqdm import tqdm
+
+    times = []
+    versions = repo.versions()
+    # tensors only: the skeleton of a version holding pickles is never unpickled here
+    if versions:
+        repo.load_tensors(versions[0].ref)  # warm-up: compiled kernels, imports
+    for v in tqdm(versions, desc=f"load every version ({when})", unit="version", disable=not progress, leave=False):
+        t0 = time.perf_counter()
+        repo.load_tensors(v.ref)
+        times.append(time.perf_counter() - t0)
+    return times

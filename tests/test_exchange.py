@@ -53,7 +53,7 @@ def test_export_torch_round_trips_bit_exact_with_the_usual_mode(repo, tmp_path):
     assert stat.S_IMODE((tmp_path / "out.ckpt").stat().st_mode) == new_file_mode(tmp_path)
     with pytest.raises(ExportError, match="--force"):
         export_version(repo, "m@v1", tmp_path / "out.ckpt")
-    with pytest.raises(ExportError, match=".safetensors"):
+    with pytest.raises(ExportError, match=r"\.safetensors"):
         export_version(repo, "m@v1", tmp_path / "out.onnx")
     assert not [p for p in os.listdir(tmp_path) if "modelhub-tmp" in p]
 

@@ -4,14 +4,10 @@
 from __future__ import annotations
 
 import argparse
-import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from modelhub_torch.cli.common import CliError, open_repo
 from modelhub_torch.cli.output import Output, fmt_num, human_size, table
-
-if TYPE_CHECKING:
-    from modelhub_torch.repository import Repository
 
 
 def cmd_init(args: argparse.Namespace, out: Output) -> int:
@@ -83,26 +79,9 @@ def cmd_verify(args: argparse.Namespace, out: Output) -> int:
 
 
 
-def _load_times(repo: Repository, progress: bool, when: str) -> list[float]:
-    """Seconds to load each version (a fresh reader per version, as a user's load)."""
-    from tqdm import tqdm
-
-    times = []
-    versions = repo.versions()
-    # tensors only: the skeleton of a version holding pickles is never unpickled here
-    if versions:
-        repo.load_tensors(versions[0].ref)  # warm-up: compiled kernels, imports
-    for v in tqdm(versions, desc=f"load every version ({when})", unit="version", disable=not progress, leave=False):
-        t0 = time.perf_counter()
-        repo.load_tensors(v.ref)
-        times.append(time.perf_counter() - t0)
-    return times
-
-
-
 def cmd_archive(args: argparse.Namespace, out: Output) -> int:
     from modelhub_torch.checkpoint_files import read_inputs
-    from modelhub_torch.evaluation import build_module, top1
+    from modelhub_torch.evaluation import agreement, build_module, load_times, top1
 
     repo = open_repo(args)
     if args.lossy and not args.versions:
@@ -116,7 +95,7 @@ def cmd_archive(args: argparse.Namespace, out: Output) -> int:
         for ref in lossy:
             v = repo.version(ref)
             checks[v.ref] = top1(repo, v, build_module(args.module, v, "archive --data"), x, y)
-    before = _load_times(repo, out.progress(), "before") if args.measure and not args.dry_run else []
+    before = load_times(repo, out.progress(), "before") if args.measure and not args.dry_run else []
     r = repo.archive(
         args.budget, scheme=args.scheme, algorithm=args.algorithm, lossy=lossy or None, cold=args.cold,
         hot_planes=args.hot_planes, cold_price=args.cold_price, dry_run=args.dry_run,
@@ -145,7 +124,7 @@ def cmd_archive(args: argparse.Namespace, out: Output) -> int:
     if not r.feasible:
         lines.append("warning: no plan met every budget; this is the least-violating one found")
     if before:
-        after = _load_times(repo, out.progress(), "after")
+        after = load_times(repo, out.progress(), "after")
         doc["load_before_s"] = {"mean": sum(before) / len(before), "max": max(before)}
         doc["load_after_s"] = {"mean": sum(after) / len(after), "max": max(after)}
         lines.append(
@@ -159,7 +138,7 @@ def cmd_archive(args: argparse.Namespace, out: Output) -> int:
         for ref, (pred0, acc0) in checks.items():
             v = repo.version(ref)
             pred1, acc1 = top1(repo, v, build_module(args.module, v, "archive --data"), x, y)
-            agree = float((pred0 == pred1).float().mean())
+            agree = agreement(pred0, pred1)
             doc["accuracy"][ref] = {"before": acc0, "after": acc1, "agreement": agree}
             rows.append([ref, args.lossy, fmt_num(acc0), fmt_num(acc1), f"{100 * agree:.1f}%"])
         lines.append("")
