@@ -233,9 +233,9 @@ def test_library_source_has_no_path_from_stored_bytes_to_code():
     own, never imports a name it read, and never evals or execs."""
     pkg = Path(__file__).resolve().parents[1] / "modelhub_torch"
     allowed = {
-        # a local file the user passed with --allow-pickle (cli); the user's --module (cli)
-        ("cli.py", 'torch.load(str(path), map_location="cpu", weights_only=False)'),
-        ("cli.py", "importlib.import_module(mod_name)"),
+        # a local file the user passed with --allow-pickle; the user's --module (eval, archive)
+        ("checkpoint_files.py", 'torch.load(str(path), map_location="cpu", weights_only=False)'),
+        ("evaluation.py", "importlib.import_module(mod_name)"),
         # loading a version's $pickle nodes only when the caller passed weights_only=False
         ("skeleton.py", "pickle.loads("),
         # lazy imports of the package's own submodules by fixed names

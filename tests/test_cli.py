@@ -13,7 +13,9 @@ import pytest
 import torch
 from torch import nn
 
-from modelhub_torch.cli import human_ratio, human_size, main, natural_key, table
+from modelhub_torch.checkpoint_files import natural_key
+from modelhub_torch.cli import main
+from modelhub_torch.cli.output import human_ratio, human_size, readable_path, table
 
 
 # ------------------------------------------------------------------ helpers
@@ -75,6 +77,20 @@ def test_human_formats():
         "long-name    1",
         "x          100",
     ]
+
+
+def test_readable_path_keeps_words_whole_and_shortens_locations():
+    key = ("callbacks/ModelHubCheckpoint{'monitor': 'val_acc', 'mode': 'max', 'every_n_train_steps': 0, "
+           "'every_n_epochs': 1, 'train_time_interval': None}")
+    assert readable_path(key + "/best_model_score") == (
+        "callbacks/ModelHubCheckpoint{'monitor': 'val_acc', …}/best_model_score")
+    assert readable_path(key + "/best_k_models/modelhub:///home/me/runs/hub#m@v1") == (
+        "callbacks/ModelHubCheckpoint{…}/best_k_models/modelhub://…/hub#m@v1")
+    assert readable_path("state_dict/conv1.weight") == "state_dict/conv1.weight"
+    assert readable_path("a/" + "b" * 100 + "/c") == "a/…/c"
+    deep = readable_path("opt/" + "/".join(f"seg{i}" for i in range(30)))
+    assert len(deep) <= 80 and deep.startswith("opt/seg0/") and deep.endswith("/seg29")
+    assert all(p in ("opt", "…") or re.fullmatch(r"seg\d+", p) for p in deep.split("/"))
 
 
 def test_natural_key_orders_numbers_then_mtime():
@@ -159,7 +175,14 @@ def test_commit_three_versions_lineage_and_fine_tune(tmp_path, capsys, repo):
     ft = commit(capsys, repo, tmp_path / "v1.pt", "ft", "--parent", "net@v2", "--hparam", "lr=0.001")
     assert (ft["ref"], ft["parent"], ft["hparams"]) == ("ft@v1", "net@v2", {"lr": 0.001})
     net2_id = run_json(capsys, repo, "desc", "net@v2")["id"]
-    assert run_json(capsys, repo, "tag", "net@v2", "best") == {"alias": "net@best", "ref": "net@v2", "id": net2_id}
+    assert run_json(capsys, repo, "tag", "net@v2", "best") == {"alias": "net@best", "ref": "net@v2", "id": net2_id,
+                                                               "previous": None}
+    # moving an alias says where it was
+    code, out, _ = run(capsys, "--repo", repo, "tag", "net@v3", "best")
+    assert code == 0 and out.strip() == "moved best: net@v2 -> net@v3"
+    code, out, _ = run(capsys, "--repo", repo, "tag", "net@v2", "best")
+    assert out.strip() == "moved best: net@v3 -> net@v2"
+    assert run(capsys, "--repo", repo, "tag", "net@v2", "best")[1].strip() == "net@best -> net@v2 (already there)"
 
     doc = run_json(capsys, repo, "list", "net")
     assert [v["ref"] for v in doc["versions"]] == ["net@v1", "net@v2", "net@v3"]
@@ -352,6 +375,11 @@ def test_export_safetensors_with_tied_weights(tmp_path, capsys, repo):
         assert bits(back[k]) == bits(sd[k])
     with safe_open(str(out_file), "pt") as f:
         assert f.metadata()["modelhub_ref"] == "tied@v1"
+    # what safetensors cannot hold is named, not dropped silently
+    assert doc["left_out"] == ["epoch", "global_step", "pytorch-lightning_version", "hyper_parameters"]
+    code, out, _ = run(capsys, "--repo", repo, "export", "tied@latest", out_file, "--force")
+    assert code == 0 and "left out (a safetensors file holds the state_dict only): epoch, global_step" in out
+    assert "export to .ckpt for the whole checkpoint" in out
 
 
 # ----------------------------------------------------------------- import
@@ -472,6 +500,8 @@ def test_copy_starts_a_new_model_from_a_version(tmp_path, capsys, repo) -> None:
     commit(capsys, repo, f, "base")
     code, out, _ = run(capsys, "--repo", str(repo), "copy", "base@v1", "tuned", "-m", "start of the fine-tune")
     assert code == 0 and "tuned@v1" in out and "base@v1" in out
+    # says what is true: the unchanged tensors are links to base@v1's data, not stored again
+    assert re.search(r"stored anew, 2 of 2 tensors \(128\.5 KiB\) shared with base@v1$", out.strip()), out
     from modelhub_torch import Repository
 
     r = Repository(repo)
@@ -484,3 +514,21 @@ def test_copy_starts_a_new_model_from_a_version(tmp_path, capsys, repo) -> None:
     assert v.stored_bytes < v.raw_bytes / 4  # shares the weights' bytes with base@v1
     code, _, err = run(capsys, "--repo", str(repo), "copy", "base@v1", "tuned")
     assert code == 2 and "already exists" in err
+
+
+def test_lossy_versions_are_marked_in_list_desc_and_diff(tmp_path, capsys, repo):
+    torch.manual_seed(0)
+    for i in range(2):
+        torch.save({"w": torch.randn(64, 64)}, tmp_path / f"{i}.pt")
+        commit(capsys, repo, tmp_path / f"{i}.pt", "m")
+    code, _, err = run(capsys, "--repo", repo, "archive", "--lossy", "fp16", "--versions", "m@v2")
+    assert code == 0, err
+    code, out, _ = run(capsys, "--repo", repo, "list")
+    lines = {line.split()[0]: line for line in out.splitlines()[1:3]}
+    assert "[lossy]" in lines["m@v2"] and "[lossy]" not in lines["m@v1"]
+    assert [v["lossy"] for v in run_json(capsys, repo, "list")["versions"]] == [None, ["fp16"]]
+    assert run_json(capsys, repo, "desc", "m@v2")["lossy"] == ["fp16"]
+    code, out, _ = run(capsys, "--repo", repo, "diff", "m@v1", "m@v2")
+    assert "+++ m@v2" in out and "[lossy fp16]" in out.splitlines()[1]
+    assert "lossy: m@v2 (fp16) archived lossily" in out
+    assert run_json(capsys, repo, "diff", "m@v1", "m@v2")["lossy"] == {"a": None, "b": ["fp16"]}

@@ -1,0 +1,139 @@
+"""The ``modelhub`` command line: every command, its arguments and their help."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any
+
+from modelhub_torch import __version__
+from modelhub_torch.cli.output import PROG
+from modelhub_torch.pas.planner import ALGORITHMS, SCHEMES
+
+
+def _kv(text: str) -> tuple[str, Any]:
+    """``key=value``; the value is read as JSON (numbers, true/false) or else kept as text."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        value: Any = json.loads(raw)
+    except ValueError:
+        try:
+            value = float(raw)  # nan, inf
+        except ValueError:
+            value = raw
+    return key, value
+
+
+def default_repo() -> str:
+    return os.environ.get("MODELHUB_REPO") or os.getcwd()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # global options are accepted before and after the command name
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--repo",
+        metavar="PATH_OR_URL",
+        default=argparse.SUPPRESS,
+        help="repository (default: $MODELHUB_REPO, else the current directory)",
+    )
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
+
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Compact, versioned checkpoint store for PyTorch.",
+        parents=[common],
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def cmd(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, parents=[common])
+
+    c = cmd("init", "create a repository")
+    c.add_argument("path", nargs="?", metavar="PATH", help="where (default: --repo)")
+
+    c = cmd("commit", "store a checkpoint file as a new version")
+    c.add_argument("file", metavar="FILE", help=".ckpt/.pt/.pth (torch.save) or .safetensors")
+    c.add_argument("--model", required=True, help="model name")
+    c.add_argument("--parent", metavar="REF", help="parent version (default: the model's latest)")
+    c.add_argument("-m", "--message", default="", help="what changed")
+    c.add_argument("--metric", action="append", type=_kv, default=[], metavar="K=V", help="repeatable")
+    c.add_argument("--hparam", action="append", type=_kv, default=[], metavar="K=V", help="repeatable")
+    c.add_argument("--allow-pickle", action="store_true", help="trust FILE: load and store pickled objects")
+
+    c = cmd("import", "commit every checkpoint file of a directory, in natural order")
+    c.add_argument("dir", metavar="DIR")
+    c.add_argument("--model", required=True, help="model name")
+    c.add_argument("--pattern", default="*", metavar="GLOB", help="file names to take, e.g. 'epoch=*.ckpt' or '**/*.ckpt' (default: *)")
+    c.add_argument("--allow-pickle", action="store_true", help="trust the files: load and store pickled objects")
+
+    c = cmd("list", "models, versions and their lineage")
+    c.add_argument("model", nargs="?", metavar="MODEL")
+
+    c = cmd("desc", "describe one version: metadata and tensors")
+    c.add_argument("ref", metavar="REF")
+
+    c = cmd("diff", "compare two versions: metrics, hparams and every tensor")
+    c.add_argument("a", metavar="A")
+    c.add_argument("b", metavar="B")
+    c.add_argument("--allow-pickle", action="store_true", help="load versions holding pickled objects")
+
+    c = cmd("export", "write a version as a .ckpt/.pt/.pth or .safetensors file")
+    c.add_argument("ref", metavar="REF")
+    c.add_argument("out", metavar="OUT")
+    c.add_argument("--force", action="store_true", help="overwrite OUT")
+    c.add_argument("--allow-pickle", action="store_true", help="load versions holding pickled objects")
+
+    c = cmd("eval", "evaluate a version on inputs from FILE (.pt/.npz), optionally progressively")
+    c.add_argument("ref", metavar="REF")
+    c.add_argument("--data", required=True, metavar="FILE",
+                   help=".pt holding a tensor, (x, y) or {'x': ..., 'y': ...}; .npz with arrays x [y]")
+    c.add_argument("--progressive", action="store_true", help="read high-order planes first (docs/PROGRESSIVE.md)")
+    c.add_argument("-k", type=int, default=1, help="top-k (default 1)")
+    c.add_argument("--module", metavar="PKG.MOD:CLASS",
+                   help="the architecture (default: the class the version recorded, built from its hparams)")
+
+    c = cmd("query", "run a DQL statement, e.g. 'select m where m.metrics.val_acc > 0.9' (docs/DQL.md)")
+    c.add_argument("text", metavar="DQL")
+
+    c = cmd("copy", "start a new model from a version's weights (REF becomes its parent)")
+    c.add_argument("ref", metavar="REF")
+    c.add_argument("new_model", metavar="NEWMODEL")
+    c.add_argument("-m", "--message", default="", help="message of the new model's first version")
+
+    c = cmd("tag", "point an alias (model@ALIAS) at a version")
+    c.add_argument("ref", metavar="REF")
+    c.add_argument("alias", metavar="ALIAS")
+
+    cmd("stats", "raw vs stored size, per model and per byte plane")
+
+    c = cmd("verify", "re-hash every object and decode every version")
+    c.add_argument("--rebuild-index", action="store_true", help="rebuild the catalog from refs and manifests")
+    c.add_argument("--repair", action="store_true",
+                   help="restore refs from manifests and move what cannot be restored to quarantine/")
+
+    c = cmd("archive", "re-plan how every version is stored: least storage within a recreation budget (PAS)")
+    c.add_argument("--budget", type=float, default=2.0, metavar="ALPHA",
+                   help="each version may take ALPHA x its fastest possible recreation time (default 2)")
+    c.add_argument("--scheme", choices=SCHEMES, default="independent",
+                   help="a version's recreation time: sum (independent) or max (parallel) over its tensors")
+    c.add_argument("--algorithm", choices=ALGORITHMS, default="pas-mt", help="planner (default pas-mt)")
+    c.add_argument("--cold", metavar="URL", help="second storage tier (any fsspec URL) for low-order planes")
+    c.add_argument("--hot-planes", type=int, default=2, metavar="N",
+                   help="high-order planes that always stay in the repository (default 2)")
+    c.add_argument("--cold-price", type=float, default=0.25, metavar="P",
+                   help="cost of a cold byte relative to a repository byte (default 0.25)")
+    c.add_argument("--lossy", metavar="SCHEME", help="fp16 | bf16 | fixed:K | quant:K, for the versions of --versions")
+    c.add_argument("--versions", nargs="+", default=[], metavar="REF", help="versions --lossy applies to (opt-in)")
+    c.add_argument("--data", metavar="FILE", help="inputs [and labels] (as for eval) to check lossy versions' accuracy")
+    c.add_argument("--module", metavar="PKG.MOD:CLASS", help="architecture for the accuracy check (as for eval)")
+    c.add_argument("--measure", action="store_true", help="load every version before and after, report load times")
+    c.add_argument("--dry-run", action="store_true", help="plan and report without rewriting anything")
+
+    c = cmd("gc", "delete objects no version references")
+    c.add_argument("--dry-run", action="store_true", help="only report what would go")
+    return p
