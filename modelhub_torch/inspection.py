@@ -59,8 +59,7 @@ class StorageSplit:
 def lossy_schemes(v: VersionLike) -> list[str]:
     """The lossy schemes a version was archived with (empty: it loads bit-exact); read
     from the index, so listing many versions reads no manifest."""
-    text = v.info.get("lossy") if isinstance(v.info, dict) else None
-    return [s for s in str(text).split(",") if s] if text else []
+    return list(v.lossy)
 
 
 def describe_version(repo: RepositoryLike, ref: Any) -> VersionContents:

@@ -2,7 +2,8 @@
 
 exchange.py, diffing.py, inspection.py and evaluation.py take the repository the
 :class:`~modelhub_torch.repository.Repository` facade hands them; typing them against
-these Protocols keeps them from importing repository.py, which imports them back.
+this Protocol keeps them from importing repository.py, which calls them. Versions are
+the leaf record type (records.py).
 Only public methods are listed: the helpers never touch a repository's private parts.
 """
 
@@ -10,24 +11,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol
 
+from modelhub_torch.records import Version
+
 if TYPE_CHECKING:
     from modelhub_torch.manifest import Manifest
 
 
-class VersionLike(Protocol):
-    """The fields of :class:`~modelhub_torch.repository.Version` the helpers read."""
-
-    model: str
-    number: int
-    id: str
-    ref: str
-    parent: str | None
-    metrics: dict[str, Any]
-    hparams: dict[str, Any]
-    raw_bytes: int
-    stored_bytes: int
-    info: dict[str, Any]
-    holds_pickle: bool
+# the helpers read versions as the facade returns them: the leaf record type
+VersionLike = Version
 
 
 class RepositoryLike(Protocol):

@@ -44,7 +44,10 @@ if TYPE_CHECKING:
     import torch
 
     from modelhub_torch.archive import ArchiveReport
+    from modelhub_torch.diffing import VersionDiff
     from modelhub_torch.dql.engine import QueryResult
+    from modelhub_torch.exchange import ExportResult, ImportedFile
+    from modelhub_torch.inspection import VersionContents
     from modelhub_torch.reader import TensorReader
 
 __all__ = ["MIN_ID_PREFIX", "Problem", "Repository", "Version"]
@@ -324,6 +327,38 @@ class Repository:
         from modelhub_torch.reader import load_weights
 
         return load_weights(self.store, self.resolve(ref), map_location, progress)
+
+    # ------------------------------------------------- files, diff, inspection
+    def export(self, ref: str | Version, path: str | Any, *, force: bool = False, allow_pickle: bool = False,
+               progress: bool = False) -> ExportResult:
+        """Write a version as a file torch.load (``.pt``/``.ckpt``) or safetensors reads
+        (``.safetensors``: the state_dict only; what it leaves out is listed)."""
+        from modelhub_torch.exchange import export_version
+
+        return export_version(self, ref, path, force=force, allow_pickle=allow_pickle, progress=progress)
+
+    def import_files(self, paths: Iterable[str | Any], model: str, *, base: str | Any | None = None,
+                     allow_pickle: bool = False, progress: bool = False) -> list[ImportedFile]:
+        """Commit checkpoint files (``.pt/.ckpt/.pth/.safetensors``) as the next versions
+        of ``model``, in the order given, with the metrics and hparams a Lightning
+        checkpoint carries (``base``: the folder their messages name them relative to)."""
+        from modelhub_torch.exchange import import_files
+
+        return import_files(self, list(paths), model, base=base, allow_pickle=allow_pickle, progress=progress)
+
+    def diff(self, a: str | Version, b: str | Version, *, allow_pickle: bool = False,
+             progress: bool = False) -> VersionDiff:
+        """What differs between two versions: metadata, network and tensor by tensor
+        (weights matched by state-dict name when the two nest them differently)."""
+        from modelhub_torch.diffing import diff_versions
+
+        return diff_versions(self, a, b, allow_pickle=allow_pickle, progress=progress)
+
+    def describe(self, ref: str | Version) -> VersionContents:
+        """How a version is stored, tensor by tensor and plane by plane."""
+        from modelhub_torch.inspection import describe_version
+
+        return describe_version(self, ref)
 
     # ------------------------------------------------------------ maintenance
     def stats(self) -> dict[str, Any]:

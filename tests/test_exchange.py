@@ -105,3 +105,21 @@ def test_read_checkpoint_refuses_what_it_cannot_read(tmp_path):
         read_checkpoint(tmp_path / "bad.safetensors")
     torch.save({"w": torch.arange(3.0)}, tmp_path / "ok.pt")
     assert torch.equal(read_checkpoint(tmp_path / "ok.pt")["w"], torch.arange(3.0))
+
+
+def test_the_facade_methods_call_the_library(tmp_path) -> None:
+    """repo.export / import_files / diff / describe: what the CLI prints, for Python users."""
+    from modelhub_torch import Repository
+
+    repo = Repository.init(tmp_path / "r")
+    sd = {"w": torch.arange(6.0).reshape(2, 3), "b": torch.ones(3)}
+    torch.save(sd, tmp_path / "a.pt")
+    sd2 = {"w": sd["w"] + 1, "b": sd["b"]}
+    torch.save(sd2, tmp_path / "b.pt")
+    done = repo.import_files([tmp_path / "a.pt", tmp_path / "b.pt"], "m", base=tmp_path)
+    assert [d.version.ref for d in done] == ["m@v1", "m@v2"]
+    out = repo.export("m@v2", tmp_path / "out.pt")
+    assert out.ref == "m@v2" and torch.equal(torch.load(tmp_path / "out.pt")["w"], sd2["w"])
+    d = repo.diff("m@v1", "m@v2")
+    assert [t.path for t in d.changed] == ["w"] and [t.path for t in d.unchanged] == ["b"]
+    assert {t.path for t in repo.describe("m@v2").tensors} == {"w", "b"}
