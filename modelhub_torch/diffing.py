@@ -106,7 +106,7 @@ def diff_versions(repo: RepositoryLike, a: Any, b: Any, *, allow_pickle: bool = 
                   progress: bool = False) -> VersionDiff:
     """Compare versions ``a`` and ``b`` (refs or Versions). Both are loaded whole; a
     version holding pickles needs ``allow_pickle``."""
-    from modelhub_torch.graph import diff_graphs
+    from modelhub_torch.graph_view import diff_graphs
 
     va, vb = repo.version(a), repo.version(b)
     obj_a = load_whole(repo, va, allow_pickle, "diff it", progress)

@@ -192,7 +192,7 @@ def untie(sd: dict[str, Any]) -> dict[str, Any]:
 def outside_state_dict(skeleton: Any) -> list[str]:
     """Top-level entries of a checkpoint besides its state_dict (nothing for a plain
     state_dict): what a weights-only file leaves out."""
-    from modelhub_torch.skeleton import state_dict_paths
+    from modelhub_torch.skeleton_check import state_dict_paths
 
     if not (isinstance(skeleton, dict) and "$dict" in skeleton) or not state_dict_paths(skeleton):
         return []

@@ -64,7 +64,7 @@ def lossy_schemes(v: VersionLike) -> list[str]:
 
 def describe_version(repo: RepositoryLike, ref: Any) -> VersionContents:
     """How version ``ref`` is stored, tensor by tensor (pruned entries are left out)."""
-    from modelhub_torch.skeleton import state_dict_paths
+    from modelhub_torch.skeleton_check import state_dict_paths
 
     v = repo.version(ref)
     m = repo.manifest(v.id)

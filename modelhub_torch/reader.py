@@ -300,7 +300,7 @@ def load_all_tensors(store: RepoStore, vid: str, progress: bool = False) -> list
 
 def load_weights(store: RepoStore, vid: str, map_location: Any = None, progress: bool = False) -> dict[str, Any]:
     """Only the model weights of a version (``state_dict`` of a checkpoint)."""
-    from modelhub_torch.skeleton import state_dict_paths
+    from modelhub_torch.skeleton_check import state_dict_paths
 
     m = store.manifest(vid)
     paths = state_dict_paths(m.skeleton)

@@ -29,8 +29,8 @@ from modelhub_torch.skeleton_check import (
     MAX_DEPTH,
     NON_FINITE,
     check_skeleton,
-    is_int,
     np_scalar_dtype,
+    state_dict_paths,  # noqa: F401 - re-exported: where a checkpoint keeps its weights
     torch_dtypes_by_name,
 )
 
@@ -277,36 +277,3 @@ class _Builder:
                 "only if you trust the repository it came from"
             )
         return pickle.loads(_b64(text, "skeleton: pickled object"))
-
-
-def state_dict_paths(skeleton: Any) -> dict[str, int]:
-    """Map ``state_dict`` keys to tensor indices: the model weights of a checkpoint.
-
-    A plain state_dict is its own weights; a Lightning/PyTorch checkpoint keeps them
-    under ``"state_dict"`` (or ``"model"`` / ``"model_state_dict"``).
-    """
-
-    def entries(node: Any) -> dict[str, Any] | None:
-        if isinstance(node, dict) and "$dict" in node:
-            out = {}
-            for k, v in node["$dict"]:
-                if not isinstance(k, str):
-                    return None
-                out[k] = v
-            return out
-        return None
-
-    top = entries(skeleton)
-    if top is None:
-        return {}
-    for key in ("state_dict", "model_state_dict", "model"):
-        inner = entries(top.get(key))
-        if inner and all(_tensor_node(v) for v in inner.values()):
-            return {k: v["$t"] for k, v in inner.items()}
-    if top and all(_tensor_node(v) for v in top.values()):
-        return {k: v["$t"] for k, v in top.items()}
-    return {}
-
-
-def _tensor_node(v: Any) -> bool:
-    return isinstance(v, dict) and is_int(v.get("$t")) and v["$t"] >= 0

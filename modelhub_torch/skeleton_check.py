@@ -1,9 +1,11 @@
-"""Checking a stored skeleton before anything is rebuilt from it (torch-free).
+"""Checking and reading a stored skeleton without torch.
 
 A skeleton comes from a repository, which is untrusted: every tag, companion key,
 value type, tensor index and allow-listed name is checked here, iteratively, before
 :func:`modelhub_torch.skeleton.unflatten` touches it — and before the index stores a
-manifest, which must not need torch (``list`` and ``query`` start without it).
+manifest, which must not need torch (``list`` and ``query`` start without it). Where
+a checkpoint keeps its weights (:func:`state_dict_paths`) is read here too, for
+``desc`` and ``diff``.
 """
 
 from __future__ import annotations
@@ -174,3 +176,36 @@ def _path_of(skeleton: Any, target: Any) -> str:
         elif isinstance(node, dict):
             stack.extend((c, f"{path}/{k}") for k, c in node.items())
     return "<root>"
+
+
+def state_dict_paths(skeleton: Any) -> dict[str, int]:
+    """Map ``state_dict`` keys to tensor indices: the model weights of a checkpoint.
+
+    A plain state_dict is its own weights; a Lightning/PyTorch checkpoint keeps them
+    under ``"state_dict"`` (or ``"model"`` / ``"model_state_dict"``).
+    """
+
+    def entries(node: Any) -> dict[str, Any] | None:
+        if isinstance(node, dict) and "$dict" in node:
+            out = {}
+            for k, v in node["$dict"]:
+                if not isinstance(k, str):
+                    return None
+                out[k] = v
+            return out
+        return None
+
+    top = entries(skeleton)
+    if top is None:
+        return {}
+    for key in ("state_dict", "model_state_dict", "model"):
+        inner = entries(top.get(key))
+        if inner and all(_tensor_node(v) for v in inner.values()):
+            return {k: v["$t"] for k, v in inner.items()}
+    if top and all(_tensor_node(v) for v in top.values()):
+        return {k: v["$t"] for k, v in top.items()}
+    return {}
+
+
+def _tensor_node(v: Any) -> bool:
+    return isinstance(v, dict) and is_int(v.get("$t")) and v["$t"] >= 0

@@ -121,14 +121,24 @@ def test_nothing_below_the_facade_imports_it() -> None:
 
 
 def test_catalog_commands_start_without_torch_or_numba(tmp_path) -> None:
-    """Opening a repository and listing, describing and querying it (what list, desc,
-    query and tag need) imports neither torch nor numba."""
+    """list, desc, query, tag and stats read the index and manifests only: they import
+    neither torch nor numba (an import of torch alone takes seconds)."""
+    import torch
+
+    from modelhub_torch import Repository
+
+    repo = Repository.init(tmp_path / "r")
+    repo.commit({"state_dict": {"w": torch.ones(3)}, "epoch": 1}, "m", metrics={"acc": 0.5})
+    repo.commit({"state_dict": {"w": torch.zeros(3)}, "epoch": 2}, "m", metrics={"acc": 0.7})
+    repo.catalog.close()
     code = (
         "import sys\n"
-        "from modelhub_torch import Repository\n"
-        f"repo = Repository.init({str(tmp_path / 'r')!r})\n"
-        "repo.versions(); repo.stats(); repo.query('select m where m.version > 1')\n"
-        "print(sorted(m for m in ('torch', 'numba', 'pytorch_lightning') if m in sys.modules))\n"
+        "from modelhub_torch.cli import main\n"
+        f"root = {str(tmp_path / 'r')!r}\n"
+        "for args in (['list'], ['desc', 'm@v1'], ['query', 'select m where m.metrics.acc > 0.6'],\n"
+        "             ['tag', 'm@v2', 'best'], ['stats'], ['--json', 'list']):\n"
+        "    assert main(['--repo', root, *args]) == 0, args\n"
+        "print('LOADED', sorted(m for m in ('torch', 'numba', 'pytorch_lightning') if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
-    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+    assert "m@v2" in out.stdout and "LOADED []" in out.stdout, out.stdout + out.stderr

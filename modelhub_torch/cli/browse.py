@@ -157,7 +157,7 @@ def cmd_desc(args: argparse.Namespace, out: Output) -> int:
     )
     text += f"stored per plane: {plane_txt or 'nothing of its own'}; manifest {human_size(c.manifest_bytes)}"
     if c.graph:
-        from modelhub_torch.graph import describe_graph
+        from modelhub_torch.graph_view import describe_graph
 
         text += f"\n\nnetwork ({len(c.graph['nodes'])} nodes, captured by {c.graph['method']}):\n"
         text += table(["NODE", "TYPE", "LAYER", "SHAPE", "PARAMS", "NEXT"],

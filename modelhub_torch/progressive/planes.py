@@ -25,7 +25,7 @@ from modelhub_torch.manifest import Manifest
 from modelhub_torch.pas import entropy
 from modelhub_torch.pas.dtypes import uint_dtype
 from modelhub_torch.reader import digest_bits
-from modelhub_torch.skeleton import state_dict_paths
+from modelhub_torch.skeleton_check import state_dict_paths
 
 if TYPE_CHECKING:
     from modelhub_torch.repository import Repository

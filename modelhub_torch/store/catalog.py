@@ -96,7 +96,7 @@ CREATE INDEX IF NOT EXISTS graph_edges_dst ON graph_edges(graph, dst);
 def model_params(m: Manifest) -> int:
     """Parameter count of the model a version holds: its state_dict's elements (a whole
     checkpoint's optimizer state is not the model), or every tensor's when it has none."""
-    from modelhub_torch.skeleton import state_dict_paths
+    from modelhub_torch.skeleton_check import state_dict_paths
 
     weights = set(state_dict_paths(m.skeleton).values())
     recs = [m.tensors[i] for i in weights] if weights else m.live_tensors()
@@ -426,7 +426,7 @@ class Catalog:
         """Index a network graph once per distinct architecture; returns its digest."""
         if not graph:
             return None
-        from modelhub_torch.graph import graph_digest
+        from modelhub_torch.graph_view import graph_digest
 
         digest = graph_digest(graph)
         if c.execute("SELECT 1 FROM graph_nodes WHERE graph=? LIMIT 1", (digest,)).fetchone() is None:
