@@ -2,8 +2,9 @@
 
 Versions of models stored compactly (byte planes + deltas + entropy coding) in a
 repository, restored bit for bit. ``import modelhub_torch`` stays cheap: the public
-names load their modules on first use, so torch comes with ``Repository``, numba
-with the first coded tensor and Lightning with ``ModelHubCheckpoint``.
+names load their modules on first use; torch comes with the first commit or load
+(listing and querying never need it), numba with the first coded tensor and
+Lightning with ``ModelHubCheckpoint``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ __all__ = ["ModelHubCheckpoint", "ModelHubError", "Repository", "Version", "__ve
 
 
 def __getattr__(name: str) -> Any:
-    # imported on first access: torch with Repository, Lightning with the callback
+    # imported on first access (Lightning only with the callback)
     if name in ("Repository", "Version"):
         from modelhub_torch import repository
 
