@@ -14,9 +14,13 @@ import torch.nn.functional as F
 from test_intervals import build, inputs, near_ties, plane_weights
 from torch import nn
 
-from modelhub_torch.progressive import affine
-from modelhub_torch.progressive.affine import AffineNet, _Form
-from modelhub_torch.progressive.intervals import IntervalNet, _Iv, known_mask
+from modelhub_torch.progressive import affine, forms
+from modelhub_torch.progressive.affine import AffineNet
+from modelhub_torch.progressive.context import Interval
+from modelhub_torch.progressive.decision import decide
+from modelhub_torch.progressive.forms import Form, FormContext
+from modelhub_torch.progressive.intervals import IntervalNet
+from modelhub_torch.progressive.weights import known_mask
 
 
 class LeNet(nn.Module):
@@ -55,7 +59,7 @@ def completion(model: nn.Module, names: list[str], planes: int, layout: str, see
     return other.eval()
 
 
-def pair_lower_bounds(form: _Form) -> torch.Tensor:
+def pair_lower_bounds(form: Form) -> torch.Tensor:
     """[N, C, C]: a lower bound of z_a − z_b for every ordered pair (a, b)."""
     ca, cb = form.c.unsqueeze(2), form.c.unsqueeze(1)
     ga, gb = form.g.unsqueeze(3), form.g.unsqueeze(2)
@@ -71,7 +75,7 @@ def test_forms_contain_every_completion_of_the_known_planes(name: str) -> None:
     x = inputs(shape, 64, 5)
     for layout, planes in (("exp-first", 2), ("ieee", 2), ("exp-first", 1)):
         w = plane_weights(model, net.param_names, planes, layout)
-        form, bad = AffineNet(net).logits(x, net._weights(w))
+        form, bad = AffineNet(net).logits(x, net.checked_weights(w))
         box = form.box()
         low = pair_lower_bounds(form)
         for seed in range(3):
@@ -96,7 +100,7 @@ def test_affine_decisions_equal_every_completions_topk(name: str, k: int, monkey
     net = IntervalNet(model)
     x = torch.cat([inputs(shape, 300, 6), near_ties(model, shape, 60, k, 8)])
     w = plane_weights(model, net.param_names, 2, "exp-first")
-    decided, top = AffineNet(net).decide(x, net._weights(w), k)
+    decided, top = AffineNet(net).decide(x, net.checked_weights(w), k)
     assert int(decided.sum()) > 0
     for seed in range(3):
         with torch.no_grad():
@@ -112,9 +116,9 @@ def test_weight_symbols_tighten_convolutions(monkeypatch: pytest.MonkeyPatch) ->
     model, shape = model_and_shape("lenet", 1)
     net = IntervalNet(model)
     x = inputs(shape, 400, 9)
-    w = net._weights(plane_weights(model, net.param_names, 2, "exp-first"))
+    w = net.checked_weights(plane_weights(model, net.param_names, 2, "exp-first"))
     shared, _ = AffineNet(net).decide(x, w, 1)
-    monkeypatch.setattr(affine, "WEIGHT_SYMBOL_ELEMS", 0)
+    monkeypatch.setattr(forms, "WEIGHT_SYMBOL_ELEMS", 0)
     fresh, _ = AffineNet(net).decide(x, w, 1)
     assert int(shared.sum()) > int(fresh.sum())
 
@@ -125,16 +129,19 @@ def test_affine_rounding_terms_are_needed(monkeypatch: pytest.MonkeyPatch) -> No
     model, shape = model_and_shape("lenet", 2)
     net = IntervalNet(model)
     ties = near_ties(model, shape, 150, 1, 7)
-    w = net._weights(plane_weights(model, net.param_names, 4, "ieee"))
+    w = net.checked_weights(plane_weights(model, net.param_names, 4, "ieee"))
     with torch.no_grad():
         ref = model(ties).topk(1).indices
     decided, top = AffineNet(net).decide(ties, w, 1)
     assert torch.equal(top[decided], ref[decided])
-    for name in ("_dot_eps", "_gamma"):
-        monkeypatch.setattr(affine, name, lambda *a: 0.0)
-    monkeypatch.setattr(affine, "_TINY32", 0.0)
-    monkeypatch.setattr(affine, "_U32", 0.0)
-    monkeypatch.setattr(affine, "_U64", 0.0)
+    def zero(*args: object) -> float:
+        return 0.0
+
+    # every rounding term the affine pass uses: the forms' layers and the final pairs
+    for name, value in (("dot_eps", zero), ("gamma", zero), ("TINY32", 0.0), ("U32", 0.0), ("U64", 0.0)):
+        monkeypatch.setattr(forms, name, value)
+    for name, value in (("gamma", zero), ("TINY32", 0.0), ("U64", 0.0)):
+        monkeypatch.setattr(affine, name, value)
     decided, top = AffineNet(net).decide(ties, w, 1)
     assert bool((top[decided] != ref[decided]).any())
 
@@ -151,17 +158,17 @@ def test_within_reach_picks_rows_worth_the_pass() -> None:
 def test_forms_from_different_branches_keep_their_own_symbols() -> None:
     """A fresh symbol of one branch is never the same symbol as another branch's:
     adding two forms bounds the sum by the sum of both radii, whatever their signs."""
-    ctx = affine._AffineCtx({}, 1)
-    a = affine._from_box(ctx, _Iv(torch.tensor([[-1.0, 0.0]], dtype=torch.float64),
+    ctx = FormContext({}, 1)
+    a = forms.from_box(ctx, Interval(torch.tensor([[-1.0, 0.0]], dtype=torch.float64),
                                   torch.tensor([[1.0, 0.0]], dtype=torch.float64)))
-    neg = _Form(-a.c, -a.g)  # −a: the same symbol, opposite sign
-    b = affine._from_box(ctx, _Iv(torch.tensor([[-2.0, -2.0]], dtype=torch.float64),
+    neg = Form(-a.c, -a.g)  # −a: the same symbol, opposite sign
+    b = forms.from_box(ctx, Interval(torch.tensor([[-2.0, -2.0]], dtype=torch.float64),
                                   torch.tensor([[2.0, 2.0]], dtype=torch.float64)))
     assert ctx.symbols == 3 and a.symbols == 1 and b.symbols == 3
-    total = affine._add(ctx, neg, b).box()
+    total = forms.add(ctx, neg, b).box()
     assert float(total.hi[0, 0]) >= 3.0 and float(total.lo[0, 0]) <= -3.0
     assert float(total.hi[0, 1]) >= 2.0 and float(total.hi[0, 1]) < 2.001
-    same = affine._add(ctx, a, neg).box()  # a + (−a): the shared symbol cancels (float32 rounding left)
+    same = forms.add(ctx, a, neg).box()  # a + (−a): the shared symbol cancels (float32 rounding left)
     assert float(same.hi.abs().max()) < 1e-6 and float(same.lo.abs().max()) < 1e-6
 
 
@@ -190,7 +197,7 @@ def test_same_padding_convolution_is_decided() -> None:
     net = IntervalNet(model)
     x = inputs((1, 8, 8), 64, 3)
     w = plane_weights(model, net.param_names, 3, "exp-first")
-    decided, top = net.decide(x, w, 1)
+    decided, top = decide(net, x, w, 1)
     with torch.no_grad():
         ref = model(x).topk(1).indices
     assert int(decided.sum()) > 0 and torch.equal(top[decided], ref[decided])
@@ -199,7 +206,7 @@ def test_same_padding_convolution_is_decided() -> None:
 def test_affine_pass_gives_up_on_networks_too_large(monkeypatch: pytest.MonkeyPatch) -> None:
     model, shape = model_and_shape("lenet", 1)
     net = IntervalNet(model)
-    w = net._weights(plane_weights(model, net.param_names, 2, "exp-first"))
+    w = net.checked_weights(plane_weights(model, net.param_names, 2, "exp-first"))
     monkeypatch.setattr(affine, "MAX_ROW_ELEMS", 1000)
     decided, top = AffineNet(net).decide(inputs(shape, 40, 2), w, 1)
     assert not bool(decided.any()) and bool((top == -1).all())
@@ -220,7 +227,7 @@ def test_keyword_max_pool_is_bounded_soundly() -> None:
     model = KeywordPool().eval()
     net = IntervalNet(model)
     x = inputs((1, 8, 8), 64, 4)
-    decided, top = net.decide(x, plane_weights(model, net.param_names, 3, "exp-first"), 1)
+    decided, top = decide(net, x, plane_weights(model, net.param_names, 3, "exp-first"), 1)
     with torch.no_grad():
         ref = model(x).topk(1).indices
     assert int(decided.sum()) > 0 and torch.equal(top[decided], ref[decided])

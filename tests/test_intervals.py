@@ -13,13 +13,11 @@ from hypothesis import strategies as st
 from torch import nn
 
 from modelhub_torch.errors import ModelHubError
-from modelhub_torch.progressive.intervals import (
-    IntervalNet,
-    UnsupportedLayerError,
-    decide_topk,
-    known_mask,
-    weight_bounds,
-)
+from modelhub_torch.progressive import intervals, topk, weights
+from modelhub_torch.progressive.decision import decide
+from modelhub_torch.progressive.intervals import IntervalNet, UnsupportedLayerError
+from modelhub_torch.progressive.topk import decide_topk
+from modelhub_torch.progressive.weights import known_mask, weight_bounds
 
 LAYOUTS = ("ieee", "exp-first")
 
@@ -439,8 +437,8 @@ def test_wrong_bound_is_caught() -> None:
 @pytest.mark.parametrize("name", ["mlp", "cnn", "resbn"])
 @pytest.mark.parametrize("k", [1, 5])
 def test_pairwise_decisions_equal_float32_topk(name: str, k: int) -> None:
-    """IntervalNet.decide (differences of logits through the final Linear) decides at
-    least what the plain rule does, and every decision equals the float32 top-k."""
+    """decide (differences of logits through the final Linear) decides at least what
+    the plain rule does, and every decision equals the float32 top-k."""
     model, shape = build(name, seed=2)
     net = IntervalNet(model)
     x = torch.cat([inputs(shape, 1000, 9), near_ties(model, shape, 150, k, 11)])
@@ -451,7 +449,7 @@ def test_pairwise_decisions_equal_float32_topk(name: str, k: int) -> None:
         for planes in (2, 3, 4):
             w = plane_weights(model, net.param_names, planes, layout)
             plain, _ = decide_topk(*net.bounds(x, w), k)
-            decided, top = net.decide(x, w, k)
+            decided, top = decide(net, x, w, k)
             assert bool((decided | ~plain).all())  # never fewer than the plain rule
             assert torch.equal(top[decided], ref[decided])
             more += int(decided.sum() - plain.sum())
@@ -464,10 +462,37 @@ def test_pairwise_rule_catches_a_wrong_bound() -> None:
     w = plane_weights(model, IntervalNet(model).param_names, 4, "ieee")
     with torch.no_grad():
         ref = model(ties).topk(1).indices
-    decided, top = IntervalNet(model, _rounding=False).decide(ties, w, 1)
+    decided, top = decide(IntervalNet(model, _rounding=False), ties, w, 1)
     assert bool((top[decided] != ref[decided]).any())  # unsound without the widening...
-    decided, top = IntervalNet(model).decide(ties, w, 1)
+    decided, top = decide(IntervalNet(model), ties, w, 1)
     assert torch.equal(top[decided], ref[decided])  # ...and exact with it
+
+
+
+def test_bounds_return_their_context_and_leave_nothing_for_the_next_call() -> None:
+    """What the decision rules need from a pass comes back with its bounds, so a call on
+    other inputs or weights in between cannot change the next decision."""
+    model, shape = build("mlp", seed=1)
+    net = IntervalNet(model)
+    x = torch.cat([inputs(shape, 200, 3), near_ties(model, shape, 40, 1, 5)])
+    w2 = plane_weights(model, net.param_names, 2, "exp-first")
+    w3 = plane_weights(model, net.param_names, 3, "ieee")
+    first = decide(net, x, w2, 1)
+    b = net.bounds(x[:7] * 1e37, w3)  # other rows, other weights, rows past float32's safe range
+    assert b.undecidable.shape == (7,) and bool(b.undecidable.all())
+    assert bool(torch.isinf(b.lo[b.undecidable]).all()) and bool(torch.isinf(b.hi[b.undecidable]).all())
+    assert b.rounding and b.head_input is not None and b.head_input.lo.shape == (7, 32)
+    assert set(b.weights) == set(net.param_names) and all(lo.dtype == torch.float64 for lo, _ in b.weights.values())
+    lo, hi = b  # unpacks as the bounds, as callers of the old tuple expect
+    assert lo is b.lo and hi is b.hi
+    again = decide(net, x, w2, 1)
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+
+
+def test_moved_names_are_still_importable_from_intervals() -> None:
+    """benchmarks/ and users import these from progressive.intervals."""
+    assert intervals.decide_topk is topk.decide_topk
+    assert intervals.known_mask is weights.known_mask and intervals.weight_bounds is weights.weight_bounds
 
 
 def test_decide_topk_rule() -> None:

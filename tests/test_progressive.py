@@ -12,8 +12,8 @@ from torch.nn import functional as F
 from modelhub_torch import Repository
 from modelhub_torch.cli import main
 from modelhub_torch.progressive import ProgressiveModel, progressive_predict
-from modelhub_torch.progressive.intervals import known_mask
 from modelhub_torch.progressive.planes import PlaneReader
+from modelhub_torch.progressive.weights import known_mask
 
 
 def digits() -> tuple[torch.Tensor, torch.Tensor]:

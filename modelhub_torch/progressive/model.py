@@ -2,7 +2,7 @@
 
 Tier by tier (1, 2, 3 planes for float32), weights known to their top planes are
 intervals; the interval network (``intervals.py``) bounds every logit, and an input
-whose top-k those bounds decide is answered there. Inputs still undecided move to the
+whose top-k those bounds decide (``decision.py``) is answered there. Inputs still undecided move to the
 next tier, which first fetches one more plane of every weight — lazily, only when an
 undecided input exists, and each plane once. The last tier is the ordinary forward
 pass with the exact weights, so every answer equals ``module(x).topk(k)``.
@@ -17,8 +17,10 @@ from typing import TYPE_CHECKING
 import torch
 
 from modelhub_torch.errors import ModelHubError
-from modelhub_torch.progressive.intervals import IntervalNet, known_mask, weight_bounds
+from modelhub_torch.progressive.decision import decide
+from modelhub_torch.progressive.intervals import IntervalNet
 from modelhub_torch.progressive.planes import PlaneReader
+from modelhub_torch.progressive.weights import known_mask, weight_bounds
 
 if TYPE_CHECKING:
     from modelhub_torch.repository import Repository
@@ -129,7 +131,7 @@ class ProgressiveModel:
                 # the costly affine pass once the tier is complete, or for a few inputs
                 complete = all(t.known >= tier for t in self.store.tensors.values())
                 affine = complete or todo.numel() <= self.AFFINE_EARLY_ROWS
-                decided, idx = self.net.decide(x[todo], self._weights(tier), k, affine=affine)
+                decided, idx = decide(self.net, x[todo], self._weights(tier), k, affine=affine)
                 topk[todo[decided]] = idx[decided]
                 planes[todo[decided]] = tier
                 todo = todo[~decided]
@@ -164,8 +166,8 @@ class ProgressiveModel:
                 lo, hi = weights[name]
                 mid, rad = (lo + hi) / 2, (hi - lo) / 2 / 256
                 trial[name] = (mid - rad, mid + rad)
-            lo, hi = self.net.bounds(x, trial)
-            width = float(torch.nan_to_num(hi - lo, nan=1e30, posinf=1e30).clamp_max(1e30).sum())
+            bounds = self.net.bounds(x, trial)
+            width = float(torch.nan_to_num(bounds.hi - bounds.lo, nan=1e30, posinf=1e30).clamp_max(1e30).sum())
             if width < best_width:
                 best, best_width = names, width
         return best
