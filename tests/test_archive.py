@@ -4,6 +4,7 @@ crash-safe switch, cold tier, lossy schemes."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -208,7 +209,7 @@ def test_cold_tier_holds_low_planes_and_reads_are_transparent(built, tmp_path) -
     _check_all(again, expect)
     # budget 1x: cold reads are slower, so everything comes back and the tier empties
     fastest = again.archive(1.0)
-    assert fastest.cold_after == 0
+    assert fastest.cold_after == 0 and fastest.cold_before > 0
     assert not [p for p in (cold / "objects").rglob("*") if p.is_file()]
     _check_all(again, expect)
     with pytest.raises(ModelHubError, match="already keeps its cold tier"):
@@ -297,6 +298,15 @@ def test_cli_archive(built, capsys, tmp_path) -> None:
     text = capsys.readouterr().out
     assert "lossy:    fp16" in text and "lossy fp16" in text
     _check_all(repo, {k: v for k, v in expect.items() if k != "m@v5"})
+    # with a cold tier, what stays in the repository itself is said separately
+    assert main(["--repo", repo.url, "--json", "archive", "--cold", str(tmp_path / "cold")]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["cold_before"] == 0 and 0 < doc["cold_after"] < doc["stored_after"]
+    hot = doc["stored_after"] - doc["cold_after"]
+    assert main(["--repo", repo.url, "archive", "--budget", "2"]) == 0
+    text = capsys.readouterr().out
+    assert re.search(r"in the repository itself: .* \(\d+\.\d\dx\); in the cold tier: ", text), text
+    assert hot > 0
 
 
 def test_cli_lossy_accuracy_check(tmp_path, capsys) -> None:

@@ -57,6 +57,7 @@ class ArchiveReport:
     seconds: float = 0.0
     dry_run: bool = False
     decode_model: dict[str, float] = field(default_factory=dict)
+    cold_before: int = 0  # of stored_before, bytes in the cold tier
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -145,17 +146,18 @@ def archive(
             cold=cold_store,
             hot_planes=hot_planes, cold_price=cold_price, sample_bytes=sample_bytes, decode_model=decode_model,
         )
+        cold_before = sum(store.manifest(v).cold_bytes() for v in rg.order)
         if not dry_run:
             reader = open_reader(store)
             new = Rewriter(store, reader, rg, plan, hot_planes).run()
             _switch(store, new)
         after = _stored(store) if not dry_run else before
-        cold_after = sum(store.manifest(v).cold_bytes() for v in rg.order) if not dry_run else 0
+        cold_after = sum(store.manifest(v).cold_bytes() for v in rg.order) if not dry_run else cold_before
     costs = list(plan.group_costs.values())
     spt_costs = list(spt.group_costs.values())
     return ArchiveReport(
         algorithm=algorithm, scheme=scheme, alpha=alpha, versions=len(rg.order), matrices=len(rg.graph),
-        edges=len(rg.graph.edges), stored_before=before, stored_after=after, cold_after=cold_after,
+        edges=len(rg.graph.edges), stored_before=before, stored_after=after, cold_after=cold_after, cold_before=cold_before,
         planned_storage=plan.storage_cost, mst_storage=mst.storage_cost, spt_storage=spt.storage_cost,
         recreation_mean_s=statistics.fmean(costs), recreation_max_s=max(costs),
         spt_recreation_mean_s=statistics.fmean(spt_costs), spt_recreation_max_s=max(spt_costs),

@@ -111,8 +111,13 @@ def cmd_archive(args: argparse.Namespace, out: Output) -> int:
                      "tensor data (nothing was rewritten)")
     else:
         ratio = r.stored_before / r.stored_after if r.stored_after else float("inf")
-        lines.append(f"storage: {human_size(r.stored_before)} -> {human_size(r.stored_after)} ({ratio:.2f}x)"
-                     + (f", of which {human_size(r.cold_after)} in the cold tier" if r.cold_after else ""))
+        lines.append(f"storage: {human_size(r.stored_before)} -> {human_size(r.stored_after)} ({ratio:.2f}x)")
+        if r.cold_after or r.cold_before:
+            hot_before, hot_after = r.stored_before - r.cold_before, r.stored_after - r.cold_after
+            hot_ratio = hot_before / hot_after if hot_after else float("inf")
+            lines.append(f"in the repository itself: {human_size(hot_before)} -> {human_size(hot_after)} "
+                         f"({hot_ratio:.2f}x); in the cold tier: {human_size(r.cold_before)} -> "
+                         f"{human_size(r.cold_after)}")
     priced = f" (cold bytes counted x{args.cold_price:g})" if args.cold or repo.settings.get("cold") else ""
     lines.append(f"tensor data under this plan {human_size(r.planned_storage)}{priced}; minimum (MST) "
                  f"{human_size(r.mst_storage)}, fastest (SPT) {human_size(r.spt_storage)}")
