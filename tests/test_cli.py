@@ -532,3 +532,19 @@ def test_lossy_versions_are_marked_in_list_desc_and_diff(tmp_path, capsys, repo)
     assert "+++ m@v2" in out and "[lossy fp16]" in out.splitlines()[1]
     assert "lossy: m@v2 (fp16) archived lossily" in out
     assert run_json(capsys, repo, "diff", "m@v1", "m@v2")["lossy"] == {"a": None, "b": ["fp16"]}
+
+
+def test_a_reader_that_leaves_early_is_no_error(tmp_path) -> None:
+    """`modelhub desc REF | head -1`: the pipe closes while desc still writes; like git,
+    modelhub stops quietly (status 141) instead of printing a Broken pipe error."""
+    import subprocess
+    import sys
+
+    from modelhub_torch import Repository
+
+    repo = Repository.init(tmp_path / "r")
+    repo.commit({f"layer{i}.weight": torch.full((1,), float(i)) for i in range(3000)}, "m")
+    repo.catalog.close()
+    cmd = f"{sys.executable} -m modelhub_torch.cli --repo {tmp_path / 'r'} desc m@v1 | head -1; exit ${{PIPESTATUS[0]}}"
+    r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=120)
+    assert r.stdout.startswith("ref:") and r.stderr == "" and r.returncode == 141, (r.returncode, r.stderr)

@@ -67,6 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _show_warning
     try:
         return COMMANDS[args.command](args, out)
+    except BrokenPipeError:  # `modelhub list | head`: the reader left, nothing to report
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141
     except ModelHubError as exc:
         error(str(exc))
     except FileNotFoundError as exc:
@@ -79,13 +86,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         error("interrupted")
         return 130
-    except BrokenPipeError:  # `modelhub list | head`: the reader left, nothing to report
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-        except (OSError, ValueError):
-            pass
-        return 141
     return 2
 
 
