@@ -23,6 +23,7 @@ from modelhub_torch.progress import byte_bar
 from modelhub_torch.publish import publish
 from modelhub_torch.reader import TensorReader, digest_bits, open_reader
 from modelhub_torch.records import Version
+from modelhub_torch.resolution import resolve
 from modelhub_torch.store.objects import hash_bytes
 from modelhub_torch.store.repo import RepoStore
 from modelhub_torch.writer import PackSet, encode_all, encoded_size, record_size
@@ -70,7 +71,7 @@ class CommitRequest:
 
     flat: Any  # skeleton.flatten's result
     model: str
-    parent: str | None  # a version id, or None: the model's latest
+    parent: str | Version | None  # a ref (resolved under the lock), or None: the model's latest
     metrics: dict[str, Any]
     hparams: dict[str, Any]
     message: str
@@ -96,7 +97,7 @@ def commit_version(store: RepoStore, req: CommitRequest) -> Version:
                 f"expected to commit {req.model}@v{req.expect_number} but the next version is "
                 f"{req.model}@v{number}: {why}"
             )
-        parent = req.parent
+        parent = resolve(store, req.parent) if req.parent is not None else None
         if parent is None and listed:
             parent = store.refs.version_at(req.model, listed[-1])
         created = _now()

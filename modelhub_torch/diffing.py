@@ -173,7 +173,14 @@ def align(ta: dict[str, Any], tb: dict[str, Any], prefix_a: str | None,
 def side_by_side(a: dict[str, Any], b: dict[str, Any]) -> dict[str, FieldDiff]:
     """Every key of ``a`` then of ``b``, with both values and whether they differ."""
     keys = list(dict.fromkeys([*a, *b]))
-    return {k: FieldDiff(a.get(k), b.get(k), k not in a or k not in b or a[k] != b[k]) for k in keys}
+    return {k: FieldDiff(a.get(k), b.get(k), k not in a or k not in b or not _same_value(a[k], b[k])) for k in keys}
+
+
+def _same_value(x: Any, y: Any) -> bool:
+    """Equality where a NaN metric equals a NaN metric (a diverged loss in both)."""
+    if isinstance(x, float) and isinstance(y, float) and x != x and y != y:
+        return True
+    return bool(x == y)
 
 
 def same_bits(a: Any, b: Any) -> bool:

@@ -77,7 +77,7 @@ def import_files(
     with tqdm(paths, desc="import", unit="file", disable=not progress) as bar:
         for path in bar:
             path = Path(path)
-            rel = path.relative_to(base).as_posix() if base is not None else str(path)
+            rel = path.relative_to(base).as_posix() if base is not None and path.is_relative_to(base) else str(path)
             bar.set_postfix_str(rel)
             try:
                 obj = read_checkpoint(path, allow_pickle)

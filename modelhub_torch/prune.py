@@ -19,16 +19,18 @@ from modelhub_torch.pas.codec import RepoCodecs
 from modelhub_torch.publish import switch
 from modelhub_torch.reader import open_reader
 from modelhub_torch.records import Version
+from modelhub_torch.resolution import resolve
 from modelhub_torch.resumable import top_level_keys
 from modelhub_torch.store.repo import RepoStore
 from modelhub_torch.writer import PackSet, encode_all
 
 
-def prune(store: RepoStore, vid: str, keys: set[str]) -> Version:
-    """Remove top-level entries ``keys`` of version ``vid`` (takes the store's lock);
-    every other version keeps loading bit-exact at every step."""
+def prune(store: RepoStore, ref: str | Version, keys: set[str]) -> Version:
+    """Remove top-level entries ``keys`` of version ``ref`` (takes the store's lock;
+    the ref is resolved under it); every other version keeps loading bit-exact."""
     with store.lock, store.writes("prune"):
         store.sync_index()
+        vid = resolve(store, ref)
         store.refresh_rows(store.possible_dependents(vid))
         replaced = Pruner(store, vid, sorted(store.catalog.dependents(vid))).run(keys)
         if replaced:

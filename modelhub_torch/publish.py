@@ -13,7 +13,7 @@ import warnings
 
 from modelhub_torch.errors import ModelHubError, ModelHubWarning
 from modelhub_torch.manifest import Manifest
-from modelhub_torch.records import Version
+from modelhub_torch.records import Version, decode_values
 from modelhub_torch.resumable import trainer_state
 from modelhub_torch.store.repo import RepoStore
 from modelhub_torch.store.switch import clear_switch, read_switch
@@ -59,8 +59,8 @@ def version_from_manifest(store: RepoStore, m: Manifest, moid: str) -> Version:
     """A Version straight from its manifest (when the index cannot give it)."""
     return Version(
         model=m.model, number=m.number, id=m.id, ref=m.ref, parent=m.parent,
-        created_at=m.created_at, metrics=m.metrics, hparams=m.hparams, message=m.message,
-        raw_bytes=m.raw_bytes, stored_bytes=store.stored_bytes(m, moid), info=m.info,
+        created_at=m.created_at, metrics=decode_values(m.metrics), hparams=decode_values(m.hparams),
+        message=m.message, raw_bytes=m.raw_bytes, stored_bytes=store.stored_bytes(m, moid), info=decode_values(m.info),
         holds_pickle=bool(m.extra.get("pickle")), resumable=trainer_state(m.skeleton),
         lossy=tuple(m.extra.get("lossy") or ()),
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,10 +94,10 @@ def jsonable(d: dict[str, Any] | None, what: str) -> dict[str, Any]:
     kept (tagged); anything else that JSON cannot hold is refused with a clear error."""
     if d is None:
         return {}
-    if not isinstance(d, dict):
+    if not isinstance(d, Mapping):
         raise ModelHubError(f"{what} must be a dict of names to values, got {type(d).__name__}")
     out = {}
-    for k, v in d.items():
+    for k, v in dict(d).items():
         item = getattr(v, "item", None)
         if callable(item) and not isinstance(v, (int, float, str, bool)):
             try:  # a one-element tensor or NumPy scalar (a logged metric)

@@ -199,7 +199,7 @@ class Repository:
             graph = capture_graph(graph)
         request = CommitRequest(
             flat=flatten(obj, allow_pickle=allow_pickle), model=model,
-            parent=self.resolve(parent) if parent is not None else None,
+            parent=parent,
             metrics=jsonable(metrics, "metrics"), hparams=jsonable(hparams, "hparams"),
             message=message, info=jsonable(info, "info"), graph=graph or None,
             expect_number=expect_number, progress=progress,
@@ -263,7 +263,7 @@ class Repository:
         """
         from modelhub_torch.prune import prune
 
-        return prune(self.store, self.resolve(ref), set(keys))
+        return prune(self.store, ref, set(keys))
 
     # ---------------------------------------------------------------- archive
     def archive(

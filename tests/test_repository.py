@@ -511,7 +511,33 @@ def test_non_finite_metrics_are_kept(repo):
     assert repo.query("select m where m.metrics.best > 1").refs == []
     assert repo.query("select m where m.metrics.loss is null").refs == []
     assert repo.query("select m where m.metrics.acc = 0.5").refs == ["m@v1"]
+    row = repo.query("select m where m.metrics.acc = 0.5 order by m.metrics.loss").to_dicts()[0]
+    assert math.isnan(row["metrics.loss"])  # selected columns show the value, not its tag
+    v2 = repo.commit({"w": torch.zeros(1)}, "m", metrics={"loss": float("nan"), "acc": 0.5})
+    d = repo.diff("m@v1", v2.ref)
+    assert not d.metrics["loss"].differs and d.metrics["acc"].differs is False
     assert repo.gc()["objects_removed"] == 0
+
+
+def test_metadata_may_be_any_mapping(repo):
+    """hparams straight from a config object (a read-only mapping) commit as a dict."""
+    import types
+
+    v = repo.commit({"w": torch.ones(1)}, "m", hparams=types.MappingProxyType({"lr": 0.1}))
+    assert v.hparams == {"lr": 0.1}
+
+
+def test_a_version_returned_from_its_manifest_decodes_metadata(repo, monkeypatch):
+    """When the index cannot give the new version back, commit builds it from the
+    manifest: NaN metrics come back as NaN there too."""
+    from modelhub_torch.store.repo import RepoStore
+
+    def broken(self, vid):
+        raise ModelHubError("index unavailable")
+
+    monkeypatch.setattr(RepoStore, "checked_version", broken)
+    v = repo.commit({"w": torch.ones(1)}, "m", metrics={"loss": float("nan")})
+    assert math.isnan(v.metrics["loss"]) and v.ref == "m@v1"
 
 
 def test_top_level_load_function(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import re
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
@@ -10,7 +11,7 @@ from typing import Any
 
 from modelhub_torch.dql.compiler import compile_select
 from modelhub_torch.dql.parser import Derive, DQLError, Evaluate, Select, caret_error, parse
-from modelhub_torch.records import Version
+from modelhub_torch.records import Version, decode_values
 
 BASE_COLUMNS = ["ref", "name", "version", "created", "params", "size"]
 # SQLite's words for a statement beyond its compiled-in limits: the query's shape, not
@@ -73,12 +74,23 @@ class QueryResult:
                 "size": r["stored_bytes"],
             }
             for c in self._extra:
-                d[c] = r[c]
+                d[c] = _value(r[c])
             out.append(d)
         return out
 
     def __repr__(self) -> str:
         return f"QueryResult({len(self)} versions: {', '.join(self.refs[:5])}{' ...' if len(self) > 5 else ''})"
+
+
+def _value(v: Any) -> Any:
+    """A selected metadata value as the user stored it: a NaN or infinity (stored as a
+    tagged JSON object, which SQLite hands back as its text) becomes the float again."""
+    if isinstance(v, str) and v.startswith('{"$float"'):
+        try:
+            return decode_values(json.loads(v))
+        except ValueError:
+            return v
+    return v
 
 
 def execute(
