@@ -15,6 +15,7 @@ rebuildable and lives beside it).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -82,6 +83,38 @@ def run_ours(objs: list[Any], model: str, **settings: Any) -> dict[str, Any]:
             "latest_s": latest,
             "planes": planes,
         }
+
+
+def per_version_restore(objs: list[Any], model: str, repeats: int = 3, **settings: Any) -> list[dict[str, float]]:
+    """Restore time of every version against torch.load of that same checkpoint (saved
+    uncompressed, both warm, medians of ``repeats``): what users pay for ``@best`` or an
+    old epoch, not only for the newest version."""
+    out = []
+    with tempfile.TemporaryDirectory() as d:
+        repo = Repository.init(Path(d) / "repo", **settings)
+        for o in objs:
+            repo.commit(o, model)
+        for i, (v, o) in enumerate(zip(repo.versions(model), objs)):
+            path = Path(d) / f"v{i}.pt"
+            torch.save(o, path)
+            tl = median_time(functools.partial(torch.load, path, weights_only=True), repeats)
+            ours = median_time(functools.partial(repo.load, v.ref), repeats)
+            path.unlink()
+            out.append({"version": v.number, "restore_s": ours, "torch_load_s": tl})
+    return out
+
+
+def per_version_table(name: str, rows: list[dict[str, float]]) -> str:
+    """Per version: restore ms, torch.load ms and their factor; the worst and the median
+    factor, and the worst and median restore against the newest version's."""
+    newest = rows[-1]["restore_s"]
+    body = [[f"v{r['version']}", f"{r['restore_s'] * 1e3:.1f}", f"{r['torch_load_s'] * 1e3:.1f}",
+             f"{r['restore_s'] / r['torch_load_s']:.2f}x", f"{r['restore_s'] / newest:.2f}x"] for r in rows]
+    factors = [r["restore_s"] / r["torch_load_s"] for r in rows]
+    vs_newest = [r["restore_s"] / newest for r in rows]
+    text = table(body, ["version", "restore ms", "torch.load ms", "vs torch.load", "vs newest restore"])
+    return (f"{name}\n{text}\nworst {max(factors):.2f}x / median {statistics.median(factors):.2f}x torch.load; "
+            f"worst {max(vs_newest):.2f}x / median {statistics.median(vs_newest):.2f}x the newest version's restore")
 
 
 def codec_speed(objs: list[Any], settings: dict[str, Any] | None = None) -> dict[str, float]:
@@ -201,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sweep", action="store_true", help="also sweep keyframe interval and codec choices")
     ap.add_argument("--versions", type=int, default=8, help="MiniLM fine-tune versions (>= 6)")
+    ap.add_argument("--per-version", action="store_true",
+                    help="only the restore time of every version of (a) and (b) against torch.load of it")
     args = ap.parse_args(argv)
 
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs; building data sets ...", flush=True)
@@ -213,6 +248,11 @@ def main(argv: list[str] | None = None) -> int:
         (f"(b) MiniLM fine-tune, {len(minilm)} versions", minilm, "minilm"),
         ("(c) MiniLM pretrained", pretrained, "minilm"),
     ]
+    if args.per_version:
+        print("\nRestore of every version vs torch.load of that checkpoint (medians of 3, warm)")
+        for name, objs, model in datasets[:2]:
+            print("\n" + per_version_table(name, per_version_restore(objs, model)))
+        return 0
 
     rows, speed_rows, results = [], [], {}
     for name, objs, model in datasets:
