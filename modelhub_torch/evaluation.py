@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 from modelhub_torch.errors import ModelHubError
 
 if TYPE_CHECKING:
-    from modelhub_torch.repolike import RepositoryLike, VersionLike
+    from modelhub_torch.records import Version
+    from modelhub_torch.repolike import RepositoryLike
 
 
 class ModuleSpecError(ModelHubError, ValueError):
@@ -41,7 +42,7 @@ class EvalResult:
     bytes_full: int | None = None
 
 
-def build_module(spec: str | None, v: VersionLike, command: str = "eval") -> Any:
+def build_module(spec: str | None, v: Version, command: str = "eval") -> Any:
     """The network ``PKG.MOD:CLASS`` built from version ``v``'s hparams (modules in the
     working directory are importable, as with ``python -m``)."""
     import importlib
@@ -131,7 +132,7 @@ def _progressive(repo: RepositoryLike, ref: str, module: Any, x: Any, k: int, pr
         bar.close()
 
 
-def top1(repo: RepositoryLike, v: VersionLike, module: Any, x: Any, y: Any = None) -> tuple[Any, float | None]:
+def top1(repo: RepositoryLike, v: Version, module: Any, x: Any, y: Any = None) -> tuple[Any, float | None]:
     """Top-1 predictions of version ``v`` on ``x`` and their accuracy on ``y`` (if given)."""
     import torch
 

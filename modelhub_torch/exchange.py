@@ -23,7 +23,8 @@ from modelhub_torch.checkpoint_files import (
 from modelhub_torch.errors import ModelHubError, PickleRequiredError
 
 if TYPE_CHECKING:
-    from modelhub_torch.repolike import RepositoryLike, VersionLike
+    from modelhub_torch.records import Version
+    from modelhub_torch.repolike import RepositoryLike
 
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")  # as skeleton.state_dict_paths looks
 
@@ -136,7 +137,7 @@ def export_version(
     return ExportResult(v.ref, v.id, target, suffix.lstrip("."), count, target.stat().st_size, left_out)
 
 
-def _write_safetensors(repo: RepositoryLike, v: VersionLike, tmp: Path, target: Path, progress: bool) -> int:
+def _write_safetensors(repo: RepositoryLike, v: Version, tmp: Path, target: Path, progress: bool) -> int:
     from safetensors.torch import save_file
 
     sd = untie(repo.load_state_dict(v.id, progress=progress))
@@ -147,7 +148,7 @@ def _write_safetensors(repo: RepositoryLike, v: VersionLike, tmp: Path, target: 
     return len(sd)
 
 
-def _write_torch(repo: RepositoryLike, v: VersionLike, tmp: Path, target: Path, allow_pickle: bool,
+def _write_torch(repo: RepositoryLike, v: Version, tmp: Path, target: Path, allow_pickle: bool,
                  progress: bool) -> int:
     import torch
 
@@ -159,7 +160,7 @@ def _write_torch(repo: RepositoryLike, v: VersionLike, tmp: Path, target: Path, 
     return len(repo.manifest(v.id).live_tensors())
 
 
-def load_whole(repo: RepositoryLike, v: VersionLike, allow_pickle: bool, what: str, progress: bool = False) -> Any:
+def load_whole(repo: RepositoryLike, v: Version, allow_pickle: bool, what: str, progress: bool = False) -> Any:
     """A whole version; one holding pickles only with ``allow_pickle`` (the load warns
     first what it trusts). The refusal says what the pickles import and what to do."""
     try:

@@ -13,7 +13,8 @@ from modelhub_torch.manifest import DROPPED
 
 if TYPE_CHECKING:
     from modelhub_torch.manifest import Manifest
-    from modelhub_torch.repolike import RepositoryLike, VersionLike
+    from modelhub_torch.records import Version
+    from modelhub_torch.repolike import RepositoryLike
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ class StorageSplit:
     tensors: int  # live tensors in all
 
 
-def lossy_schemes(v: VersionLike) -> list[str]:
+def lossy_schemes(v: Version) -> list[str]:
     """The lossy schemes a version was archived with (empty: it loads bit-exact); read
     from the index, so listing many versions reads no manifest."""
     return list(v.lossy)

@@ -32,7 +32,7 @@ def open_store(path_or_url: object) -> RepoStore:
 def publish(store: RepoStore, m: Manifest, replaced: Replaced) -> Version:
     """Make the new version visible, then switch each re-encoded older version to its
     new manifest. Call with the store's lock held."""
-    store.record_features([m, *(new for new, _ in replaced)])
+    store.record_features([m])  # the re-encoded ones: by switch(), before their refs move
     moid = store.objects.put(m.to_bytes())
     new_oids = [store.objects.put(new.to_bytes()) for new, _ in replaced]
     store.refs.set_manifest(m.id, moid)

@@ -11,14 +11,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol
 
-from modelhub_torch.records import Version
-
 if TYPE_CHECKING:
     from modelhub_torch.manifest import Manifest
-
-
-# the helpers read versions as the facade returns them: the leaf record type
-VersionLike = Version
 
 
 class RepositoryLike(Protocol):

@@ -18,7 +18,7 @@ index (list, desc, query, tag, stats) start fast.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from modelhub_torch.errors import ModelHubError
@@ -107,9 +107,6 @@ class Repository:
 
     def __repr__(self) -> str:
         return f"Repository({self.url!r})"
-
-    def _writes(self, what: str) -> Iterator[None]:
-        return self.store.writes(what)
 
     # --------------------------------------------------------------- manifests
     def manifest(self, version_id: str) -> Manifest:

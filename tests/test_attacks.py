@@ -578,7 +578,7 @@ def test_write_failure_mid_commit_is_one_line_and_changes_nothing(four, tmp_path
     repo = Repository(root)
     assert [v.ref for v in repo.versions("m")] == ["m@v1", "m@v2", "m@v3", "m@v4"]
     assert repo.verify() == []
-    with pytest.raises(WriteFailedError) as info, repo._writes("commit to 'm'"):
+    with pytest.raises(WriteFailedError) as info, repo.store.writes("commit to 'm'"):
         raise OSError(28, "No space left on device")
     assert isinstance(info.value, OSError) and "No space left on device" in str(info.value)
 

@@ -32,7 +32,7 @@ def _open_regular(path: str) -> int:
     except BaseException:
         os.close(fd)
         raise
-    if stat.S_ISDIR(mode) or not stat.S_ISREG(mode):
+    if not stat.S_ISREG(mode):
         os.close(fd)
         raise NotAFileError(f"{path} is not a regular file")
     return fd
