@@ -85,36 +85,106 @@ def run_ours(objs: list[Any], model: str, **settings: Any) -> dict[str, Any]:
         }
 
 
-def per_version_restore(objs: list[Any], model: str, repeats: int = 3, **settings: Any) -> list[dict[str, float]]:
-    """Restore time of every version against torch.load of that same checkpoint (saved
-    uncompressed, both warm, medians of ``repeats``): what users pay for ``@best`` or an
-    old epoch, not only for the newest version."""
-    out = []
+def per_version_restore(objs: list[Any], model: str, repeats: int = 3, repack: bool = True,
+                        **settings: Any) -> dict[str, Any]:
+    """Commit every version (commit-call throughput), repack (``gc --repack``), then
+    restore every version against torch.load of that same checkpoint (saved
+    uncompressed, both warm, medians of ``repeats``): what users pay for ``@best`` or
+    an old epoch, not only for the newest version. Also the budget's estimate."""
+    from modelhub_torch.budget import estimate
+
+    out: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory() as d:
         repo = Repository.init(Path(d) / "repo", **settings)
+        raw = raw_tensor_bytes(objs)
+        t0 = time.perf_counter()
         for o in objs:
             repo.commit(o, model)
+        commit_s = time.perf_counter() - t0
+        before = repo_bytes(Path(d) / "repo")
+        t0 = time.perf_counter()
+        if repack:
+            repo.gc(repack=True)
+        repack_s = time.perf_counter() - t0
+        stored = repo_bytes(Path(d) / "repo")
         for i, (v, o) in enumerate(zip(repo.versions(model), objs)):
             path = Path(d) / f"v{i}.pt"
             torch.save(o, path)
             tl = median_time(functools.partial(torch.load, path, weights_only=True), repeats)
             ours = median_time(functools.partial(repo.load, v.ref), repeats)
             path.unlink()
-            out.append({"version": v.number, "restore_s": ours, "torch_load_s": tl})
-    return out
+            out.append({"version": v.number, "restore_s": ours, "torch_load_s": tl,
+                        "estimate": estimate(repo.store.manifest, v.id).factor})
+    return {"rows": out, "ratio": raw / stored, "ratio_before_repack": raw / before,
+            "commit_mb_s": raw / commit_s / 1e6, "repack_s": repack_s}
 
 
-def per_version_table(name: str, rows: list[dict[str, float]]) -> str:
-    """Per version: restore ms, torch.load ms and their factor; the worst and the median
-    factor, and the worst and median restore against the newest version's."""
+def per_version_table(name: str, result: dict[str, Any]) -> tuple[str, dict[str, float]]:
+    """Per version: restore ms, torch.load ms and their factor, the factor against the
+    newest version's restore and the budget's estimate; then worst and median."""
+    rows = result["rows"]
     newest = rows[-1]["restore_s"]
     body = [[f"v{r['version']}", f"{r['restore_s'] * 1e3:.1f}", f"{r['torch_load_s'] * 1e3:.1f}",
-             f"{r['restore_s'] / r['torch_load_s']:.2f}x", f"{r['restore_s'] / newest:.2f}x"] for r in rows]
+             f"{r['restore_s'] / r['torch_load_s']:.2f}x", f"{r['restore_s'] / newest:.2f}x",
+             f"{r['estimate']:.2f}x"] for r in rows]
     factors = [r["restore_s"] / r["torch_load_s"] for r in rows]
     vs_newest = [r["restore_s"] / newest for r in rows]
-    text = table(body, ["version", "restore ms", "torch.load ms", "vs torch.load", "vs newest restore"])
+    summary = {"newest_vs_torch_load": factors[-1], "worst_vs_torch_load": max(factors),
+               "median_vs_torch_load": statistics.median(factors), "worst_vs_newest": max(vs_newest),
+               "median_vs_newest": statistics.median(vs_newest)}
+    text = table(body, ["version", "restore ms", "torch.load ms", "vs torch.load", "vs newest restore",
+                        "estimate (x whole)"])
     return (f"{name}\n{text}\nworst {max(factors):.2f}x / median {statistics.median(factors):.2f}x torch.load; "
-            f"worst {max(vs_newest):.2f}x / median {statistics.median(vs_newest):.2f}x the newest version's restore")
+            f"worst {max(vs_newest):.2f}x / median {statistics.median(vs_newest):.2f}x the newest version's "
+            f"restore; ratio {result['ratio']:.3f}x ({result['ratio_before_repack']:.3f}x before repack, "
+            f"repack {result['repack_s']:.1f} s); commit {result['commit_mb_s']:,.0f} MB/s"), summary
+
+
+def resume_timing(epochs: int = 12, seed: int = 0, repeats: int = 3, **settings: Any) -> dict[str, Any]:
+    """``trainer.fit(ckpt_path=...)`` resuming the digits run from its best version that
+    is not the newest (lowest validation loss), from the repository and from the
+    ModelCheckpoint file of the same epoch. ``max_epochs`` is that epoch's, so fit
+    restores everything (weights, optimizer, loops, callbacks) and stops: the time is
+    Trainer start-up plus the restore, which is what differs."""
+    import logging
+
+    import pytorch_lightning as pl
+    from torch.nn import functional as F
+
+    objs, ckpt_dir = trajectories.digits_trajectory(epochs=epochs, seed=seed)
+    files = sorted(ckpt_dir.glob("*.ckpt"), key=lambda f: torch.load(f, weights_only=False)["epoch"])
+    cls = trajectories._digits_module_class()
+    train_dl, val_dl = trajectories._digits_loaders(seed, batch_size=64)
+
+    def val_loss(ckpt: dict) -> float:
+        m = cls()
+        m.load_state_dict(ckpt["state_dict"])
+        with torch.no_grad():
+            return float(sum(F.cross_entropy(m(x), y, reduction="sum") for x, y in val_dl) / len(val_dl.dataset))
+
+    losses = [val_loss(o) for o in objs]
+    best = min(range(len(objs) - 1), key=losses.__getitem__)  # the best that is not the newest
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    with tempfile.TemporaryDirectory() as d:
+        repo = Repository.init(Path(d) / "repo", **settings)
+        for o, loss in zip(objs, losses):
+            repo.commit(o, "digits", metrics={"val_loss": loss})
+        url = f"modelhub://{Path(d) / 'repo'}#digits@v{best + 1}"
+
+        def fit(path: str) -> None:
+            trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=objs[best]["epoch"] + 1, logger=False,
+                                 enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                                 num_sanity_val_steps=0)
+            trainer.fit(cls(), train_dl, val_dl, ckpt_path=path)
+            assert trainer.current_epoch == objs[best]["epoch"] + 1 and trainer.global_step == objs[best]["global_step"]
+
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            file_s = median_time(functools.partial(fit, str(files[best])), repeats)
+            repo_s = median_time(functools.partial(fit, url), repeats)
+    return {"epoch": objs[best]["epoch"], "version": best + 1, "of": len(objs), "file_s": file_s, "repo_s": repo_s}
 
 
 def codec_speed(objs: list[Any], settings: dict[str, Any] | None = None) -> dict[str, float]:
@@ -230,12 +300,48 @@ def table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join([line, sep, *body])
 
 
+def per_version_main(datasets: list[tuple[str, list[Any], str]], args: argparse.Namespace) -> None:
+    """The restore-budget tables: every version of (a), (b) and a longer run, under the
+    default budget and under the old policy (unbounded chains), then resume timing."""
+    factor = DEFAULT_SETTINGS["max_load_factor"]
+    long_run, _ = trajectories.digits_trajectory(epochs=48, seed=1)
+    runs = [*datasets[:2], ("(L) digits CNN, 48 ckpts, seed 1 (not tuned on)", long_run, "digits")]
+    policies = [(f"default (max_load_factor={factor:g})", {}), ("old policy (unbounded chains)", {"max_load_factor": None})]
+    for f in args.frontier:
+        policies.append((f"max_load_factor={f:g}", {"max_load_factor": f}))
+    summary = []
+    print("\nRestore of every version vs torch.load of that checkpoint (medians of 3, warm), after "
+          "committing every version and 'gc --repack'")
+    for name, objs, model in runs:
+        for pname, settings in policies:
+            if pname.startswith("max_load_factor=") and not name.startswith("(b)"):
+                continue  # the frontier only on (b)
+            result = per_version_restore(objs, model, **settings)
+            text, s = per_version_table(f"{name} — {pname}", result)
+            print("\n" + text, flush=True)
+            summary.append([name.split(",")[0], pname, f"{result['ratio']:.3f}x", f"{result['commit_mb_s']:,.0f}",
+                            f"{result['repack_s']:.1f}", f"{s['newest_vs_torch_load']:.2f}x",
+                            f"{s['worst_vs_newest']:.2f}x", f"{s['median_vs_newest']:.2f}x",
+                            f"{s['worst_vs_torch_load']:.2f}x"])
+    print("\nSummary (targets on (b): newest <= 2x torch.load, worst <= 2.5x and median <= 1.5x the newest, "
+          "ratio >= 2.7x; commit >= 300 MB/s)")
+    print(table(summary, ["data", "policy", "ratio", "commit MB/s", "repack s", "newest/torch.load",
+                          "worst/newest", "median/newest", "worst/torch.load"]))
+    r = resume_timing()
+    print(f"\nResume: trainer.fit(ckpt_path=best) from epoch {r['epoch']} (version {r['version']} of {r['of']}, "
+          f"the best that is not the newest): ModelCheckpoint file {r['file_s'] * 1e3:.0f} ms, repository "
+          f"{r['repo_s'] * 1e3:.0f} ms ({r['repo_s'] / r['file_s']:.2f}x); Trainer start-up included in both")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sweep", action="store_true", help="also sweep keyframe interval and codec choices")
     ap.add_argument("--versions", type=int, default=8, help="MiniLM fine-tune versions (>= 6)")
     ap.add_argument("--per-version", action="store_true",
-                    help="only the restore time of every version of (a) and (b) against torch.load of it")
+                    help="only the restore-budget tables: every version of (a), (b) and a 48-epoch run against "
+                         "torch.load of it, default budget vs old policy, and resume timing")
+    ap.add_argument("--frontier", type=float, nargs="*", default=[],
+                    help="with --per-version: also these max_load_factor values on (b)")
     args = ap.parse_args(argv)
 
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs; building data sets ...", flush=True)
@@ -249,9 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         ("(c) MiniLM pretrained", pretrained, "minilm"),
     ]
     if args.per_version:
-        print("\nRestore of every version vs torch.load of that checkpoint (medians of 3, warm)")
-        for name, objs, model in datasets[:2]:
-            print("\n" + per_version_table(name, per_version_restore(objs, model)))
+        per_version_main(datasets, args)
         return 0
 
     rows, speed_rows, results = [], [], {}

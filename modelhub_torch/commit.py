@@ -14,11 +14,11 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
+from modelhub_torch.budget import estimate, leaning_on, new_delta_cost
 from modelhub_torch.errors import ModelHubError, ModelHubWarning
 from modelhub_torch.manifest import DROPPED, Manifest
-from modelhub_torch.pas.codec import CodecConfig, ExponentContext, RepoCodecs, shared_pool
+from modelhub_torch.pas.codec import CodecConfig, RepoCodecs, shared_pool
 from modelhub_torch.pas.dtypes import dtype_name, tensor_bits
-from modelhub_torch.pas.entropy import RANS_CTX
 from modelhub_torch.progress import byte_bar
 from modelhub_torch.publish import publish
 from modelhub_torch.reader import TensorReader, digest_bits, open_reader
@@ -29,13 +29,25 @@ from modelhub_torch.store.repo import RepoStore
 from modelhub_torch.writer import PackSet, encode_all, encoded_size, record_size
 
 PREPARE_INLINE_BYTES = 1 << 16  # tensors smaller than this are prepared by the committing thread
-# context re-coding pays for its per-context tables only on bigger tensors: below this
-# it gained < 0.5% on the digits trajectory and cost ~4 ms a commit
-CONTEXT_MIN_BYTES = 1 << 16
 
 
-def _uses_context(chunks: list) -> bool:
-    return any(kind == RANS_CTX for _, frames in chunks for kind, _ in frames)
+def over_budget(store: RepoStore, parent: Manifest, max_factor: float | None) -> bool:
+    """Whether re-encoding ``parent`` as a reverse delta would make the estimated
+    restore of it, or of any version leaning on it, exceed ``max_factor`` whole loads."""
+    if max_factor is None:
+        return False
+    added = [new_delta_cost(rec) for rec in parent.tensors]
+    for vid in {parent.id} | leaning_on(store.catalog.dependents, parent.id):
+        try:
+            est = estimate(store.manifest, vid)
+        except ModelHubError:
+            continue  # a damaged version: verify reports it; it does not block commits
+        # only the parent's records this restore decodes grow (a version sharing one
+        # unchanged tensor with it through a link pays nothing more)
+        more = sum(added[i] for v, i in est.reads if v == parent.id and 0 <= i < len(added))
+        if est.whole and (est.cost + more) / est.whole > max_factor:
+            return True
+    return False
 
 
 @dataclass
@@ -155,16 +167,12 @@ class CommitJob:
         p = self.parent
         self.rewrite = p is not None and p.model == model
         # keyframes sit at multiples of the interval: v1..vK-1 chain to vK (stored whole)
-        self.keyframe = self.rewrite and p.number % self.keyframe_interval == 0
+        # and, with a recreation budget, wherever turning the parent into a delta would
+        # make some version's restore cost more than max_load_factor whole loads
+        self.keyframe = self.rewrite and (
+            p.number % self.keyframe_interval == 0 or over_budget(store, p, s.get("max_load_factor"))
+        )
         self.parent_paths = {t["path"]: i for i, t in enumerate(p.tensors) if t["data"]["kind"] != DROPPED} if p else {}
-        # the grandparent's plain reverse deltas (against the parent) are re-coded with
-        # the parent -> new version delta as context, now that it exists
-        self.grand = None
-        self.context_coding = bool(s.get("context_coding", True))
-        if self.rewrite and p.parent and self.context_coding:
-            grand = _readable(store, p.parent)
-            if grand is not None and grand.model == model:
-                self.grand = grand
 
     def _jobs(self) -> Any:
         """Yield prepared tensors in order, computing big ones up to IN_FLIGHT_BYTES
@@ -241,9 +249,6 @@ class CommitJob:
                 replaced.append((new_parent, p))
             else:
                 parent_packs.abort()
-            new_grand = self._recode_grandparent()
-            if new_grand is not None:
-                replaced.append((new_grand, self.grand))
             m = Manifest(
                 id=self.vid,
                 model=self.model,
@@ -265,9 +270,6 @@ class CommitJob:
             raise
         finally:
             bar.close()
-
-    def _context_coding(self, nbytes: int) -> bool:
-        return self.context_coding and nbytes >= CONTEXT_MIN_BYTES
 
     def _prepare(self, i: int) -> _Prepared:
         t, path = self.flat.tensors[i], self.flat.paths[i]
@@ -307,16 +309,13 @@ class CommitJob:
             and prec["data"]["kind"] == "planes"
         ):
             # before coding the new tensor: the decoded parent is freed before the new
-            # tensor's coded chunks exist (peak ~1.5x the tensor, not ~2.8x)
+            # tensor's coded chunks exist (peak ~1.5x the tensor, not ~2.8x). Coded
+            # plainly: context coding (smaller, slower to decode) is repack's choice
             pbits = self.reader.decode(self.parent_vid, pi)
-            # the newest delta has no neighbouring delta yet: its base's exponents are
-            # its context until the next commit re-codes it (_recode_grandparent)
-            ectx = ExponentContext.for_base(bits, rec["dtype"]) if self._context_coding(bits.nbytes) else None
-            delta = encode_all(pbits, bits, dcfg, context=ectx)
+            delta = encode_all(pbits, bits, dcfg)
             del pbits
-            extra = {"exponent_context": ectx.to_json()} if ectx is not None and _uses_context(delta) else {}
             if encoded_size(delta) < record_size(prec):
-                parent_delta = (dcfg, delta, extra)
+                parent_delta = (dcfg, delta, {})
             del delta
         hit = self._dedup(rec)
         if hit is not None:
@@ -324,94 +323,6 @@ class CommitJob:
         else:
             data, chunks = whole, encode_all(bits, None, mcfg)
         return _Prepared(rec, data, chunks, parent_delta, bits.nbytes)
-
-    def _recode_grandparent(self) -> Manifest | None:
-        """Re-code the grandparent's plain deltas against the parent with the context of
-        the parent -> new-version delta (the neighbouring delta of each element: Adam's
-        per-weight step size drifts slowly). Kept per tensor only where smaller."""
-        g, p = self.grand, self.parent
-        if g is None or p is None:
-            return None
-        new_index = {path: i for i, path in enumerate(self.flat.paths)}
-        recs = g.copy_records()
-        packs = PackSet(self.store.objects)
-        changed: set[int] = set()
-        try:
-            for gi, grec in enumerate(g.tensors):
-                data = grec["data"]
-                base = data.get("base")
-                if data["kind"] != "planes" or data.get("context") or base is None:
-                    continue
-                if int(grec["nbytes"]) < CONTEXT_MIN_BYTES:
-                    continue
-                if base["version"] != p.id or data["codec"]["op"] != "sub":
-                    continue
-                pi = int(base["index"])
-                prec = p.tensors[pi]
-                ni = new_index.get(prec["path"])
-                if ni is None:
-                    continue
-                t = self.flat.tensors[ni]
-                if dtype_name(t.dtype) != grec["dtype"] or list(t.shape) != grec["shape"]:
-                    continue
-                if prec["dtype"] != grec["dtype"] or prec["shape"] != grec["shape"]:
-                    continue
-                cfg = CodecConfig.from_json(data["codec"])
-                pbits = self.reader.decode(p.id, pi)
-                chunks = self._recode_chunks(g, gi, grec, pbits, tensor_bits(t), cfg)
-                del pbits
-                if encoded_size(chunks) < record_size(grec):
-                    recs[gi]["data"] = {
-                        "kind": "planes",
-                        "codec": cfg.to_json(),
-                        "base": {"version": p.id, "index": pi},
-                        "context": {"version": self.vid, "index": ni},
-                        "chunks": packs.add(chunks),
-                    }
-                    changed.add(gi)
-            if not changed:
-                packs.abort()
-                return None
-            self._copy_unchanged(g, recs, changed, packs)
-            return Manifest(**{**g.__dict__, "tensors": recs, "packs": packs.commit()})
-        except BaseException:
-            packs.abort()
-            raise
-
-    def _recode_chunks(
-        self, g: Manifest, gi: int, grec: dict[str, Any], pbits: Any, nbits: Any, cfg: CodecConfig
-    ) -> list:
-        """Decode the grandparent tensor chunk by chunk and re-code each chunk with its
-        context, so the whole tensor never exists in memory; its digest is checked
-        incrementally (BLAKE3 of the chunks in order = BLAKE3 of the tensor)."""
-        import blake3
-        import numpy as np
-
-        from modelhub_torch.pas import codec
-
-        records = grec["data"]["chunks"]
-        starts = np.cumsum([0] + [int(r["n"]) for r in records])
-        where = f"{g.ref} tensor {grec['path']!r}"
-        spec = grec["data"].get("exponent_context")  # coded as the newest delta was
-        old_ctx = codec.ExponentContext.from_json(spec) if spec is not None else None
-
-        def work(c: int) -> tuple[Any, list]:
-            s, e = int(starts[c]), int(starts[c + 1])
-            (_, frames), = self.reader.fetch(g, [records[c]], None, grec["data"].get("cold_from"))  # one chunk only
-            gchunk = np.empty(e - s, pbits.dtype)
-            codec.decode_chunk(frames, e - s, gchunk, pbits[s:e], cfg, where, old_ctx)
-            return gchunk, codec.encode_chunk(gchunk, pbits[s:e], cfg, nbits[s:e])
-
-        hasher = blake3.blake3(max_threads=1)
-        out = []
-        for c, (gchunk, frames) in enumerate(
-            codec.ordered_map(work, range(len(records)), shared_pool(), 2 * codec.default_workers())
-        ):
-            hasher.update(memoryview(gchunk).cast("B"))
-            out.append((int(records[c]["n"]), frames))
-        if hasher.hexdigest() != grec["digest"]:
-            raise ModelHubError(f"{where} fails its checksum while being re-coded; run 'modelhub verify'")
-        return out
 
     def _dedup(self, rec: dict[str, Any]) -> tuple[str, int] | None:
         """An identical tensor stored whole elsewhere (never in the parent being re-encoded:

@@ -62,6 +62,7 @@ class TensorReader:
         self.invalidate = invalidate
         self.cache_bytes = cache_bytes
         self._cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+        self._verified: set[tuple[str, int]] = set()  # cached tensors whose digest was checked
         self._cached = 0
         self._lock = threading.Lock()
         self._active = threading.local()  # (version, index) pairs being decoded by this thread
@@ -90,14 +91,18 @@ class TensorReader:
             vid, idx = data["version"], int(data["index"])
 
     def decode(self, vid: str, idx: int, planes: int | None = None) -> np.ndarray:
-        """Flat uint array of one tensor's bits (all planes unless ``planes`` given)."""
+        """Flat uint array of one tensor's bits (all planes unless ``planes`` given),
+        checked against its digest when all planes are asked for."""
         stack = getattr(self._active, "stack", None)
         if stack is not None:  # a base or context of a tensor this thread is decoding
             if (vid, idx) in stack:
                 raise _Cycle(vid, idx)
             stack.add((vid, idx))
             try:
-                return self._decode(vid, idx, planes)
+                # a chain is checked once, at its end: the requested tensor's digest
+                # covers every base and context it was rebuilt from (a wrong base bit
+                # gives a wrong result), so bases skip their own hash
+                return self._decode(vid, idx, planes, verify=False)
             finally:
                 stack.discard((vid, idx))
         try:
@@ -135,13 +140,14 @@ class TensorReader:
     def _forget_all(self) -> None:
         with self._lock:
             self._cache.clear()
+            self._verified.clear()
             self._cached = 0
             seen = set(self._seen_versions)
         self.mapped.clear()
         for v in seen:
             self.invalidate(v)
 
-    def _decode(self, vid: str, idx: int, planes: int | None) -> np.ndarray:
+    def _decode(self, vid: str, idx: int, planes: int | None, verify: bool = True) -> np.ndarray:
         want = self.record(vid, idx)
         if want["data"]["kind"] == DROPPED:
             self._refuse_dropped(vid, want)
@@ -160,17 +166,26 @@ class TensorReader:
                 hit = self._cache.get(key)
                 if hit is not None:
                     self._cache.move_to_end(key)
-                    return hit
+            if hit is not None:
+                if verify and key not in self._verified:
+                    self._check(hvid, rec, hit, key)
+                return hit
         bits = self._decode_planes(hvid, rec, planes)
         if planes is None:
-            if digest_bits(bits) != rec["digest"]:
-                m = self.manifest_of(hvid)
-                raise CorruptObjectError(
-                    f"tensor {rec['path']!r} of {m.ref} fails its checksum: a stored object "
-                    "is corrupt; run 'modelhub verify' to find it"
-                )
+            if verify:
+                self._check(hvid, rec, bits, key)
             self._remember(key, bits)
         return bits
+
+    def _check(self, vid: str, rec: dict[str, Any], bits: np.ndarray, key: tuple[str, int]) -> None:
+        if digest_bits(bits) != rec["digest"]:
+            m = self.manifest_of(vid)
+            raise CorruptObjectError(
+                f"tensor {rec['path']!r} of {m.ref} fails its checksum: a stored object "
+                "(of it or of a version its deltas lean on) is corrupt; run 'modelhub verify' to find it"
+            )
+        with self._lock:
+            self._verified.add(key)
 
     def _refuse_dropped(self, vid: str, rec: dict[str, Any]) -> None:
         raise FormatError(
@@ -187,7 +202,8 @@ class TensorReader:
             self._cache[key] = bits
             self._cached += bits.nbytes
             while self._cached > self.cache_bytes:
-                _, old = self._cache.popitem(last=False)
+                gone, old = self._cache.popitem(last=False)
+                self._verified.discard(gone)
                 self._cached -= old.nbytes
 
     def _decode_planes(self, vid: str, rec: dict[str, Any], planes: int | None) -> np.ndarray:

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from modelhub_torch.exchange import ExportResult, ImportedFile
     from modelhub_torch.inspection import VersionContents
     from modelhub_torch.reader import TensorReader
+    from modelhub_torch.repack import RepackReport
 
 __all__ = ["MIN_ID_PREFIX", "Problem", "Repository", "Version"]
 
@@ -374,10 +375,27 @@ class Repository:
         with self.store.writes("verify --repair" if repair else "verify"):
             return verify(self.store, rebuild_index=rebuild_index, repair=repair, progress=progress)
 
-    def gc(self, dry_run: bool = False) -> dict[str, int]:
+    def gc(self, dry_run: bool = False, repack: bool = False) -> dict[str, Any]:
         """Delete objects no kept version needs, temp files and orphan version refs that
-        no kept version leans on; refuses (DamagedRepositoryError) while damaged."""
+        no kept version leans on; refuses (DamagedRepositoryError) while damaged.
+        ``repack=True`` first re-codes reverse deltas with their neighbour as context
+        where that is smaller and the recreation budget allows (see :meth:`repack`)."""
         from modelhub_torch.maintenance import gc
 
+        report: dict[str, Any] = {}
+        if repack and not dry_run:
+            r = self.repack()
+            report = {"repacked_versions": r.versions, "repacked_tensors": r.tensors,
+                      "repack_bytes_before": r.bytes_before, "repack_bytes_after": r.bytes_after}
+        elif repack:
+            report = {"repacked_versions": 0, "repacked_tensors": 0, "repack_bytes_before": 0, "repack_bytes_after": 0}
         with self.store.writes("gc"):
-            return gc(self.store, dry_run=dry_run)
+            return {**report, **gc(self.store, dry_run=dry_run)}
+
+    def repack(self, models: list[str] | None = None) -> RepackReport:
+        """The coding commits leave out for speed: re-code plain reverse deltas with the
+        neighbouring delta as context where smaller, keeping every version within
+        ``max_load_factor``. Safe to interrupt; ``gc`` reclaims what it wrote."""
+        from modelhub_torch.repack import repack
+
+        return repack(self.store, models)

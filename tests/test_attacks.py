@@ -79,9 +79,10 @@ def one_line_error(err: str) -> str:
 
 @pytest.fixture
 def four(tmp_path) -> tuple[Path, dict[str, dict]]:
-    """m@v1..v4 (reverse deltas: v1..v3 lean on v4) and other@v1..v2."""
+    """m@v1..v4 (reverse deltas: v1..v3 lean on v4; no budget, so one chain) and
+    other@v1..v2."""
     root = tmp_path / "repo"
-    repo = Repository.init(root)
+    repo = Repository.init(root, max_load_factor=None)
     expect = {}
     for k in range(4):
         repo.commit(_sd(k), "m", metrics={"k": k})

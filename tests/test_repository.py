@@ -14,6 +14,7 @@ import torch
 from conftest import assert_bit_equal, float32_specials, tensor_bytes, unique_memory_url
 
 import modelhub_torch
+from modelhub_torch.budget import estimate
 from modelhub_torch.errors import (
     ModelHubError,
     PickleRequiredError,
@@ -299,16 +300,39 @@ def test_slowly_changing_model_versions(repo):
     assert stats["ratio"] > 1.25
     last = versions[-1].stored_bytes
     # reverse deltas: the newest version is stored whole (it loads in one decode) and
-    # each older one was re-encoded as a delta against its child when that was committed
+    # older ones were re-encoded as deltas against their child when that was committed,
+    # as far as the recreation budget allows
     assert last > 0.6 * versions[-1].raw_bytes
-    # (keyframes sit at multiples of keyframe_interval=16, so v1..v4 are all deltas)
-    for v in versions[:-1]:
-        assert v.stored_bytes < 0.8 * last, v
+    budget = repo.settings["max_load_factor"]
+    factors = [estimate(repo.store.manifest, v.id).factor for v in versions]
+    assert all(f <= budget for f in factors), factors
+    deltas = [v for v in versions[:-1] if v.stored_bytes < 0.8 * last]
+    assert len(deltas) >= 2, versions
     assert sum(stats["planes"].values()) <= stats["stored_bytes"]
 
 
+def test_unbounded_budget_keeps_one_delta_chain(tmp_path):
+    """max_load_factor=None: every older version is a delta (keyframes only at
+    multiples of keyframe_interval=16), the smallest storage."""
+    repo = Repository.init(tmp_path / "r", max_load_factor=None)
+    model = _mlp(width=128, hidden=256)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    states = []
+    for n in range(5):
+        _train(model, opt, 3, n)
+        states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        repo.commit(states[-1], "m")
+    versions = repo.versions("m")
+    last = versions[-1].stored_bytes
+    assert all(v.stored_bytes < 0.8 * last for v in versions[:-1]), versions
+    factors = [estimate(repo.store.manifest, v.id).factor for v in versions]
+    assert factors == sorted(factors, reverse=True) and factors[0] > 4, factors  # one chain
+    for n, sd in enumerate(states, start=1):
+        assert_bit_equal(repo.load(f"m@v{n}"), sd)
+
+
 def test_keyframe_interval_bounds_delta_chains(tmp_path):
-    repo = Repository.init(tmp_path / "r", keyframe_interval=2)
+    repo = Repository.init(tmp_path / "r", keyframe_interval=2, max_load_factor=None)
     model = _mlp(width=128, hidden=256)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     states = []

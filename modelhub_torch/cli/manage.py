@@ -13,8 +13,14 @@ from modelhub_torch.cli.output import Output, fmt_num, human_size, table
 def cmd_init(args: argparse.Namespace, out: Output) -> int:
     from modelhub_torch.repository import Repository
 
-    repo = Repository.init(args.path or args.repo)
-    out.emit({"repo": repo.url}, f"initialized empty modelhub repository at {repo.url}")
+    settings = {}
+    if hasattr(args, "max_load_factor"):  # absent unless given: the default lives in one place
+        settings["max_load_factor"] = args.max_load_factor
+    repo = Repository.init(args.path or args.repo, **settings)
+    factor = repo.settings["max_load_factor"]
+    budget = "unbounded delta chains" if factor is None else f"every version restores within {factor:g}x a whole load"
+    out.emit({"repo": repo.url, "max_load_factor": factor},
+             f"initialized empty modelhub repository at {repo.url} ({budget})")
     return 0
 
 
@@ -155,11 +161,14 @@ def cmd_archive(args: argparse.Namespace, out: Output) -> int:
 
 def cmd_gc(args: argparse.Namespace, out: Output) -> int:
     repo = open_repo(args)
-    r = repo.gc(dry_run=args.dry_run)
+    r = repo.gc(dry_run=args.dry_run, repack=args.repack)
     verb = "would remove" if args.dry_run else "removed"
     text = (
         f"{verb} {r['objects_removed']} objects ({human_size(r['bytes_freed'])}), "
         f"{r['orphan_refs']} orphan refs, {r['temp_files']} temp files"
     )
+    if args.repack:
+        text = (f"repacked {r['repacked_versions']} versions ({r['repacked_tensors']} tensors, "
+                f"{human_size(r['repack_bytes_before'])} -> {human_size(r['repack_bytes_after'])}); " + text)
     out.emit({**r, "dry_run": bool(args.dry_run)}, text)
     return 0

@@ -12,6 +12,18 @@ from modelhub_torch.cli.output import PROG
 from modelhub_torch.pas.planner import ALGORITHMS, SCHEMES
 
 
+def _load_factor(text: str) -> float | None:
+    if text.lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (or 'none')") from None
+    if not 1.0 <= value <= 1e6:
+        raise argparse.ArgumentTypeError(f"{text} is out of range: a factor from 1 to 1e6 (or 'none')")
+    return value
+
+
 def _kv(text: str) -> tuple[str, Any]:
     """``key=value``; the value is read as JSON (numbers, true/false) or else kept as text."""
     key, sep, raw = text.partition("=")
@@ -55,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = cmd("init", "create a repository")
     c.add_argument("path", nargs="?", metavar="PATH", help="where (default: --repo)")
+    c.add_argument("--max-load-factor", type=_load_factor, metavar="F", default=argparse.SUPPRESS,
+                   help="recreation budget: every version restores within F times a whole load "
+                        "(default 3; 'none': unbounded delta chains, smallest storage)")
 
     c = cmd("commit", "store a checkpoint file as a new version")
     c.add_argument("file", metavar="FILE", help=".ckpt/.pt/.pth (torch.save) or .safetensors")
@@ -136,4 +151,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = cmd("gc", "delete objects no version references")
     c.add_argument("--dry-run", action="store_true", help="only report what would go")
+    c.add_argument("--repack", action="store_true",
+                   help="first re-code reverse deltas with their neighbour as context, within the budget")
     return p

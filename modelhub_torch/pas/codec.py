@@ -213,11 +213,34 @@ class ExponentContext:
         return cls(lo, bits)
 
 
-def _context(base: np.ndarray, context: np.ndarray | ExponentContext) -> np.ndarray:
+@dataclass(frozen=True)
+class ContextBuckets:
+    """Neighbour-delta context buckets computed ahead (:func:`context_buckets`), so an
+    encoder need not hold the context tensor itself (a quarter of its memory)."""
+
+    values: np.ndarray  # uint8, one bucket per element
+
+    def __getitem__(self, item: slice) -> ContextBuckets:
+        return ContextBuckets(self.values[item])
+
+
+Context = "np.ndarray | ExponentContext | ContextBuckets"  # what conditions a delta's coding
+
+
+def context_buckets(base: np.ndarray, context: np.ndarray) -> ContextBuckets:
+    """The buckets a delta against ``base`` is coded with, from its neighbour ``context``."""
+    return ContextBuckets(_context(base, context))
+
+
+def _context(base: np.ndarray, context: np.ndarray | ExponentContext | ContextBuckets) -> np.ndarray:
     """Per-element context bucket of a delta: the size of the neighbouring delta
     ``base - context``, or the base's exponent (:class:`ExponentContext`)."""
     from modelhub_torch.kernels import rans_ctx
 
+    if isinstance(context, ContextBuckets):
+        if context.values.shape != base.shape:
+            raise FormatError(f"{context.values.shape[0]} context buckets for {base.shape[0]} elements")
+        return context.values
     ctx = np.empty(base.shape[0], np.uint8)
     if isinstance(context, ExponentContext):
         shift = 8 * base.itemsize - 1 - context.exp_bits
@@ -229,8 +252,8 @@ def _context(base: np.ndarray, context: np.ndarray | ExponentContext) -> np.ndar
     return ctx
 
 
-def _chunk_of(context: np.ndarray | ExponentContext | None, s: int, e: int) -> np.ndarray | ExponentContext | None:
-    return context[s:e] if isinstance(context, np.ndarray) else context
+def _chunk_of(context: Context | None, s: int, e: int) -> Context | None:
+    return context[s:e] if isinstance(context, (np.ndarray, ContextBuckets)) else context
 
 
 def _code_planes(planes: np.ndarray, level: int, ctx: np.ndarray | None) -> list[Frame]:
@@ -246,7 +269,7 @@ def encode_chunk(
     target: np.ndarray,
     base: np.ndarray | None,
     cfg: CodecConfig,
-    context: np.ndarray | ExponentContext | None = None,
+    context: Context | None = None,
 ) -> list[Frame]:
     """Code one chunk into one frame per plane. ``context`` (a delta only): the tensor
     whose difference from ``base`` conditions the coding of this delta's planes, or an
@@ -277,7 +300,7 @@ def _check_chunk(
     n: int,
     out: np.ndarray,
     base: np.ndarray | None,
-    context: np.ndarray | ExponentContext | None,
+    context: Context | None,
     cfg: CodecConfig,
     where: str,
 ) -> None:
@@ -305,7 +328,7 @@ def decode_chunk(
     base: np.ndarray | None,
     cfg: CodecConfig,
     where: str,
-    context: np.ndarray | ExponentContext | None = None,
+    context: Context | None = None,
 ) -> None:
     """Rebuild ``out`` (``n`` elements) from the frames of its leading planes."""
     k = _kernels()
@@ -342,7 +365,7 @@ def encode_tensor(
     base: np.ndarray | None,
     cfg: CodecConfig,
     pool: Executor | None = None,
-    context: np.ndarray | ExponentContext | None = None,
+    context: Context | None = None,
 ) -> Iterator[tuple[int, list[Frame]]]:
     """Yield ``(n_elems, frames)`` per chunk, in order, coding chunks in parallel."""
     pool = pool or shared_pool()
@@ -370,7 +393,7 @@ def decode_tensor(
     cfg: CodecConfig,
     where: str,
     pool: Executor | None = None,
-    context: np.ndarray | ExponentContext | None = None,
+    context: Context | None = None,
 ) -> np.ndarray:
     """Decode all chunks into ``out`` (a flat uint array), in parallel; returns ``out``."""
     starts = np.cumsum([0] + [n for n, _ in chunks])

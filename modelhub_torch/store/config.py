@@ -20,6 +20,7 @@ CONFIG_FILE = "modelhub.json"
 REPO_FORMAT = 1
 LAYOUTS = ("exp-first", "ieee")
 MAX_CONFIG_BYTES = 1 << 20
+MAX_LOAD_FACTOR = 1e6
 
 DEFAULT_SETTINGS: dict[str, Any] = {
     "format": REPO_FORMAT,
@@ -27,8 +28,11 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "materialize": CodecConfig(op="none", group_from=8).to_json(),
     "delta": CodecConfig(op="sub", lane=4, group_from=8).to_json(),
     "layout": "exp-first",  # of whole float tensors: "exp-first" or "ieee" (FORMAT.md)
-    # re-code the grandparent's deltas with neighbour-delta context at each commit:
-    # ~5% smaller on fine-tune trajectories, at the cost of about half the commit speed
+    # the recreation budget: every version's estimated restore stays within this factor
+    # of restoring it stored whole (budget.py); None: unbounded chains (up to keyframes)
+    "max_load_factor": 3.0,
+    # repack (gc --repack) re-codes plain deltas with their neighbour delta as context
+    # where the budget allows: ~5% smaller on fine-tune trajectories, slower to decode
     "context_coding": True,
     # the cold tier (any fsspec URL) archive --cold moved low-order planes to, or None
     "cold": None,
@@ -95,6 +99,10 @@ def validate_settings(found: Any) -> dict[str, Any]:
     _int_in("keyframe_interval", s["keyframe_interval"], 1, 1 << 20)
     if s["layout"] not in LAYOUTS:
         raise _bad("layout", s["layout"], f"one of {list(LAYOUTS)}")
+    factor = s["max_load_factor"]
+    if factor is not None and (isinstance(factor, bool) or not isinstance(factor, (int, float))
+                               or not 1.0 <= factor <= MAX_LOAD_FACTOR):
+        raise _bad("max_load_factor", factor, f"null or a number from 1 to {MAX_LOAD_FACTOR:g}")
     if not isinstance(s["context_coding"], bool):
         raise _bad("context_coding", s["context_coding"], "true or false")
     for key in ("materialize", "delta"):
