@@ -169,8 +169,13 @@ class CommitJob:
         # keyframes sit at multiples of the interval: v1..vK-1 chain to vK (stored whole)
         # and, with a recreation budget, wherever turning the parent into a delta would
         # make some version's restore cost more than max_load_factor whole loads
+        # — and always unless the repository codes deltas at commit time: by default a
+        # commit only stores the new version, and repack (a background thread after
+        # the commit) re-encodes the parent
         self.keyframe = self.rewrite and (
-            p.number % self.keyframe_interval == 0 or over_budget(store, p, s.get("max_load_factor"))
+            s.get("repack", "background") != "commit"
+            or p.number % self.keyframe_interval == 0
+            or over_budget(store, p, s.get("max_load_factor"))
         )
         self.parent_paths = {t["path"]: i for i, t in enumerate(p.tensors) if t["data"]["kind"] != DROPPED} if p else {}
 

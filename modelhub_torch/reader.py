@@ -42,6 +42,15 @@ def lossy_values(codes: np.ndarray, transform: dict[str, Any], dtype: str) -> np
     return np.ascontiguousarray(values).view(uint_dtype(dtype))
 
 
+def _applies_in_place(cfg: codec.CodecConfig, out_dtype: np.dtype, chunks: Sequence[dict[str, Any]]) -> bool:
+    """Whether a delta decodes into its base's own buffer: the fused float32 ``sub``
+    kernel reads each base element before writing that element, nothing else."""
+    return (
+        np.dtype(out_dtype).itemsize == 4 and cfg.op == "sub" and cfg.lane == 4 and cfg.group_from >= 4
+        and all(len(c["frames"]) == 4 for c in chunks)
+    )
+
+
 class _Cycle(Exception):
     """A tensor's delta chain came back to itself (stale manifests mixed with new ones)."""
 
@@ -90,9 +99,10 @@ class TensorReader:
             seen.add((vid, idx))
             vid, idx = data["version"], int(data["index"])
 
-    def decode(self, vid: str, idx: int, planes: int | None = None) -> np.ndarray:
+    def decode(self, vid: str, idx: int, planes: int | None = None, owned: bool = False) -> np.ndarray:
         """Flat uint array of one tensor's bits (all planes unless ``planes`` given),
-        checked against its digest when all planes are asked for."""
+        checked against its digest when all planes are asked for. ``owned`` (a delta's
+        base): the caller may overwrite the array, so it is neither cached nor shared."""
         stack = getattr(self._active, "stack", None)
         if stack is not None:  # a base or context of a tensor this thread is decoding
             if (vid, idx) in stack:
@@ -102,7 +112,7 @@ class TensorReader:
                 # a chain is checked once, at its end: the requested tensor's digest
                 # covers every base and context it was rebuilt from (a wrong base bit
                 # gives a wrong result), so bases skip their own hash
-                return self._decode(vid, idx, planes, verify=False)
+                return self._decode(vid, idx, planes, verify=False, owned=owned)
             finally:
                 stack.discard((vid, idx))
         try:
@@ -147,7 +157,7 @@ class TensorReader:
         for v in seen:
             self.invalidate(v)
 
-    def _decode(self, vid: str, idx: int, planes: int | None, verify: bool = True) -> np.ndarray:
+    def _decode(self, vid: str, idx: int, planes: int | None, verify: bool = True, owned: bool = False) -> np.ndarray:
         want = self.record(vid, idx)
         if want["data"]["kind"] == DROPPED:
             self._refuse_dropped(vid, want)
@@ -169,12 +179,13 @@ class TensorReader:
             if hit is not None:
                 if verify and key not in self._verified:
                     self._check(hvid, rec, hit, key)
-                return hit
+                return hit.copy() if owned else hit
         bits = self._decode_planes(hvid, rec, planes)
         if planes is None:
             if verify:
                 self._check(hvid, rec, bits, key)
-            self._remember(key, bits)
+            if not owned:
+                self._remember(key, bits)
         return bits
 
     def _check(self, vid: str, rec: dict[str, Any], bits: np.ndarray, key: tuple[str, int]) -> None:
@@ -229,13 +240,27 @@ class TensorReader:
         elif data.get("exponent_context") is not None:  # the base's exponents: base in full
             planes = None
             context = codec.ExponentContext.from_json(data["exponent_context"])
+        m = self.manifest_of(vid)
+        in_place = (
+            data.get("base") is not None and planes is None and context is None and transform is None
+            and _applies_in_place(cfg, out_dtype, data["chunks"])
+        )
         if data.get("base") is not None:
             b = data["base"]
-            base = self.decode(b["version"], int(b["index"]), planes)
-        m = self.manifest_of(vid)
+            # a plain float32 delta is applied to its base's buffer in place: a chain
+            # of any length fills one array (no intermediate tensors, page faults once)
+            base = self.decode(b["version"], int(b["index"]), planes, owned=in_place)
         # frames first: the output is allocated only once the bytes it is decoded from
         # were found (a manifest cannot make a reader allocate what no pack backs)
         chunks = self.fetch(m, data["chunks"], planes, data.get("cold_from"))
+        if in_place:
+            if base.shape != (n,) or base.dtype != out_dtype:
+                raise FormatError(
+                    f"{m.ref} tensor {rec['path']!r}: its base holds {base.shape[0]} {base.dtype} elements, "
+                    f"expected {n} {out_dtype}; the manifest is damaged — run 'modelhub verify'"
+                )
+            codec.decode_tensor(chunks, base, base, cfg, f"{m.ref} tensor {rec['path']!r}")
+            return base
         out = np.empty(n, out_dtype)
         where = f"{m.ref} tensor {rec['path']!r}"
         codec.decode_tensor(chunks, out, base, cfg, where, context=context)

@@ -1,31 +1,36 @@
-"""Repack: the expensive coding commits leave out, run later (``gc --repack``).
+"""Repack: the coding a commit leaves out to stay fast, done later — on a background
+thread after each commit (the default), or by ``gc --repack``, as git packs loose
+objects.
 
-A commit stores the parent's reverse delta plainly, so committing stays fast. Repack
-re-codes those plain deltas with their neighbouring delta as context — the delta of the
-parent against *its* base, which predicts each weight's step (Adam's per-weight step
-size drifts slowly) — where that is smaller, and only while every version that reads
-the re-coded record stays within the recreation budget (context-coded planes decode
-about half as fast). Each version moves to its new manifest by one atomic ref switch,
-as a commit's parent does: a crash at any point leaves every version loadable, and
-gc reclaims what an interrupted repack wrote.
+Two passes per model. First, a version still stored whole whose child (same model)
+exists is re-encoded as a reverse delta against that child, as a ``repack: "commit"``
+commit would have done, unless that takes a version reading it past the recreation
+budget (``max_load_factor``) or it is a keyframe. Then plain deltas are re-coded with
+their neighbouring delta as context — the delta of the base against *its* base, which
+predicts each weight's step (Adam's per-weight step size drifts slowly) — where that
+is smaller and within the budget (context-coded planes decode about half as fast).
+Each version moves to its new manifest by one atomic ref switch, as a commit's parent
+does: a crash at any point leaves every version loadable, and gc reclaims what an
+interrupted repack wrote; the next repack finishes the job.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from modelhub_torch.budget import estimate, leaning_on, record_cost
-from modelhub_torch.commit import copy_unchanged
+from modelhub_torch.commit import copy_unchanged, over_budget
 from modelhub_torch.errors import ModelHubError
 from modelhub_torch.manifest import Manifest
 from modelhub_torch.pas import codec
 from modelhub_torch.publish import switch
 from modelhub_torch.reader import TensorReader, open_reader
 from modelhub_torch.store.repo import RepoStore
-from modelhub_torch.writer import PackSet, encoded_size, record_size
+from modelhub_torch.writer import PackSet, encode_all, encoded_size, record_size
 
 # context coding pays for its per-context tables only on bigger tensors: below this it
 # gained < 0.5% on the digits trajectory
@@ -37,32 +42,96 @@ class RepackReport:
     """What a repack changed: versions re-encoded, tensors re-coded, stored bytes of
     the re-coded records before and after, and versions skipped for the budget."""
 
-    versions: int = 0
+    deltas: int = 0  # versions re-encoded as reverse deltas against their child
+    versions: int = 0  # versions re-coded with context
     tensors: int = 0
     bytes_before: int = 0
     bytes_after: int = 0
     over_budget: list[str] = field(default_factory=list)
 
 
-def repack(store: RepoStore, models: list[str] | None = None) -> RepackReport:
-    """Re-code every plain reverse delta that a neighbouring delta predicts better,
-    within the budget (takes the store's lock)."""
+def repack(store: RepoStore, models: list[str] | None = None, newest: int | None = None) -> RepackReport:
+    """Reverse deltas for versions still stored whole, then context re-codes, all
+    within the budget (takes the store's lock). ``newest``: only the newest versions
+    of each model (what a commit just changed: its parent and grandparent)."""
     report = RepackReport()
-    if not store.settings.get("context_coding", True):
-        return report
     with store.lock, store.writes("repack"):
         store.sync_index()
         reader = open_reader(store, cache_bytes=0)
         for model in models if models is not None else store.refs.models():
-            for number in store.refs.listed_numbers(model):
-                vid = store.refs.version_at_or_none(model, number)
-                if vid is None:
-                    continue
+            numbers = store.refs.listed_numbers(model)
+            vids = [store.refs.version_at_or_none(model, n) for n in numbers[-newest if newest else 0:]]
+            vids = [v for v in vids if v is not None]
+            for parent, child in itertools.pairwise(vids):
+                try:
+                    _reverse_delta(store, reader, parent, child, report)
+                except ModelHubError:
+                    continue  # damaged: verify reports it; repack leaves it as it is
+            if not store.settings.get("context_coding", True):
+                continue
+            for vid in vids:
                 try:
                     _repack_version(store, reader, vid, report)
                 except ModelHubError:
-                    continue  # damaged: verify reports it; repack leaves it as it is
+                    continue
     return report
+
+
+def _reverse_delta(store: RepoStore, reader: TensorReader, pid: str, cid: str, report: RepackReport) -> None:
+    """Re-encode version ``pid``, stored whole, as reverse deltas against its child."""
+    p, c = store.manifest(pid), store.manifest(cid)
+    if c.parent != p.id or c.model != p.model or p.extra.get("lossy"):
+        return
+    if any(r["data"]["kind"] == "planes" and r["data"].get("base") is not None for r in p.tensors):
+        return  # already a delta (or an archive's layout): not a whole version
+    if p.number % max(1, int(store.settings["keyframe_interval"])) == 0:
+        return  # a keyframe stays whole
+    if over_budget(store, p, store.settings.get("max_load_factor")):
+        report.over_budget.append(p.ref)
+        return
+    dcfg = codec.RepoCodecs.from_settings(store.settings).delta
+    child_at = {r["path"]: i for i, r in enumerate(c.tensors) if r["data"]["kind"] != "dropped"}
+
+    def job(i: int) -> tuple[int, dict[str, Any] | None, list | None]:
+        prec = p.tensors[i]
+        ci = child_at.get(prec["path"])
+        if prec["data"]["kind"] != "planes" or prec["data"].get("lossy") or ci is None:
+            return i, None, None
+        crec = c.tensors[ci]
+        if (crec["dtype"], crec["shape"]) != (prec["dtype"], prec["shape"]):
+            return i, None, None
+        if crec["digest"] == prec["digest"]:
+            return i, {"kind": "same", "version": c.id, "index": ci}, None
+        pbits = reader.decode(p.id, i)
+        cbits = reader.decode(c.id, ci)
+        width = pbits.itemsize
+        cfg = dcfg.for_dtype(prec["dtype"], width)
+        delta = encode_all(pbits, cbits, cfg)
+        if encoded_size(delta) >= record_size(prec):
+            return i, None, None
+        return i, {"kind": "planes", "codec": cfg.to_json(), "base": {"version": c.id, "index": ci}}, delta
+
+    recs = p.copy_records()
+    packs = PackSet(store.objects)
+    changed: set[int] = set()
+    try:
+        for i, data, chunks in codec.ordered_map(job, range(len(p.tensors)), codec.shared_pool("tensor"), 2):
+            if data is None:
+                continue
+            if chunks is not None:
+                data["chunks"] = packs.add(chunks)
+            recs[i]["data"] = data
+            changed.add(i)
+        if not changed:
+            packs.abort()
+            return
+        copy_unchanged(reader, p, recs, changed, packs)
+        new = Manifest(**{**p.__dict__, "tensors": recs, "packs": packs.commit()})
+    except BaseException:
+        packs.abort()
+        raise
+    switch(store, [(new, p)], [store.objects.put(new.to_bytes())], set())
+    report.deltas += 1
 
 
 @dataclass

@@ -58,7 +58,21 @@ class Repository:
     """A model repository on a local path or any fsspec URL."""
 
     def __init__(self, path_or_url: str | Any):
-        self.store = open_store(path_or_url)
+        self._store = open_store(path_or_url)
+
+    @property
+    def store(self) -> RepoStore:
+        """The store under this repository, once the repacks this process scheduled on
+        it have run (background.py): callers never see a half-done layout."""
+        from modelhub_torch.background import wait
+
+        wait(self._store.url)
+        return self._store
+
+    def wait(self) -> None:
+        """Block until this process's background repacks of the repository finished
+        (every other method waits for them by itself)."""
+        _ = self.store
 
     @classmethod
     def init(cls, path_or_url: str | Any, *, exist_ok: bool = False, **settings: Any) -> Repository:
@@ -202,7 +216,13 @@ class Repository:
             message=message, info=jsonable(info, "info"), graph=graph or None,
             expect_number=expect_number, progress=progress,
         )
-        return commit_version(self.store, request)
+        store = self.store
+        version = commit_version(store, request)
+        if store.settings.get("repack", "background") == "background":
+            from modelhub_torch.background import schedule
+
+            schedule(store, [model])
+        return version
 
     # ------------------------------------------------------------------ query
     def query(self, text: str) -> QueryResult:
@@ -385,10 +405,11 @@ class Repository:
         report: dict[str, Any] = {}
         if repack and not dry_run:
             r = self.repack()
-            report = {"repacked_versions": r.versions, "repacked_tensors": r.tensors,
+            report = {"repacked_deltas": r.deltas, "repacked_versions": r.versions, "repacked_tensors": r.tensors,
                       "repack_bytes_before": r.bytes_before, "repack_bytes_after": r.bytes_after}
         elif repack:
-            report = {"repacked_versions": 0, "repacked_tensors": 0, "repack_bytes_before": 0, "repack_bytes_after": 0}
+            report = {"repacked_deltas": 0, "repacked_versions": 0, "repacked_tensors": 0,
+                      "repack_bytes_before": 0, "repack_bytes_after": 0}
         with self.store.writes("gc"):
             return {**report, **gc(self.store, dry_run=dry_run)}
 

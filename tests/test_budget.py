@@ -50,7 +50,7 @@ def test_a_whole_version_costs_one_whole_load_and_each_hop_adds(tmp_path) -> Non
     f = _factors(repo)
     assert 0.8 < f[-1] < 1.2, f  # the newest is whole
     hops = [a - b for a, b in itertools.pairwise(f)]
-    assert all(0.5 < h < 2.0 for h in hops), f  # each older version adds about one delta
+    assert all(0.5 < h < 3.0 for h in hops), f  # each older version adds about one delta (rANS planes: ~2)
     assert f == sorted(f, reverse=True)
     m = repo.manifest(repo.resolve("m@v1"))
     w = next(r for r in m.tensors if r["path"] == "w")
@@ -126,13 +126,16 @@ def test_cli_init_sets_the_budget_and_gc_repacks(tmp_path, capsys) -> None:
     assert "out of range" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
     repo = Repository(tmp_path / "u")
+    repo.store.update_settings(repack="manual")  # leave it all to gc --repack
     traj = _trajectory(5, n=100_000)
     for sd in traj:
         repo.commit(sd, "m")
     capsys.readouterr()
     assert main(["--repo", str(tmp_path / "u"), "gc", "--repack", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert doc["repacked_versions"] == 3 and doc["repack_bytes_after"] < doc["repack_bytes_before"]
+    # four parents became reverse deltas, then three of them got their neighbour as context
+    assert doc["repacked_deltas"] == 4 and doc["repacked_versions"] == 3
+    assert doc["repack_bytes_after"] < doc["repack_bytes_before"]
     for v, sd in zip(repo.versions("m"), traj):
         assert torch.equal(repo.load(v.ref)["w"].view(torch.int32), sd["w"].view(torch.int32))
     assert repo.verify() == []
@@ -147,6 +150,7 @@ def test_chains_are_checked_once_at_their_end(tmp_path) -> None:
     traj = _trajectory(4, n=50_000)
     for sd in traj:
         repo.commit(sd, "m")
+    repo.wait()  # the background repack hashes too
     calls = []
     real = reader_mod.digest_bits
     reader_mod.digest_bits = lambda bits: calls.append(bits.nbytes) or real(bits)

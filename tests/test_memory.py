@@ -39,7 +39,7 @@ def test_commit_memory_is_bounded_by_the_largest_tensor(tmp_path: Path) -> None:
 def test_repack_memory_is_bounded(tmp_path: Path) -> None:
     """Repack re-codes a delta with its neighbour as context (decoded base + context +
     coded chunks at most): still well under three copies of the largest tensor."""
-    repo = Repository.init(tmp_path / "repo", max_load_factor=None)
+    repo = Repository.init(tmp_path / "repo", max_load_factor=None, repack="commit")
     g = torch.Generator().manual_seed(1)
     w = torch.randn(N, generator=g) * 0.05
     # Adam-like: each weight keeps its own step size, so the neighbouring delta is the

@@ -16,6 +16,7 @@ def many_versions(tmp_path: Path) -> Repository:
     repo = Repository.init(tmp_path / "repo")
     for k in range(40):
         repo.commit({"w": torch.full((16,), float(k))}, "m")
+    repo.wait()  # the last commit's background repack reads refs too
     return repo
 
 

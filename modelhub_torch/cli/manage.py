@@ -168,7 +168,8 @@ def cmd_gc(args: argparse.Namespace, out: Output) -> int:
         f"{r['orphan_refs']} orphan refs, {r['temp_files']} temp files"
     )
     if args.repack:
-        text = (f"repacked {r['repacked_versions']} versions ({r['repacked_tensors']} tensors, "
-                f"{human_size(r['repack_bytes_before'])} -> {human_size(r['repack_bytes_after'])}); " + text)
+        text = (f"repacked: {r['repacked_deltas']} versions re-encoded as reverse deltas, {r['repacked_versions']} "
+                f"re-coded with context ({r['repacked_tensors']} tensors, {human_size(r['repack_bytes_before'])} -> "
+                f"{human_size(r['repack_bytes_after'])}); " + text)
     out.emit({**r, "dry_run": bool(args.dry_run)}, text)
     return 0

@@ -73,8 +73,10 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return dec
 
 
-def encode_plane(plane: memoryview | bytes, level: int) -> tuple[str, bytes]:
+def encode_plane(plane: memoryview | bytes, level: int, rans_gain: float = RANS_GAIN) -> tuple[str, bytes]:
     """Code one plane; returns ``(codec, payload)``, codec one of raw/zstd/rans8.
+    rANS is chosen only where it promises ``rans_gain`` more than zstd (it decodes
+    several times slower than zstd's Huffman stage).
 
     The choice is measured, not guessed: zstd's result and the order-0 entropy on a
     64 KiB sample decide which coder runs on the whole plane, so a near-random plane
@@ -95,7 +97,7 @@ def encode_plane(plane: memoryview | bytes, level: int) -> tuple[str, bytes]:
     # a nearly constant plane (a delta's top plane) is left to zstd: rANS could save at
     # most a few bytes per thousand there, at a per-symbol cost zstd's runs do not pay
     nearly_constant = z_sample <= len(sample) * NEARLY_CONSTANT
-    if not nearly_constant and z_sample > (h_sample + rans.HEADER_BYTES * len(sample) / n) * (1.0 + RANS_GAIN):
+    if not nearly_constant and z_sample > (h_sample + rans.HEADER_BYTES * len(sample) / n) * (1.0 + rans_gain):
         arr = np.frombuffer(plane, np.uint8)
         coded = _rans_encode(arr, rans.histogram(arr))
         if len(coded) <= n * (1.0 - MIN_SAVING):

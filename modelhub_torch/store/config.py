@@ -21,6 +21,7 @@ REPO_FORMAT = 1
 LAYOUTS = ("exp-first", "ieee")
 MAX_CONFIG_BYTES = 1 << 20
 MAX_LOAD_FACTOR = 1e6
+REPACK_MODES = ("background", "commit", "manual")
 
 DEFAULT_SETTINGS: dict[str, Any] = {
     "format": REPO_FORMAT,
@@ -31,7 +32,11 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     # the recreation budget: every version's estimated restore stays within this factor
     # of restoring it stored whole (budget.py); None: unbounded chains (up to keyframes)
     "max_load_factor": 3.0,
-    # repack (gc --repack) re-codes plain deltas with their neighbour delta as context
+    # when older versions become reverse deltas: "background" (a thread of the
+    # committing process, after the commit returns), "commit" (inside the commit) or
+    # "manual" (only by repack / gc --repack)
+    "repack": "background",
+    # repack re-codes plain deltas with their neighbour delta as context
     # where the budget allows: ~5% smaller on fine-tune trajectories, slower to decode
     "context_coding": True,
     # the cold tier (any fsspec URL) archive --cold moved low-order planes to, or None
@@ -103,6 +108,8 @@ def validate_settings(found: Any) -> dict[str, Any]:
     if factor is not None and (isinstance(factor, bool) or not isinstance(factor, (int, float))
                                or not 1.0 <= factor <= MAX_LOAD_FACTOR):
         raise _bad("max_load_factor", factor, f"null or a number from 1 to {MAX_LOAD_FACTOR:g}")
+    if s["repack"] not in REPACK_MODES:
+        raise _bad("repack", s["repack"], f"one of {list(REPACK_MODES)}")
     if not isinstance(s["context_coding"], bool):
         raise _bad("context_coding", s["context_coding"], "true or false")
     for key in ("materialize", "delta"):

@@ -16,6 +16,19 @@ from modelhub_torch.store.location import Location
 
 _PROCESS_LOCKS: dict[str, threading.RLock] = {}
 _GUARD = threading.Lock()
+_HELD = threading.local()  # url -> how deep this thread holds that repository's lock
+
+
+def held_here(url: str) -> bool:
+    """Whether the calling thread holds the writer lock of repository ``url``."""
+    return getattr(_HELD, "depth", {}).get(url, 0) > 0
+
+
+def _count(url: str, step: int) -> None:
+    depth = getattr(_HELD, "depth", None)
+    if depth is None:
+        depth = _HELD.depth = {}
+    depth[url] = depth.get(url, 0) + step
 
 
 class RepoLock:
@@ -33,6 +46,7 @@ class RepoLock:
         self._depth += 1
         if self._depth == 1 and self.loc.is_local:
             self._acquire_file()
+        _count(self.loc.url, 1)
         return self
 
     def _acquire_file(self) -> None:
@@ -63,6 +77,7 @@ class RepoLock:
         tb: TracebackType | None,
     ) -> None:
         self._depth -= 1
+        _count(self.loc.url, -1)
         if self._depth == 0 and self._fh is not None:
             import fcntl
 
