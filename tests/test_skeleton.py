@@ -208,6 +208,96 @@ def test_unknown_skeleton_tag_is_format_error():
         unflatten({}, [])
 
 
+def _trap_tensors() -> list[torch.Tensor]:
+    return [torch.arange(12.0).reshape(3, 4), torch.zeros(4, dtype=torch.complex64), torch.arange(3),
+            torch.empty(0, 2)]
+
+
+@pytest.mark.parametrize(
+    ("node", "what"),
+    [
+        ({"$t": 0, "size": [3, 4], "stride": [4, 1], "offset": 1}, "reaches element 12, past the 12"),
+        ({"$t": 0, "size": [2], "stride": [100], "offset": 0}, "past the 12 elements"),
+        ({"$t": 0, "size": [1], "stride": [1], "offset": 12}, "past the 12 elements"),
+        ({"$t": 0, "size": [0], "stride": [1], "offset": 13}, "past the 12 elements"),
+        ({"$t": 3, "size": [1], "stride": [1], "offset": 0}, "past the 0 elements"),
+        ({"$t": 0, "size": [2], "stride": [-1], "offset": 5}, "must be lists of"),
+        ({"$t": 0, "size": [-2], "stride": [1], "offset": 5}, "must be lists of"),
+        ({"$t": 0, "size": [2], "stride": [1], "offset": -1}, "offset -1"),
+        ({"$t": 0, "size": [2], "stride": [1], "offset": 2**70}, "offset"),
+        ({"$t": 0, "size": [2**47, 2**47], "stride": [0, 0], "offset": 0}, "view of"),
+        ({"$t": 0, "size": [2], "stride": [2**63], "offset": 0}, "must be lists of"),
+        ({"$t": 0, "size": [2, 2], "stride": [1], "offset": 0}, "as many integers"),
+        ({"$t": 0, "size": [1] * 65, "stride": [1] * 65, "offset": 0}, "must be lists of"),
+        ({"$t": 0, "size": 2, "stride": [1], "offset": 0}, "must be lists of"),
+        ({"$t": 0, "size": [1.5], "stride": [1], "offset": 0}, "must be lists of"),
+        ({"$t": 0, "size": [True], "stride": [1], "offset": 0}, "must be lists of"),
+        ({"$t": 0, "size": [2], "stride": [1], "offset": "0"}, "offset"),
+        ({"$t": 0, "size": [2], "stride": [1]}, "needs all of"),
+        ({"$t": 0, "offset": 3}, "needs all of"),
+        ({"$t": 0, "layout": [1, 1]}, "does not place"),  # overlapping
+        ({"$t": 0, "layout": [4, 1000]}, "does not place"),  # would allocate far more than the tensor
+        ({"$t": 0, "layout": [1]}, "one non-negative stride per dimension"),
+        ({"$t": 0, "layout": [-4, 1]}, "one non-negative stride per dimension"),
+        ({"$t": 0, "layout": "C"}, "one non-negative stride per dimension"),
+        ({"$t": 3, "layout": [2, 1]}, "does not place"),  # an empty tensor
+        ({"$t": 0, "conj": True}, "conj bit on a float32"),
+        ({"$t": 2, "neg": True}, "on a int64 tensor"),
+        ({"$t": 2, "grad": True}, "on a int64 tensor"),
+        ({"$t": 0, "grad": 1}, "must be true or false"),
+        ({"$t": 1, "conj": "yes"}, "must be true or false"),
+        ({"$t": 0, "grad": True, "param": True}, "'grad' is for plain tensors"),
+        ({"$t": 1, "np": True, "conj": True}, "no conj or neg bit"),
+        ({"$t": 0, "view": [[2], [1], 0]}, "unexpected keys"),
+    ],
+)
+def test_booby_trapped_view_fields_are_format_errors(node, what):
+    """A skeleton travels with a repository: a view that would read past its tensor,
+    allocate without bound or set a bit torch asserts on is refused before any tensor
+    is built."""
+    with pytest.raises(FormatError, match=what):
+        unflatten({"$dict": [["w", node]]}, _trap_tensors())
+
+
+def test_one_tensor_placed_two_ways_is_a_format_error():
+    with pytest.raises(FormatError, match="two different layouts"):
+        unflatten([{"$t": 0, "layout": [1, 3]}, {"$t": 0}], _trap_tensors())
+    with pytest.raises(FormatError, match="two different layouts"):
+        unflatten([{"$t": 0, "size": [2], "stride": [1], "offset": 0}, {"$t": 0, "layout": [1, 3]}], _trap_tensors())
+
+
+def test_views_at_the_edges_of_their_tensor_are_accepted():
+    t = _trap_tensors()
+    back = unflatten([{"$t": 0, "size": [0], "stride": [1], "offset": 12},
+                      {"$t": 0, "size": [3], "stride": [5], "offset": 1},
+                      {"$t": 0, "size": [2, 2], "stride": [0, 0], "offset": 11}], t)
+    assert back[0].shape == (0,) and back[1].tolist() == [1.0, 6.0, 11.0] and back[2].tolist() == [[11.0] * 2] * 2
+
+
+def test_a_view_checked_against_the_tensor_actually_decoded():
+    """unflatten checks views against the tensors it is given, not against what the
+    manifest claims: a shorter decoded tensor cannot be read past."""
+    node = {"$t": 0, "size": [4], "stride": [1], "offset": 8}
+    assert unflatten(node, [torch.arange(12.0)]).tolist() == [8.0, 9.0, 10.0, 11.0]
+    with pytest.raises(FormatError, match="past the 6 elements"):
+        unflatten(node, [torch.arange(6.0)])
+
+
+def test_a_manifest_with_a_view_past_its_tensor_is_refused(local_repo):
+    """The same checks run when a manifest is read (validate_manifest), against its records."""
+    import zstandard
+
+    from modelhub_torch.manifest import validate_manifest
+
+    base = torch.arange(12.0)
+    v = local_repo.commit({"a": base[:6], "b": base[6:]}, "m")
+    doc = json.loads(zstandard.ZstdDecompressor().decompress(local_repo.manifest(v.id).to_bytes()))
+    validate_manifest(doc, "m")
+    doc["skeleton"]["$dict"][1][1]["offset"] = 7
+    with pytest.raises(FormatError, match="reaches element 12, past the 12 elements"):
+        validate_manifest(doc, "m")
+
+
 def test_state_dict_paths():
     w = torch.ones(2)
     plain = flatten({"a": w, "b": torch.zeros(1)})
