@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import enum
+import itertools
 import json
 import math
 
@@ -11,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import assert_bit_equal, is_neg_zero
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from modelhub_torch.errors import FormatError, PickleRequiredError
 from modelhub_torch.skeleton import flatten, state_dict_paths, unflatten
@@ -296,6 +299,75 @@ def test_a_manifest_with_a_view_past_its_tensor_is_refused(local_repo):
     doc["skeleton"]["$dict"][1][1]["offset"] = 7
     with pytest.raises(FormatError, match="reaches element 12, past the 12 elements"):
         validate_manifest(doc, "m")
+
+
+_ODD = st.sampled_from([-1, 2**48, 2**48 + 1, 2**62, 2**63, 2**70])
+_INTS = st.one_of(*[st.integers(0, 4)] * 6, st.integers(0, 12), _ODD)  # mostly in bounds
+_DIM = st.one_of(*[st.integers(1, 3)] * 6, st.just(0))
+
+def _reference_view(shape, layout, size, stride, offset):
+    """The view's values by definition, elementwise: None when it is not allowed."""
+    n = math.prod(shape)
+    ok = lambda v: type(v) is int and 0 <= v <= 2**48  # noqa: E731
+    if not all(map(ok, [*size, *stride, offset])) or math.prod(size) > 2**48:
+        return None
+    storage = list(range(n))
+    if layout is not None:
+        if not all(map(ok, layout)) or n == 0:
+            return None
+        slots = [sum(i * st for i, st in zip(idx, layout)) for idx in itertools.product(*map(range, shape))]
+        if sorted(slots) != list(range(n)):
+            return None
+        storage = [0] * n
+        for element, slot in enumerate(slots):
+            storage[slot] = element
+    positions = [offset + sum(i * st for i, st in zip(idx, stride)) for idx in itertools.product(*map(range, size))]
+    if any(p >= n for p in positions) or (not positions and offset > n):
+        return None
+    return [storage[p] for p in positions]
+
+
+def _dense_layout(shape: list[int], order: list[int]) -> list[int]:
+    """Strides placing dimensions ``order`` (innermost first) one after another."""
+    layout, step = [0] * len(shape), 1
+    for d in order:
+        layout[d], step = step, step * shape[d]
+    return layout
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    shape=st.lists(_DIM, min_size=0, max_size=3),
+    size=st.lists(st.one_of(_DIM, st.sampled_from([-1, 2**48 + 1, 2**60])), min_size=0, max_size=3),
+    data=st.data(),
+    layout_kind=st.sampled_from(["none", "dense", "any"]),
+)
+def test_random_views_are_exact_or_refused(shape, size, data, layout_kind):
+    """Any size/stride/offset/layout a repository may hold: either the view's elements
+    exactly (as defined elementwise, independently of torch) or a FormatError."""
+    stride = data.draw(st.lists(_INTS, min_size=len(size), max_size=len(size)))
+    offset = data.draw(_INTS)
+    n = math.prod(shape)
+    reach = sum((s - 1) * st for s, st in zip(size, stride)) if min(size, default=1) > 0 else 0
+    if data.draw(st.booleans()) and 0 <= reach < n:  # half the time: an offset that fits, if one does
+        offset = data.draw(st.integers(0, n - 1 - reach))
+    layout = {
+        "none": None,
+        "dense": _dense_layout(shape, data.draw(st.permutations(range(len(shape))))),
+        "any": data.draw(st.lists(_INTS, min_size=len(shape), max_size=len(shape))),
+    }[layout_kind]
+    leaf = torch.arange(n, dtype=torch.float64).reshape(shape)
+    node = {"$t": 0, "size": size, "stride": stride, "offset": offset}
+    if layout is not None:
+        node["layout"] = layout
+    want = _reference_view(shape, layout, size, stride, offset)
+    if want is None:
+        with pytest.raises(FormatError):
+            unflatten(node, [leaf])
+        return
+    got = unflatten(node, [leaf])
+    assert list(got.shape) == size and got.stride() == tuple(stride)
+    assert got.reshape(-1).tolist() == [float(v) for v in want]
 
 
 def test_state_dict_paths():
