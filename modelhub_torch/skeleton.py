@@ -33,6 +33,7 @@ from modelhub_torch.errors import FormatError, PickleRequiredError
 from modelhub_torch.skeleton_check import (
     MAX_DEPTH,
     NON_FINITE,
+    VIEW_FIELDS,
     Leaf,
     check_skeleton,
     np_scalar_dtype,
@@ -73,14 +74,26 @@ class Flattened:
     tensors: list[torch.Tensor] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
     uses_pickle: bool = False
-    named: dict[str, torch.Tensor] = field(default_factory=dict)
+    uses: list[Use] = field(default_factory=list, repr=False)  # every place a tensor is held, in order
+
+    @property
+    def named(self) -> dict[str, torch.Tensor]:
+        """Each distinct tensor (a view stays a view; a tied one once) by first path."""
+        out: dict[str, torch.Tensor] = {}
+        seen: set[tuple] = set()
+        for u in self.uses:
+            key = (u.group, *view_key(u.tensor))
+            if key not in seen:
+                seen.add(key)
+                out.setdefault(u.path, u.tensor)
+        return out
 
 
 class _Flattener:
     def __init__(self, allow_pickle: bool):
         self.allow_pickle = allow_pickle
         self.out = Flattened(skeleton=None)
-        self.uses: list[Use] = []
+        self.uses = self.out.uses
 
     def tensor(self, t: torch.Tensor, path: str) -> dict[str, Any]:
         if t.is_sparse or t.layout != torch.strided:
@@ -106,23 +119,18 @@ class _Flattener:
 
     def finish(self) -> None:
         """Pick the stored tensors (:func:`plan_leaves`) and complete every node."""
-        plan = plan_leaves(self.uses)
+        leaves = plan_leaves(self.uses)
         index: dict[tuple, int] = {}
-        for u, (leaf, fields) in zip(self.uses, plan.names):
-            i = index.get(leaf)
+        for u in self.uses:
+            i = index.get(u.leaf)
             if i is None:
-                i = index[leaf] = len(self.out.tensors)
-                t, path = plan.leaves[leaf]
+                i = index[u.leaf] = len(self.out.tensors)
+                t, path = leaves[u.leaf]
                 self.out.tensors.append(t)
                 self.out.paths.append(path)
             u.node["$t"] = i
-            u.node.update(fields)
-        seen: set[tuple] = set()
-        for u in self.uses:
-            key = (u.group, *view_key(u.tensor))
-            if key not in seen:
-                seen.add(key)
-                self.out.named.setdefault(u.path, u.tensor)
+            if u.fields:
+                u.node.update(u.fields)
 
     def opaque(self, value: Any, path: str, what: str) -> dict[str, Any]:
         if not self.allow_pickle:
@@ -249,15 +257,16 @@ class _Builder:
     def _t(self, node: dict, i: int) -> Any:
         if len(node) == 1:  # the stored tensor itself: no lookup, no new object
             return self.tensors[i]
-        key = json.dumps(node, sort_keys=True)
+        view = not VIEW_FIELDS.isdisjoint(node)
+        key = json.dumps(node, sort_keys=True) if view else (i, node.get("np"), node.get("param"))
         made = self._made.get(key)
         if made is None:
-            made = self._made[key] = self._tensor(node, i)
+            made = self._made[key] = self._tensor(node, i, view)
         return made
 
-    def _tensor(self, node: dict, i: int) -> Any:
+    def _tensor(self, node: dict, i: int, view: bool) -> Any:
         try:
-            t = self.views.tensor(node, i)
+            t = self.views.tensor(node, i) if view else self.tensors[i]
             if node.get("np"):
                 return t.numpy()
             if "param" in node:

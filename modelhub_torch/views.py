@@ -35,26 +35,22 @@ import torch
 from modelhub_torch.errors import FormatError
 from modelhub_torch.skeleton_check import dense
 
+_NO_FIELDS: dict[str, Any] = {}  # shared by every use named by a bare node (never written to)
 
-@dataclass
+
+@dataclass(slots=True)
 class Use:
-    """One place the checkpoint holds a tensor: its node gets the stored tensor's index
-    and the fields that rebuild it once every tensor of the checkpoint is known."""
+    """One place the checkpoint holds a tensor. Planning sets which stored tensor its
+    node names (``leaf``) and the fields that rebuild it from that one (``fields``).
+    (Slots and few objects per tensor: a checkpoint may hold many thousands.)"""
 
     tensor: torch.Tensor
     path: str
     node: dict[str, Any]
     group: tuple  # uses that may share a stored tensor: one storage, one numpy array, one empty tensor
     numpy_order: str | None = None  # "C" or "F" for numpy arrays
-
-
-@dataclass
-class Plan:
-    """The stored tensors (with their paths) and, per use in order, which one it names
-    and the node fields that rebuild it from that one."""
-
-    leaves: dict[tuple, tuple[torch.Tensor, str]] = field(default_factory=dict)
-    names: list[tuple[tuple, dict[str, Any]]] = field(default_factory=list)
+    leaf: tuple = ()
+    fields: dict[str, Any] = field(default_factory=lambda: _NO_FIELDS)
 
 
 def group_of(t: torch.Tensor) -> tuple:
@@ -62,7 +58,7 @@ def group_of(t: torch.Tensor) -> tuple:
     An empty tensor is only ever tied to itself (empty storages share no pointer)."""
     if t.numel() == 0:
         return ("empty", id(t), *view_key(t))
-    return ("storage", str(t.device), t.untyped_storage().data_ptr())
+    return ("storage", t.untyped_storage().data_ptr(), t.device)
 
 
 def view_key(t: torch.Tensor) -> tuple:
@@ -79,35 +75,49 @@ def contiguous_strides(shape: Sequence[int]) -> list[int]:
     return out[::-1]
 
 
-def plan_leaves(uses: list[Use]) -> Plan:
-    """What to store for every tensor the checkpoint holds (``uses`` in walk order)."""
-    groups: dict[tuple, list[Use]] = {}
+def plan_leaves(uses: list[Use]) -> dict[tuple, tuple[torch.Tensor, str]]:
+    """What to store for every tensor the checkpoint holds (``uses`` in walk order):
+    sets each use's ``leaf`` and ``fields``; returns the stored tensors (with their
+    paths) by leaf key."""
+    first: dict[tuple, Use] = {}
+    more: dict[tuple, list[Use]] = {}  # groups of more than one use only
     for u in uses:
-        groups.setdefault(u.group, []).append(u)
-    plan = Plan()
-    by_use: dict[int, tuple[tuple, dict[str, Any]]] = {}
-    for key, members in groups.items():
+        if first.setdefault(u.group, u) is not u:
+            more.setdefault(u.group, [first[u.group]]).append(u)
+    leaves: dict[tuple, tuple[torch.Tensor, str]] = {}
+    for key, u in first.items():
+        members = more.get(key) or [u]
         if key[0] == "storage":
-            _plan_storage(key, members, plan, by_use)
+            _plan_storage(key, members, leaves)
         else:
-            _plan_alone(key, members, plan, by_use)
-    plan.names = [by_use[id(u)] for u in uses]
-    return plan
+            _plan_alone(key, members, leaves)
+    return leaves
 
 
-def _plan_alone(key: tuple, members: list[Use], plan: Plan, by_use: dict) -> None:
+def _plan_alone(key: tuple, members: list[Use], leaves: dict) -> None:
     """An empty tensor or a numpy array: stored on its own (in C order; a Fortran-
     ordered array keeps its strides as its ``layout``)."""
     first = members[0]
-    plan.leaves[key] = (first.tensor, first.path)
-    fields = {"layout": list(first.tensor.stride())} if first.numpy_order == "F" else {}
+    leaves[key] = (first.tensor, first.path)
+    fields = {"layout": list(first.tensor.stride())} if first.numpy_order == "F" else _NO_FIELDS
     for u in members:
-        by_use[id(u)] = (key, fields)
+        u.leaf, u.fields = key, fields
 
 
-def _plan_storage(key: tuple, members: list[Use], plan: Plan, by_use: dict) -> None:
+def _owns_storage(t: torch.Tensor) -> bool:
+    """The common case: a contiguous tensor (C strides) that is its whole storage."""
+    return (t.storage_offset() == 0 and t.is_contiguous() and not t.is_conj() and not t.is_neg()
+            and t.numel() * t.element_size() == t.untyped_storage().nbytes()
+            and (1 not in t.shape or list(t.stride()) == contiguous_strides(t.shape)))
+
+
+def _plan_storage(key: tuple, members: list[Use], leaves: dict) -> None:
     """Tensors on one storage: the common case, one stored tensor for all, or (mixed
     dtypes) one per distinct tensor."""
+    if len(members) == 1 and _owns_storage(members[0].tensor):  # the common case, kept cheap
+        leaves[key] = (members[0].tensor, members[0].path)
+        members[0].leaf = key
+        return
     views: dict[tuple, Use] = {}
     for u in members:
         views.setdefault(view_key(u.tensor), u)
@@ -117,25 +127,24 @@ def _plan_storage(key: tuple, members: list[Use], plan: Plan, by_use: dict) -> N
         # torch.save refuses views of one storage as different dtypes: nothing to match,
         # so each is stored on its own (values exact; no shared memory, C order)
         for u in members:
-            vk = (*key, *view_key(u.tensor))
-            plan.leaves.setdefault(vk, (u.tensor, u.path))
-            by_use[id(u)] = (vk, {})
+            u.leaf = (*key, *view_key(u.tensor))
+            leaves.setdefault(u.leaf, (u.tensor, u.path))
         return
     n = nbytes // item
     cover = _cover(list(views.values()), n)
     if cover is None:
         leaf = bare_storage(first, (n,), (1,))
-        plan.leaves[key] = (leaf, _storage_path(members[0].path))
+        leaves[key] = (leaf, _storage_path(members[0].path))
         base_geometry, layout = None, None
     else:
         c = cover.tensor
         plain = not (c.is_conj() or c.is_neg())
         leaf = c if plain else bare_storage(c, tuple(c.shape), tuple(c.stride()))
-        plan.leaves[key] = (leaf, cover.path)
+        leaves[key] = (leaf, cover.path)
         base_geometry = _geometry(c)
         layout = None if list(c.stride()) == contiguous_strides(c.shape) else list(c.stride())
     for u in members:
-        by_use[id(u)] = (key, _fields(u.tensor, base_geometry, layout))
+        u.leaf, u.fields = key, _fields(u.tensor, base_geometry, layout)
 
 
 def _cover(views: list[Use], n: int) -> Use | None:
@@ -185,8 +194,8 @@ def bare_storage(t: torch.Tensor, shape: Sequence[int], stride: Sequence[int], o
 
 # ---------------------------------------------------------------- load side
 class Rebuilder:
-    """Rebuilds the tensors ``$t`` nodes name from the decoded stored tensors (the
-    skeleton is checked: views lie inside their tensor, layouts are dense)."""
+    """Rebuilds the tensors ``$t`` nodes with view fields name from the decoded stored
+    tensors (the skeleton is checked: views lie inside their tensor, layouts are dense)."""
 
     def __init__(self, tensors: Sequence[Any]):
         self.tensors = tensors
@@ -194,10 +203,8 @@ class Rebuilder:
 
     def tensor(self, node: dict[str, Any], i: int) -> torch.Tensor:
         """Stored tensor ``i`` as ``node`` names it: placed, viewed, with its lazy bits
-        (``np``, ``param`` and ``grad`` are the caller's). A fresh tensor object on the
-        stored tensor's memory whenever the node asks for anything."""
-        if not any(k in node for k in ("layout", "size", "conj", "neg", "grad")):
-            return self.tensors[i]
+        (``np``, ``param`` and ``grad`` are the caller's): a fresh tensor object on the
+        stored tensor's memory."""
         base = self._base(i, node.get("layout"))
         if "size" in node:
             out = bare_storage(base, node["size"], node["stride"], base.storage_offset() + node["offset"])
