@@ -118,12 +118,12 @@ def _plan_storage(key: tuple, members: list[Use], leaves: dict) -> None:
         leaves[key] = (members[0].tensor, members[0].path)
         members[0].leaf = key
         return
-    views: dict[tuple, Use] = {}
+    distinct: dict[tuple, Use] = {}  # the first use of each distinct view
     for u in members:
-        views.setdefault(view_key(u.tensor), u)
-    first = next(iter(views.values())).tensor
+        distinct.setdefault(view_key(u.tensor), u)
+    first = members[0].tensor
     nbytes, item = first.untyped_storage().nbytes(), first.element_size()
-    if len({v[3] for v in views}) > 1 or nbytes % item:
+    if len({u.tensor.dtype for u in distinct.values()}) > 1 or nbytes % item:
         # torch.save refuses views of one storage as different dtypes: nothing to match,
         # so each is stored on its own (values exact; no shared memory, C order)
         for u in members:
@@ -131,7 +131,7 @@ def _plan_storage(key: tuple, members: list[Use], leaves: dict) -> None:
             leaves.setdefault(u.leaf, (u.tensor, u.path))
         return
     n = nbytes // item
-    cover = _cover(list(views.values()), n)
+    cover = _cover(list(distinct.values()), n)
     if cover is None:
         leaf = bare_storage(first, (n,), (1,))
         leaves[key] = (leaf, _storage_path(members[0].path))
