@@ -244,7 +244,7 @@ class _Builder:
         self.tensors = tensors
         self.weights_only = weights_only
         self.views = Rebuilder(tensors)
-        self._made: dict[str, Any] = {}  # equal nodes are one object, as pickle's memo makes them
+        self._made: dict[Any, Any] = {}  # equal nodes are one object, as pickle's memo makes them
 
     def build(self, node: Any) -> Any:
         if node is None or isinstance(node, (bool, int, float, str)):

@@ -45,6 +45,8 @@ MAX_DEPTH = 1000
 # whose skeleton uses any of them needs the "views" format feature.
 VIEW_FIELDS = frozenset({"layout", "size", "stride", "offset", "conj", "neg", "grad"})
 _VIEW_GEOMETRY = ("size", "stride", "offset")
+# dtypes a neg bit may be set on: those torch can negate (the bit comes from x.conj().imag)
+_NEG_DTYPES = frozenset({"float16", "bfloat16", "float32", "float64", "complex64", "complex128"})
 # companion keys each tag may carry besides itself
 _COMPANIONS: dict[str, frozenset[str]] = {
     "$t": frozenset({"np", "param"}) | VIEW_FIELDS,
@@ -152,11 +154,12 @@ def _check_view(node: dict, leaf: Leaf) -> None:
         raise _Bad(node, "'grad' is for plain tensors (a Parameter keeps requires_grad in 'param')")
     if (node.get("conj") or node.get("neg")) and node.get("np"):
         raise _Bad(node, "a numpy array has no conj or neg bit")
-    complex_ = leaf.dtype.startswith("complex")
-    if node.get("conj") and not complex_:
+    if node.get("conj") and not leaf.dtype.startswith("complex"):
         raise _Bad(node, f"a conj bit on a {leaf.dtype} tensor (only complex tensors have one)")
-    if (node.get("neg") or node.get("grad")) and not (complex_ or "float" in leaf.dtype):
-        raise _Bad(node, f"a neg bit or requires_grad on a {leaf.dtype} tensor (floats and complex only)")
+    if node.get("neg") and leaf.dtype not in _NEG_DTYPES:
+        raise _Bad(node, f"a neg bit on a {leaf.dtype} tensor (only {', '.join(sorted(_NEG_DTYPES))})")
+    if node.get("grad") and not (leaf.dtype.startswith("complex") or "float" in leaf.dtype):
+        raise _Bad(node, f"requires_grad on a {leaf.dtype} tensor (floats and complex only)")
     if "layout" in node:
         _check_layout(node, node["layout"], leaf)
     present = [k for k in _VIEW_GEOMETRY if k in node]

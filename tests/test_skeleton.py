@@ -213,7 +213,7 @@ def test_unknown_skeleton_tag_is_format_error():
 
 def _trap_tensors() -> list[torch.Tensor]:
     return [torch.arange(12.0).reshape(3, 4), torch.zeros(4, dtype=torch.complex64), torch.arange(3),
-            torch.empty(0, 2)]
+            torch.empty(0, 2), torch.zeros(2, dtype=torch.float8_e4m3fn)]
 
 
 @pytest.mark.parametrize(
@@ -245,8 +245,9 @@ def _trap_tensors() -> list[torch.Tensor]:
         ({"$t": 0, "layout": "C"}, "one non-negative stride per dimension"),
         ({"$t": 3, "layout": [2, 1]}, "does not place"),  # an empty tensor
         ({"$t": 0, "conj": True}, "conj bit on a float32"),
-        ({"$t": 2, "neg": True}, "on a int64 tensor"),
-        ({"$t": 2, "grad": True}, "on a int64 tensor"),
+        ({"$t": 2, "neg": True}, "neg bit on a int64 tensor"),
+        ({"$t": 4, "neg": True}, "neg bit on a float8_e4m3fn tensor"),  # torch cannot negate one
+        ({"$t": 2, "grad": True}, "requires_grad on a int64 tensor"),
         ({"$t": 0, "grad": 1}, "must be true or false"),
         ({"$t": 1, "conj": "yes"}, "must be true or false"),
         ({"$t": 0, "grad": True, "param": True}, "'grad' is for plain tensors"),
