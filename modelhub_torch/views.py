@@ -3,7 +3,7 @@
 torch.save writes each storage once and every tensor as (storage, offset, size,
 stride, conj/neg bits, requires_grad); torch.load gives back views that share memory.
 :func:`plan_leaves` finds, among the tensors of one checkpoint, those on one storage
-and picks what to store for them, so that :func:`rebuild` gives back what torch.load
+and picks what to store for them, so that :class:`Rebuilder` gives back what torch.load
 would:
 
 - one contiguous tensor owning its whole storage (the common case): stored as it is,
