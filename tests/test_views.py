@@ -267,3 +267,18 @@ def test_diff_and_describe_see_views(local_repo):
     info = {t.path: t for t in local_repo.describe(v2.ref).tensors}
     assert info["state_dict/conv.weight"].shape == [16, 3, 3, 3] and info["state_dict/conv.weight"].in_state_dict
     assert "state_dict/pos.weight" not in info  # a view, stored as part of emb.weight
+
+
+def test_a_channels_last_weight_is_stored_as_versions_before_views_stored_it(local_repo):
+    """Versions written before views stored a channels_last weight in logical order;
+    so does this one (only the node's layout is new): the record is bit-identical, so
+    the older version becomes a link to it, and delta chains go on across the upgrade."""
+    w = torch.randn(8, 3, 3, 3, generator=_gen())
+    v1 = local_repo.commit({"conv.weight": w.contiguous()}, "m")  # the form of earlier versions
+    v2 = local_repo.commit({"conv.weight": w.to(memory_format=torch.channels_last)}, "m")
+    old, new = local_repo.manifest(v1.id).tensors[0], local_repo.manifest(v2.id).tensors[0]
+    assert (old["shape"], old["digest"]) == (new["shape"], new["digest"])
+    assert old["data"] == {"kind": "same", "version": v2.id, "index": 0}
+    assert local_repo.manifest(v2.id).skeleton["$dict"][0][1] == {"$t": 0, "layout": [27, 1, 9, 3]}
+    assert local_repo.load(v2.ref)["conv.weight"].stride() == (27, 1, 9, 3)
+    assert local_repo.load(v1.ref)["conv.weight"].is_contiguous()
