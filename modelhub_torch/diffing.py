@@ -131,11 +131,12 @@ def diff_versions(repo: RepositoryLike, a: Any, b: Any, *, allow_pickle: bool = 
 
 
 def _leaves(obj: Any) -> dict[str, Any]:
-    """A loaded version's tensors by path (the paths ``desc`` shows)."""
+    """A loaded version's tensors by path, each as the checkpoint holds it (a view of
+    another tensor is compared as that view; lazy conj/neg bits resolved)."""
     from modelhub_torch.skeleton import flatten
 
     flat = flatten(obj, allow_pickle=True)
-    return dict(zip(flat.paths, flat.tensors))
+    return {p: t.resolve_conj().resolve_neg() for p, t in flat.named.items()}
 
 
 def _weights_prefix(obj: Any) -> str | None:

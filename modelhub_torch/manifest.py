@@ -19,7 +19,7 @@ from modelhub_torch.pas.codec import CodecConfig, ExponentContext
 from modelhub_torch.pas.dtypes import ITEMSIZE
 from modelhub_torch.pas.entropy import PLANE_CODERS
 from modelhub_torch.pas.registry import NewerFormatError, is_id, newer
-from modelhub_torch.skeleton_check import check_skeleton
+from modelhub_torch.skeleton_check import Leaf, check_skeleton
 from modelhub_torch.store.refs import MODEL_NAME
 from modelhub_torch.validate import check_object_id, check_version_id, is_object_id, is_version_id
 
@@ -215,7 +215,8 @@ def validate_manifest(doc: Any, where: str = "manifest") -> None:
     live = [_check_record(doc, i, rec, where) for i, rec in enumerate(doc["tensors"])]
     if sum(int(rec["nbytes"]) for rec, ok in zip(doc["tensors"], live) if ok) > MAX_SIZE:
         raise _fail(where, "its tensors add up to more bytes than any version holds")
-    check_skeleton(doc["skeleton"], live, f"{where}: skeleton")
+    leaves = [Leaf(tuple(rec["shape"]), rec["dtype"]) if ok else None for rec, ok in zip(doc["tensors"], live)]
+    check_skeleton(doc["skeleton"], leaves, f"{where}: skeleton")
 
 
 def _check_header(doc: Any, where: str) -> None:

@@ -340,16 +340,23 @@ def load_all_tensors(store: RepoStore, vid: str, progress: bool = False) -> list
 
 
 def load_weights(store: RepoStore, vid: str, map_location: Any = None, progress: bool = False) -> dict[str, Any]:
-    """Only the model weights of a version (``state_dict`` of a checkpoint)."""
-    from modelhub_torch.skeleton_check import state_dict_paths
+    """Only the model weights of a version (``state_dict`` of a checkpoint), as plain
+    tensors with the strides, offsets and shared memory a full load gives them (only
+    the stored tensors they need are decoded)."""
+    from modelhub_torch.skeleton import unflatten
+    from modelhub_torch.skeleton_check import state_dict_nodes
 
     m = store.manifest(vid)
-    paths = state_dict_paths(m.skeleton)
-    if not paths:
+    nodes = state_dict_nodes(m.skeleton)
+    if not nodes:
         raise ModelHubError(f"{m.ref} holds no state_dict (it is not a model checkpoint)")
-    wanted = sorted(set(paths.values()))
-    decoded = dict(zip(wanted, decode_tensors(store, vid, m, wanted, map_location, progress)))
-    return {k: decoded[i] for k, i in paths.items()}
+    wanted = sorted({node["$t"] for node in nodes.values()})
+    tensors: list[Any] = [None] * len(m.tensors)
+    for i, t in zip(wanted, decode_tensors(store, vid, m, wanted, map_location, progress)):
+        tensors[i] = t
+    # weights only: what makes a Parameter, an array or a grad-requiring tensor is left out
+    plain = [[k, {f: v for f, v in node.items() if f not in ("param", "np", "grad")}] for k, node in nodes.items()]
+    return dict(unflatten({"$dict": plain}, tensors))
 
 
 def decode_tensors(store: RepoStore, vid: str, m: Manifest, indices: Iterable[int], map_location: Any,

@@ -6,8 +6,12 @@ device — as JSON, so loading never needs pickle. Values only pickle can hold a
 refused unless ``allow_pickle=True``; they are then stored as tagged pickle bytes
 and only unpickled when the loader passes ``weights_only=False``.
 
-Tensors that are the same view of the same storage (tied weights) become one leaf,
-referenced twice, so the tie is restored on load.
+Tensors keep what torch.load keeps of them: tensors viewing one storage (tied weights,
+slices, transposes of each other) become one stored tensor that every view names with
+the geometry that rebuilds it, so views share memory after a load as they did before;
+strides, storage offsets, conj/neg bits and requires_grad come back too. A contiguous
+tensor that owns its storage, the common case, is stored as it is, named by a bare
+``{"$t": i}`` — nothing in its path costs a copy or a byte more.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import base64
 import binascii
 import collections
 import enum
+import json
 import math
 import pickle
 from dataclasses import dataclass, field
@@ -28,11 +33,14 @@ from modelhub_torch.errors import FormatError, PickleRequiredError
 from modelhub_torch.skeleton_check import (
     MAX_DEPTH,
     NON_FINITE,
+    VIEW_FIELDS,
+    Leaf,
     check_skeleton,
     np_scalar_dtype,
     state_dict_paths,  # noqa: F401 - re-exported: where a checkpoint keeps its weights
     torch_dtypes_by_name,
 )
+from modelhub_torch.views import Rebuilder, Use, group_of, plan_leaves, view_key
 
 # dict subclasses rebuilt by name without pickle (the key/value content is typed JSON)
 _SAFE_DICTS: dict[str, type] = {"collections.OrderedDict": collections.OrderedDict}
@@ -58,44 +66,71 @@ def _class_path(cls: type) -> str:
 
 @dataclass
 class Flattened:
+    """A checkpoint split for storage: its skeleton, the tensors to store (``tensors``,
+    each with the ``path`` where the checkpoint first holds it), and ``named``: every
+    distinct tensor as the checkpoint holds it (a view stays a view), by first path."""
+
     skeleton: Any
     tensors: list[torch.Tensor] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
     uses_pickle: bool = False
+    uses: list[Use] = field(default_factory=list, repr=False)  # every place a tensor is held, in order
+
+    @property
+    def named(self) -> dict[str, torch.Tensor]:
+        """Each distinct tensor (a view stays a view; a tied one once) by first path."""
+        out: dict[str, torch.Tensor] = {}
+        seen: set[tuple] = set()
+        for u in self.uses:
+            key = (u.group, *view_key(u.tensor))
+            if key not in seen:
+                seen.add(key)
+                out.setdefault(u.path, u.tensor)
+        return out
 
 
 class _Flattener:
     def __init__(self, allow_pickle: bool):
         self.allow_pickle = allow_pickle
         self.out = Flattened(skeleton=None)
-        self._seen: dict[tuple, int] = {}
+        self.uses = self.out.uses
 
-    def tensor(self, t: torch.Tensor, path: str, numpy_array: bool = False) -> dict[str, Any]:
+    def tensor(self, t: torch.Tensor, path: str) -> dict[str, Any]:
         if t.is_sparse or t.layout != torch.strided:
             return self.opaque(t, path, f"{t.layout} tensor")
         if t.device.type == "meta":
             return self.opaque(t, path, "meta tensor")
-        key = (
-            t.untyped_storage().data_ptr() if t.numel() else id(t),
-            t.storage_offset(),
-            tuple(t.shape),
-            tuple(t.stride()),
-            t.dtype,
-            t.is_conj(),  # x and x.conj() share storage and strides but not values
-            t.is_neg(),
-        )
-        idx = self._seen.get(key)
-        if idx is None:
-            idx = len(self.out.tensors)
-            self._seen[key] = idx
-            self.out.tensors.append(t)
-            self.out.paths.append(path)
-        node: dict[str, Any] = {"$t": idx}
-        if numpy_array:
-            node["np"] = True
+        node: dict[str, Any] = {"$t": -1}  # the index is known once every tensor is
         if isinstance(t, torch.nn.Parameter):
             node["param"] = bool(t.requires_grad)
+        elif t.requires_grad:  # torch.load gives it back requiring grad (as a leaf)
+            node["grad"] = True
+        self.uses.append(Use(t, path, node, group_of(t)))
         return node
+
+    def array(self, a: np.ndarray, path: str) -> dict[str, Any]:
+        """A numpy array: torch.load gives each its own copy (pickle's), in C order or,
+        for a Fortran-ordered array, in Fortran order."""
+        fortran = a.flags.f_contiguous and not a.flags.c_contiguous
+        t = torch.from_numpy(a if fortran else np.ascontiguousarray(a))
+        node: dict[str, Any] = {"$t": -1, "np": True}
+        self.uses.append(Use(t, path, node, ("np", id(a)), "F" if fortran else "C"))
+        return node
+
+    def finish(self) -> None:
+        """Pick the stored tensors (:func:`plan_leaves`) and complete every node."""
+        leaves = plan_leaves(self.uses)
+        index: dict[tuple, int] = {}
+        for u in self.uses:
+            i = index.get(u.leaf)
+            if i is None:
+                i = index[u.leaf] = len(self.out.tensors)
+                t, path = leaves[u.leaf]
+                self.out.tensors.append(t)
+                self.out.paths.append(path)
+            u.node["$t"] = i
+            if u.fields:
+                u.node.update(u.fields)
 
     def opaque(self, value: Any, path: str, what: str) -> dict[str, Any]:
         if not self.allow_pickle:
@@ -123,7 +158,7 @@ class _Flattener:
         if isinstance(obj, torch.Tensor):
             return self.tensor(obj, path)
         if isinstance(obj, np.ndarray) and obj.dtype.kind in "biufc" and obj.dtype.byteorder in "=|<":
-            return self.tensor(torch.from_numpy(np.ascontiguousarray(obj)), path, numpy_array=True)
+            return self.array(obj, path)
         if isinstance(obj, np.generic) and obj.dtype.kind in "biufc":
             return {"$np": obj.dtype.str, "v": base64.b64encode(obj.tobytes()).decode()}
         if isinstance(obj, torch.Size):
@@ -174,6 +209,7 @@ def flatten(obj: Any, allow_pickle: bool = False) -> Flattened:
     """Pull every tensor out of ``obj``; the rest becomes a typed-JSON skeleton."""
     f = _Flattener(allow_pickle)
     f.out.skeleton = f.walk(obj, "")
+    f.finish()
     return f.out
 
 
@@ -185,15 +221,19 @@ def _b64(text: str, where: str) -> bytes:
 
 
 def unflatten(skeleton: Any, tensors: list[torch.Tensor | None], weights_only: bool = True) -> Any:
-    """Rebuild the object from its skeleton and decoded tensors (ties restored).
+    """Rebuild the object from its skeleton and decoded tensors (ties and views restored).
 
-    The skeleton is checked first (:func:`check_skeleton`); ``tensors[i]`` is None for
-    a pruned tensor, which a skeleton must not name."""
-    check_skeleton(skeleton, [t is not None for t in tensors])
+    The skeleton is checked first (:func:`check_skeleton`, against the tensors given);
+    ``tensors[i]`` is None for a pruned tensor, which a skeleton must not name."""
+    check_skeleton(skeleton, [None if t is None else Leaf(tuple(t.shape), _dtype_name(t)) for t in tensors])
     try:
         return _Builder(tensors, weights_only).build(skeleton)
     except RecursionError:
         raise FormatError(f"skeleton nested too deeply to rebuild (limit {MAX_DEPTH} levels)") from None
+
+
+def _dtype_name(t: torch.Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")
 
 
 class _Builder:
@@ -203,6 +243,8 @@ class _Builder:
     def __init__(self, tensors: list[Any], weights_only: bool):
         self.tensors = tensors
         self.weights_only = weights_only
+        self.views = Rebuilder(tensors)
+        self._made: dict[Any, Any] = {}  # equal nodes are one object, as pickle's memo makes them
 
     def build(self, node: Any) -> Any:
         if node is None or isinstance(node, (bool, int, float, str)):
@@ -213,14 +255,27 @@ class _Builder:
         return getattr(self, "_" + tag[1:])(node, node[tag])
 
     def _t(self, node: dict, i: int) -> Any:
-        t = self.tensors[i]
+        if len(node) == 1:  # the stored tensor itself: no lookup, no new object
+            return self.tensors[i]
+        view = not VIEW_FIELDS.isdisjoint(node)
+        key = json.dumps(node, sort_keys=True) if view else (i, node.get("np"), node.get("param"))
+        made = self._made.get(key)
+        if made is None:
+            made = self._made[key] = self._tensor(node, i, view)
+        return made
+
+    def _tensor(self, node: dict, i: int, view: bool) -> Any:
         try:
+            t = self.views.tensor(node, i) if view else self.tensors[i]
             if node.get("np"):
                 return t.numpy()
             if "param" in node:
                 return torch.nn.Parameter(t, requires_grad=node["param"])
+            if node.get("grad"):
+                t.requires_grad_(True)
         except (TypeError, RuntimeError) as exc:
-            raise FormatError(f"skeleton: tensor {i} ({t.dtype}) cannot be rebuilt as stored: {exc}") from None
+            dtype = self.tensors[i].dtype
+            raise FormatError(f"skeleton: tensor {i} ({dtype}) cannot be rebuilt as stored: {exc}") from None
         return t
 
     def _dict(self, node: dict, items: list) -> Any:

@@ -15,8 +15,9 @@ from modelhub_torch.repository import Repository
 
 
 def tensor_bytes(t: torch.Tensor) -> bytes:
-    """The raw bytes of a tensor in row-major order (whatever its strides)."""
-    t = t.detach().cpu().contiguous().reshape(-1)
+    """The raw bytes of a tensor's values in row-major order (whatever its strides and
+    lazy conj/neg bits)."""
+    t = t.detach().cpu().resolve_conj().resolve_neg().contiguous().reshape(-1)
     if t.numel() == 0:
         return b""
     return t.view(torch.uint8).numpy().tobytes()
@@ -54,6 +55,61 @@ def assert_bit_equal(a: Any, b: Any, path: str = "") -> None:
             assert_bit_equal(va, vb, f"{path}/{i}")
     else:
         assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def torch_round_trip(obj: Any, tmp_path: Any, weights_only: bool = True) -> Any:
+    """What ``torch.load`` gives back for ``obj`` saved with ``torch.save``: the oracle
+    a load from a repository is compared with (:func:`assert_like_torch_load`)."""
+    path = tmp_path / f"oracle-{uuid.uuid4().hex}.pt"
+    torch.save(obj, path)
+    return torch.load(path, weights_only=weights_only)
+
+
+def _tensor_leaves(obj: Any, path: str = "") -> list[tuple[str, Any]]:
+    if isinstance(obj, (torch.Tensor, np.ndarray)):
+        return [(path or "<root>", obj)]
+    if isinstance(obj, dict):
+        return [x for k, v in obj.items() for x in _tensor_leaves(v, f"{path}/{k}")]
+    if isinstance(obj, (list, tuple)):
+        return [x for i, v in enumerate(obj) for x in _tensor_leaves(v, f"{path}/{i}")]
+    return []
+
+
+def _sharing(leaves: list[tuple[str, Any]]) -> dict[str, str]:
+    """Each tensor's path -> the first path whose tensor shares its memory."""
+    out: dict[str, str] = {}
+    for i, (p, x) in enumerate(leaves):
+        out[p] = next(q for q, y in leaves[: i + 1] if _shares(x, y))
+    return out
+
+
+def _shares(x: Any, y: Any) -> bool:
+    if isinstance(x, np.ndarray) or isinstance(y, np.ndarray):
+        return isinstance(x, np.ndarray) and isinstance(y, np.ndarray) and (x is y or np.shares_memory(x, y))
+    if x.numel() == 0 or y.numel() == 0:
+        return x is y
+    return x.untyped_storage().data_ptr() == y.untyped_storage().data_ptr()
+
+
+def assert_like_torch_load(got: Any, want: Any) -> None:
+    """``got`` is what torch.load gave (``want``): the same object bit for bit
+    (:func:`assert_bit_equal`), and every tensor with the same strides, storage offset,
+    storage size, lazy conj/neg bits, requires_grad and leafness; non-empty numpy
+    arrays with the same strides; and the same tensors sharing memory (views write through)."""
+    assert_bit_equal(got, want)
+    leaves_got, leaves_want = _tensor_leaves(got), _tensor_leaves(want)
+    assert [p for p, _ in leaves_got] == [p for p, _ in leaves_want]
+    for (p, a), (_, b) in zip(leaves_got, leaves_want):
+        if isinstance(a, np.ndarray):  # (an empty array's strides mean nothing)
+            assert a.strides == b.strides or a.size == 0, f"{p}: strides {a.strides} != {b.strides}"
+            continue
+        facts = ("stride", "storage_offset", "requires_grad", "is_leaf", "is_conj", "is_neg")
+        for fact in facts:
+            va, vb = getattr(a, fact), getattr(b, fact)
+            va, vb = (va(), vb()) if callable(va) else (va, vb)
+            assert va == vb, f"{p}: {fact} {va} != {vb}"
+        assert a.untyped_storage().nbytes() == b.untyped_storage().nbytes(), f"{p}: storage size differs"
+    assert _sharing(leaves_got) == _sharing(leaves_want)
 
 
 def _keys_bit_equal(a: dict, b: dict) -> bool:

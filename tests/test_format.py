@@ -131,7 +131,7 @@ def test_feature_fixture_holds_every_frame_kind(features_repo: Repository) -> No
                 if data["kind"] == "planes":
                     coders.update(f[2] for c in data["chunks"] for f in c["frames"])
     assert coders == set(PLANE_CODERS.ids()) == {"raw", "zstd", "rans0", "rans8", "rans_ctx"}
-    assert features == set(KNOWN_FEATURES)
+    assert features == set(KNOWN_FEATURES) - {"views"}  # views came after this fixture (see below)
     assert forms == {"planes", "same", "dropped", "base", "context", "exponent_context", "lossy", "cold_from"}
     assert features_repo.manifest(features_repo.resolve("net@v1")).extra["lossy"] == ["quant:4"]
 
@@ -191,7 +191,8 @@ def test_damaged_values_of_known_kinds_ask_for_verify(golden_repo: Repository, e
 def test_features_setting_refuses_what_a_newer_version_wrote() -> None:
     base = {"format": 1}
     assert "features" not in validate_settings(base)  # absent: the format-1 baseline
-    assert declared_features(validate_settings(base)) == BASELINE_FEATURES == frozenset(KNOWN_FEATURES)
+    # the baseline: what format 1 had when the setting came; features added since are named
+    assert declared_features(validate_settings(base)) == BASELINE_FEATURES == frozenset(KNOWN_FEATURES) - {"views"}
     assert declared_features(validate_settings({**base, "features": ["rans8"]})) == {"rans8"}
     with pytest.raises(NewerFormatError, match=r"features \['sparse_v2'\] .*newer modelhub_torch: upgrade"):
         validate_settings({**base, "features": ["rans8", "sparse_v2"]})
@@ -213,6 +214,47 @@ def test_features_to_record_names_what_a_version_adds(golden_repo: Repository) -
     assert features_to_record({"features": []}, doc) == [
         f for f in KNOWN_FEATURES if f in used | {"rans_ctx", "exponent_context"}
     ]
+
+
+def test_views_skeleton_nodes_are_pinned() -> None:
+    """The JSON of view nodes (FORMAT.md, SKELETON): a change here changes the format."""
+    from modelhub_torch.skeleton import flatten
+
+    conv = torch.arange(16.0).reshape(2, 2, 2, 2).to(memory_format=torch.channels_last)
+    qkv = torch.arange(12.0).reshape(6, 2)
+    x = torch.arange(8.0).view(torch.complex64)
+    grad = torch.ones(2, requires_grad=True)
+    flat = flatten({"conv": conv, "row": conv[1, :, 0], "q": qkv[:2], "k": qkv[2:4], "x": x, "xc": x.conj()[1:],
+                    "g": grad})
+    assert flat.skeleton == {"$dict": [
+        ["conv", {"$t": 0, "layout": [8, 1, 4, 2]}],
+        ["row", {"$t": 0, "layout": [8, 1, 4, 2], "size": [2, 2], "stride": [1, 2], "offset": 8}],
+        ["q", {"$t": 1, "size": [2, 2], "stride": [2, 1], "offset": 0}],
+        ["k", {"$t": 1, "size": [2, 2], "stride": [2, 1], "offset": 4}],
+        ["x", {"$t": 2}],
+        ["xc", {"$t": 2, "size": [3], "stride": [1], "offset": 1, "conj": True}],
+        ["g", {"$t": 3, "grad": True}],
+    ]}
+    assert flat.paths == ["conv", "q/<storage>", "x", "g"]
+    assert [list(t.shape) for t in flat.tensors] == [[2, 2, 2, 2], [12], [4], [2]]
+
+
+def test_a_version_with_views_names_the_feature(tmp_path, monkeypatch) -> None:
+    """Views are not in the baseline: the first version using them writes "views" into
+    modelhub.json, so a reader that does not know them refuses the repository (upgrade)
+    instead of meeting node fields it would take for damage."""
+    from modelhub_torch.store import config
+
+    repo = Repository.init(tmp_path / "r")
+    repo.commit({"w": torch.randn(4, 4)}, "m")
+    assert "views" not in declared_features(repo.store.settings)
+    w = torch.randn(4, 4)
+    v = repo.commit({"w": w, "t": w.t()}, "m")
+    assert manifest_features(repo.manifest(v.id)) == {"views"} | manifest_features(repo.manifest(repo.resolve("m@v1")))
+    assert "views" in json.loads((tmp_path / "r" / "modelhub.json").read_text())["features"]
+    monkeypatch.setattr(config, "KNOWN_FEATURES", tuple(f for f in KNOWN_FEATURES if f != "views"))
+    with pytest.raises(NewerFormatError, match=r"features \['views'\].*upgrade"):
+        Repository(tmp_path / "r")
 
 
 def _signal() -> tuple[np.ndarray, np.ndarray]:

@@ -152,6 +152,38 @@ def test_cli_eval_progressive(hub, tmp_path, capsys) -> None:
     assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(acc)
 
 
+def test_weights_stored_as_views_are_read_plane_wise(hub, tmp_path) -> None:
+    """Weights that are views of one buffer (a flat-parameter wrapper) are stored as
+    that buffer: each is read plane by plane from it, and a channels_last network
+    (weights stored in logical order, placed on load) answers as it does."""
+    _, mlp, cnn = hub
+    repo = Repository.init(tmp_path / "hub")
+    sd = mlp.state_dict()
+    w1, w2 = sd["fc1.weight"], sd["fc2.weight"]
+    flat = torch.cat([w1.reshape(-1), w2.reshape(-1)])
+    views = {**sd, "fc1.weight": flat[: w1.numel()].view_as(w1), "fc2.weight": flat[w1.numel():].view_as(w2)}
+    v = repo.commit(views, "flat")
+    assert [r["path"] for r in repo.manifest(v.id).tensors] == ["fc1.weight/<storage>", "fc1.bias", "fc2.bias"]
+    r = PlaneReader(repo, v.ref)
+    for k in (1, 2, 4):
+        for name in r.tensors:
+            r.fetch(name, k)
+        for name, t in r.tensors.items():
+            true = sd[name].contiguous().view(-1).view(torch.int32).numpy().view(np.uint32)
+            assert t.shape == tuple(sd[name].shape)
+            mask = np.uint32(known_mask("float32", k, t.layout))
+            assert np.array_equal(r.bits(name) & mask, true & mask), (name, k)
+    assert all(torch.equal(r.tensor(n), sd[n]) for n in r.tensors)
+    x, _ = digits()
+    res = ProgressiveModel(MLP(), repo, v.ref).predict(x, k=1)
+    assert torch.equal(res.topk, mlp(x).topk(1, dim=1).indices)
+    cl = repo.commit({k: t.to(memory_format=torch.channels_last) if t.dim() == 4 else t
+                      for k, t in cnn.state_dict().items()}, "cl")
+    assert repo.load(cl.ref)["conv2.weight"].is_contiguous(memory_format=torch.channels_last)
+    res = ProgressiveModel(SmallCNN(), repo, cl.ref).predict(x, k=1)
+    assert torch.equal(res.topk, cnn(x).topk(1, dim=1).indices)
+
+
 @pytest.mark.parametrize("op", ["sub", "xor"])
 def test_versions_stored_as_plane_separable_deltas_are_read_plane_wise(tmp_path, op) -> None:
     """With 1-byte lanes (or XOR) a reverse delta's high planes come from its own high

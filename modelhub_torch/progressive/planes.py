@@ -9,7 +9,9 @@ with its base's top q IEEE planes (recursively down the chain; a whole float bas
 exponent-first layout needs one plane more for q = 1, since its first plane holds the
 exponent and no sign). Everything else (context-coded or lane-4 deltas, lossy codes,
 integer buffers) is read whole on first use: its bits are then known exactly, and the
-bytes it cost are counted the same way.
+bytes it cost are counted the same way. A weight stored as a view of another tensor's
+storage (a slice of a fused weight) reads that tensor's planes and takes its own
+elements from them (``skeleton_check.view_gather``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from modelhub_torch.manifest import Manifest
 from modelhub_torch.pas import entropy
 from modelhub_torch.pas.dtypes import uint_dtype
 from modelhub_torch.reader import digest_bits
-from modelhub_torch.skeleton_check import state_dict_paths
+from modelhub_torch.skeleton_check import state_dict_nodes, view_gather
 
 if TYPE_CHECKING:
     from modelhub_torch.repository import Repository
@@ -39,7 +41,7 @@ class StoredTensor:
 
     name: str
     dtype: str
-    shape: tuple[int, ...]
+    shape: tuple[int, ...]  # the weight's
     width: int  # bytes per element = number of planes
     manifest: Manifest  # the manifest that stores the data (after `same` links)
     index: int  # the record's index in that manifest
@@ -49,6 +51,8 @@ class StoredTensor:
     delta: bool = False  # a plane-separable delta: planes come from the chain
     planes: list[np.ndarray] = field(default_factory=list)  # decoded planes read so far
     exact: np.ndarray | None = None  # all bits (non-separable tensors, or all planes read)
+    # for a weight that is a view of the stored tensor: the stored elements it is made of
+    gather: np.ndarray | None = None
 
     @property
     def known(self) -> int:
@@ -65,11 +69,11 @@ class PlaneReader:
         self.ref = repo.version(self.vid).ref
         self.reader = repo.reader()
         m = repo.manifest(self.vid)
-        paths = state_dict_paths(m.skeleton)
-        if not paths:
+        nodes = state_dict_nodes(m.skeleton)
+        if not nodes:
             raise ModelHubError(f"{self.ref} holds no state_dict: progressive inference needs model weights")
-        wanted = list(paths) if names is None else names
-        missing = [n for n in wanted if n not in paths]
+        wanted = list(nodes) if names is None else names
+        missing = [n for n in wanted if n not in nodes]
         if missing:
             raise ModelHubError(
                 f"{self.ref} has no weights named {', '.join(missing[:5])}: is the module the "
@@ -78,7 +82,11 @@ class PlaneReader:
         self.bytes_read = 0
         self.tensors: dict[str, StoredTensor] = {}
         for name in wanted:
-            hv, hi = self.reader.resolve(self.vid, paths[name])
+            node = nodes[name]
+            if node.get("conj") or node.get("neg"):
+                raise ModelHubError(f"{self.ref}: weight {name!r} is a conjugate or negative view; "
+                                    "progressive inference reads plain weights only")
+            hv, hi = self.reader.resolve(self.vid, node["$t"])
             hm = repo.manifest(hv)
             rec = hm.tensors[hi]
             data = rec["data"]
@@ -86,8 +94,10 @@ class PlaneReader:
             delta = rec["dtype"] in FLOATS and self._separable_chain(hv, hi)
             separable = rec["dtype"] in FLOATS and (_whole(data, width) or delta)
             layout = "exp-first" if int(data["codec"].get("exp_bits", 0)) and not delta else "ieee"
-            self.tensors[name] = StoredTensor(name, rec["dtype"], tuple(rec["shape"]), width, hm, hi, rec,
-                                              separable, layout, delta)
+            gather = view_gather(node, rec["shape"])
+            shape = tuple(rec["shape"]) if gather is None else tuple(node["size"])
+            self.tensors[name] = StoredTensor(name, rec["dtype"], shape, width, hm, hi, rec,
+                                              separable, layout, delta, gather=gather)
         self._raw: dict[tuple[str, int], list[np.ndarray]] = {}  # stored planes read, per record
         seen: set[tuple[str, int]] = set()
         self.bytes_full = sum(self._full_bytes(t.manifest.id, t.index, seen) for t in self.tensors.values())
@@ -133,7 +143,7 @@ class PlaneReader:
         while len(t.planes) < min(planes, t.width):
             t.planes.append(self._stored_planes(t.manifest.id, t.index, len(t.planes) + 1)[-1])
         if len(t.planes) == t.width:
-            bits = self.bits(name)
+            bits = self._stored_bits(t)
             if digest_bits(bits) != t.record["digest"]:
                 raise CorruptObjectError(
                     f"tensor {name!r} of {self.ref} fails its checksum after a plane-wise read; "
@@ -190,11 +200,16 @@ class PlaneReader:
         return np.concatenate(parts) if len(parts) != 1 else parts[0].copy()
 
     def bits(self, name: str) -> np.ndarray:
-        """IEEE bit patterns with the planes read so far (unknown bits zero)."""
+        """IEEE bit patterns of a weight with the planes read so far (unknown bits zero)."""
         t = self.tensors[name]
+        out = self._stored_bits(t)
+        return out if t.gather is None else out[t.gather]
+
+    def _stored_bits(self, t: StoredTensor) -> np.ndarray:
+        """The same of the stored tensor a weight is (part of)."""
         if t.exact is not None:
             return t.exact
-        n = int(np.prod(t.shape, dtype=np.int64))
+        n = int(np.prod(t.record["shape"], dtype=np.int64))
         out = _word(t.planes, t.width) if t.planes else np.zeros(n, uint_dtype(t.dtype))
         if t.layout == "exp-first":
             exp_bits = {"float32": 8, "float16": 5, "bfloat16": 8}[t.dtype]
@@ -210,7 +225,8 @@ class PlaneReader:
         t = self.tensors[name]
         if t.exact is None:
             raise ModelHubError(f"{name!r} is not fully read yet")
-        return bits_to_tensor(t.exact.copy(), t.dtype, list(t.shape)).to(torch.device("cpu"))
+        bits = t.exact.copy() if t.gather is None else t.exact[t.gather]
+        return bits_to_tensor(bits, t.dtype, list(t.shape)).to(torch.device("cpu"))
 
 
 def _whole(data: dict[str, Any], width: int) -> bool:

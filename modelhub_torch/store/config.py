@@ -15,6 +15,7 @@ from modelhub_torch.errors import FormatError, ModelHubError
 from modelhub_torch.pas.codec import CodecConfig
 from modelhub_torch.pas.entropy import PLANE_CODERS
 from modelhub_torch.pas.registry import is_id, newer
+from modelhub_torch.skeleton_check import uses_views
 
 CONFIG_FILE = "modelhub.json"
 REPO_FORMAT = 1
@@ -46,10 +47,11 @@ DEFAULT_SETTINGS: dict[str, Any] = {
 # Format features: parts of format 1 a reader must know to read a repository's objects
 # (FORMAT.md, "Features"). modelhub.json's optional "features" names those its versions
 # use; a reader refuses one it does not know before it reads a byte of data.
-KNOWN_FEATURES = ("rans0", "rans8", "rans_ctx", "exponent_context", "cold_packs", "lossy", "dropped")
+KNOWN_FEATURES = ("rans0", "rans8", "rans_ctx", "exponent_context", "cold_packs", "lossy", "dropped", "views")
 # what a repository without "features" may use: everything format 1 had when the
-# setting was introduced (so existing repositories open unchanged)
-BASELINE_FEATURES = frozenset(KNOWN_FEATURES)
+# setting was introduced (so existing repositories open unchanged); a feature added
+# since is always named once a version uses it
+BASELINE_FEATURES = frozenset(KNOWN_FEATURES) - {"views"}
 FEATURES_KEY = "features"
 
 # bounds of the codec fields a settings file may choose
@@ -150,13 +152,16 @@ def manifest_features(manifest: Any) -> frozenset[str]:
 
     Pure (reads nothing): the frame coders of its records (``rans0``/``rans8``/
     ``rans_ctx``; a neighbour ``context`` is ``rans_ctx`` too), ``exponent_context``,
-    ``lossy`` records, ``dropped`` records, and ``cold_packs`` when frames live in
-    the cold tier."""
+    ``lossy`` records, ``dropped`` records, ``cold_packs`` when frames live in the
+    cold tier, and ``views`` when a skeleton node uses a field added with views."""
     if isinstance(manifest, Mapping):
         tensors, cold_packs = manifest.get("tensors", []), manifest.get("cold_packs", [])
+        skeleton = manifest.get("skeleton")
     else:
-        tensors, cold_packs = manifest.tensors, manifest.cold_packs
+        tensors, cold_packs, skeleton = manifest.tensors, manifest.cold_packs, manifest.skeleton
     used: set[str] = set()
+    if uses_views(skeleton):
+        used.add("views")
     coders: set[str] = set()
     for rec in tensors:
         data = rec["data"]
@@ -186,8 +191,8 @@ def features_to_record(settings: Mapping[str, Any], manifest: Any) -> list[str] 
 
     Call it before the version becomes visible, and write modelhub.json first when it
     returns a list: a reader must never find a version using a feature the file does
-    not name. With today's features it returns None for repositories without the
-    setting (they may use all of them)."""
+    not name. It returns None for repositories without the setting unless the
+    manifest uses a feature added since (``views``)."""
     have = declared_features(settings)
     used = manifest_features(manifest)
     if used <= have:
