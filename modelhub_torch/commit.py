@@ -14,7 +14,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from modelhub_torch.budget import estimate, leaning_on, new_delta_cost
+from modelhub_torch.budget import estimate, leaning_on, new_delta_cost, record_cost
 from modelhub_torch.errors import ModelHubError, ModelHubWarning
 from modelhub_torch.manifest import DROPPED, Manifest
 from modelhub_torch.pas.codec import CodecConfig, RepoCodecs, shared_pool
@@ -36,7 +36,8 @@ def over_budget(store: RepoStore, parent: Manifest, max_factor: float | None) ->
     restore of it, or of any version leaning on it, exceed ``max_factor`` whole loads."""
     if max_factor is None:
         return False
-    added = [new_delta_cost(rec) for rec in parent.tensors]
+    direct = store.catalog.dependents(parent.id)
+    added = predicted_delta_costs(store, parent, direct)
     for vid in {parent.id} | leaning_on(store.catalog.dependents, parent.id):
         try:
             est = estimate(store.manifest, vid)
@@ -48,6 +49,23 @@ def over_budget(store: RepoStore, parent: Manifest, max_factor: float | None) ->
         if est.whole and (est.cost + more) / est.whole > max_factor:
             return True
     return False
+
+
+def predicted_delta_costs(store: RepoStore, parent: Manifest, direct: set[str]) -> list[float]:
+    """Per tensor of ``parent``: what its reverse delta will cost to decode, before it
+    is coded — the cost of the delta an older version keeps against that tensor (the
+    trajectory moves at about the same pace), else a typical fine-tune delta's."""
+    costs = [new_delta_cost(rec) for rec in parent.tensors]
+    for vid in direct:
+        try:
+            m = store.manifest(vid)
+        except ModelHubError:
+            continue
+        for rec in m.tensors:
+            base = rec["data"].get("base") if rec["data"]["kind"] == "planes" else None
+            if base is not None and base["version"] == parent.id and 0 <= int(base["index"]) < len(costs):
+                costs[int(base["index"])] = record_cost(rec)
+    return costs
 
 
 @dataclass

@@ -121,7 +121,7 @@ def test_cli_init_sets_the_budget_and_gc_repacks(tmp_path, capsys) -> None:
     assert main(["--repo", str(tmp_path / "u"), "init", "--max-load-factor", "none"]) == 0
     assert "unbounded delta chains" in capsys.readouterr().out
     assert main(["--repo", str(tmp_path / "d"), "init"]) == 0
-    assert Repository(tmp_path / "d").settings["max_load_factor"] == 3.0  # the documented default
+    assert Repository(tmp_path / "d").settings["max_load_factor"] == 2.5  # the documented default
     assert main(["--repo", str(tmp_path / "x"), "init", "--max-load-factor", "0.5"]) == 2
     assert "out of range" in capsys.readouterr().err and not (tmp_path / "x").exists()
 

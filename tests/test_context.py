@@ -144,8 +144,9 @@ def test_repack_stays_within_the_recreation_budget(tmp_path) -> None:
     for x in traj:
         repo.commit({"w": torch.from_numpy(x.view(np.float32).copy())}, "m")
     factors = {v.id: estimate(repo.store.manifest, v.id).factor for v in repo.versions("m")}
-    # headroom for about one re-code: the oldest version reads every record of the chain
-    limit = max(factors.values()) + 2.0
+    # headroom for one re-code (~3.3 whole loads here: three rans_ctx planes), not two:
+    # the oldest version reads every record of the chain
+    limit = max(factors.values()) + 4.0
     repo.store.update_settings(max_load_factor=limit)
     report = repo.repack()
     assert 1 <= report.versions < 4 and report.over_budget  # the rest was left out for the budget

@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("path", nargs="?", metavar="PATH", help="where (default: --repo)")
     c.add_argument("--max-load-factor", type=_load_factor, metavar="F", default=argparse.SUPPRESS,
                    help="recreation budget: every version restores within F times a whole load "
-                        "(default 3; 'none': unbounded delta chains, smallest storage)")
+                        "(default 2.5; 'none': unbounded delta chains, smallest storage)")
 
     c = cmd("commit", "store a checkpoint file as a new version")
     c.add_argument("file", metavar="FILE", help=".ckpt/.pt/.pth (torch.save) or .safetensors")

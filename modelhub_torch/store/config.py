@@ -32,7 +32,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "layout": "exp-first",  # of whole float tensors: "exp-first" or "ieee" (FORMAT.md)
     # the recreation budget: every version's estimated restore stays within this factor
     # of restoring it stored whole (budget.py); None: unbounded chains (up to keyframes)
-    "max_load_factor": 3.0,
+    "max_load_factor": 2.5,
     # when older versions become reverse deltas: "background" (a thread of the
     # committing process, after the commit returns), "commit" (inside the commit) or
     # "manual" (only by repack / gc --repack)
