@@ -34,6 +34,9 @@ UNKNOWN_CODER_COST = 2.5
 MERGE_COST = 0.25  # per element: merging the planes (and applying a delta in place)
 CONTEXT_COST = 0.5  # per element: computing the context buckets of a context-coded record
 DIGEST_COST = 0.25  # per 4 bytes: the BLAKE3 check of the restored tensor
+# per stored record decoded, whatever its size: looking it up, fetching its frames and
+# handing chunks to threads (~50 us); it is what small tensors cost
+RECORD_COST = 25_000.0
 # a whole float32 tensor as commits store it: exponent plane rANS-coded, three raw planes
 WHOLE_COST_PER_ELEM = PLANE_COST["rans8"] + 3 * PLANE_COST["raw"] + MERGE_COST
 # what a reverse delta costs before it exists (a measured fine-tune delta: the top plane
@@ -76,7 +79,7 @@ def record_cost(rec: dict[str, Any]) -> float:
         total_n += cn
         for p, frame in enumerate(chunk["frames"][:width]):
             per_plane[p] += cn * PLANE_COST.get(frame[2], UNKNOWN_CODER_COST)
-    cost = sum(per_plane) + total_n * MERGE_COST * width / 4
+    cost = RECORD_COST + sum(per_plane) + total_n * MERGE_COST * width / 4
     if data.get("context") is not None or data.get("exponent_context") is not None:
         cost += total_n * CONTEXT_COST
     return cost
@@ -84,7 +87,7 @@ def record_cost(rec: dict[str, Any]) -> float:
 
 def whole_cost(rec: dict[str, Any]) -> float:
     """What restoring this tensor costs stored whole (the budget's reference)."""
-    return int(rec["nbytes"]) / 4 * (WHOLE_COST_PER_ELEM + DIGEST_COST)
+    return RECORD_COST + int(rec["nbytes"]) / 4 * (WHOLE_COST_PER_ELEM + DIGEST_COST)
 
 
 def estimate(manifest_of: Callable[[str], Manifest], vid: str) -> Estimate:

@@ -51,6 +51,25 @@ def over_budget(store: RepoStore, parent: Manifest, max_factor: float | None) ->
     return False
 
 
+def within_budget(store: RepoStore, new: Manifest, max_factor: float | None) -> bool:
+    """Whether switching version ``new.id`` to manifest ``new`` keeps it and every
+    version reading it within ``max_factor`` (estimated exactly: the new frames are
+    known). Predictions come before coding; this check comes after."""
+    if max_factor is None:
+        return True
+
+    def manifest_of(vid: str) -> Manifest:
+        return new if vid == new.id else store.manifest(vid)
+
+    for vid in {new.id} | leaning_on(store.catalog.dependents, new.id):
+        try:
+            if estimate(manifest_of, vid).factor > max_factor:
+                return False
+        except ModelHubError:
+            continue
+    return True
+
+
 def predicted_delta_costs(store: RepoStore, parent: Manifest, direct: set[str]) -> list[float]:
     """Per tensor of ``parent``: what its reverse delta will cost to decode, before it
     is coded — the cost of the delta an older version keeps against that tensor (the
@@ -184,14 +203,14 @@ class CommitJob:
         self.keyframe_interval = max(1, int(s["keyframe_interval"]))
         p = self.parent
         self.rewrite = p is not None and p.model == model
+        # by default a commit only stores the new version: repack (a background thread
+        # after the commit) re-encodes the parent, so the parent is not touched here
+        self.deferred = self.rewrite and s.get("repack", "background") != "commit"
         # keyframes sit at multiples of the interval: v1..vK-1 chain to vK (stored whole)
         # and, with a recreation budget, wherever turning the parent into a delta would
         # make some version's restore cost more than max_load_factor whole loads
-        # — and always unless the repository codes deltas at commit time: by default a
-        # commit only stores the new version, and repack (a background thread after
-        # the commit) re-encodes the parent
         self.keyframe = self.rewrite and (
-            s.get("repack", "background") != "commit"
+            self.deferred
             or p.number % self.keyframe_interval == 0
             or over_budget(store, p, s.get("max_load_factor"))
         )
@@ -247,7 +266,7 @@ class CommitJob:
                 prep.chunks = None  # written: drop the coded bytes now, not at the next tensor
                 records.append(rec)
                 pi = self.parent_paths.get(rec["path"])
-                if not self.rewrite or pi is None:
+                if not self.rewrite or self.deferred or pi is None:
                     continue
                 prec = p.tensors[pi]
                 if prec["digest"] == rec["digest"] and prec["dtype"] == rec["dtype"] and prec["shape"] == rec["shape"]:
@@ -266,9 +285,15 @@ class CommitJob:
                     del delta  # written: keep no coded bytes alive past their tensor
                     changed.add(pi)
             replaced: list[tuple[Manifest, Manifest]] = []
+            new_parent = None
             if self.rewrite and changed:
                 self._copy_unchanged(p, parent_recs, changed, parent_packs)
                 new_parent = Manifest(**{**p.__dict__, "tensors": parent_recs, "packs": parent_packs.commit()})
+                if not within_budget(self.store, new_parent, self.store.settings.get("max_load_factor")):
+                    for oid in new_parent.objects():  # salted packs no manifest names
+                        self.store.objects.delete(oid)
+                    new_parent = None  # the deltas came out costlier than predicted: stays whole
+            if new_parent is not None:
                 replaced.append((new_parent, p))
             else:
                 parent_packs.abort()

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from modelhub_torch.budget import estimate, leaning_on, record_cost
-from modelhub_torch.commit import copy_unchanged, over_budget
+from modelhub_torch.commit import copy_unchanged, over_budget, within_budget
 from modelhub_torch.errors import ModelHubError
 from modelhub_torch.manifest import Manifest
 from modelhub_torch.pas import codec
@@ -86,9 +86,11 @@ def _reverse_delta(store: RepoStore, reader: TensorReader, pid: str, cid: str, r
         return  # already a delta (or an archive's layout): not a whole version
     if p.number % max(1, int(store.settings["keyframe_interval"])) == 0:
         return  # a keyframe stays whole
-    if over_budget(store, p, store.settings.get("max_load_factor")):
+    # over the budget p stays whole, but tensors equal to the child's still become
+    # links (free to decode while the child is whole; the estimate counts them after)
+    links_only = over_budget(store, p, store.settings.get("max_load_factor"))
+    if links_only:
         report.over_budget.append(p.ref)
-        return
     dcfg = codec.RepoCodecs.from_settings(store.settings).delta
     child_at = {r["path"]: i for i, r in enumerate(c.tensors) if r["data"]["kind"] != "dropped"}
 
@@ -101,7 +103,10 @@ def _reverse_delta(store: RepoStore, reader: TensorReader, pid: str, cid: str, r
         if (crec["dtype"], crec["shape"]) != (prec["dtype"], prec["shape"]):
             return i, None, None
         if crec["digest"] == prec["digest"]:
-            return i, {"kind": "same", "version": c.id, "index": ci}, None
+            hv, hi = reader.resolve(c.id, ci)  # the child may link to this very record
+            return (i, None, None) if hv == p.id else (i, {"kind": "same", "version": hv, "index": hi}, None)
+        if links_only:
+            return i, None, None
         pbits = reader.decode(p.id, i)
         cbits = reader.decode(c.id, ci)
         width = pbits.itemsize
@@ -130,8 +135,15 @@ def _reverse_delta(store: RepoStore, reader: TensorReader, pid: str, cid: str, r
     except BaseException:
         packs.abort()
         raise
+    if not within_budget(store, new, store.settings.get("max_load_factor")):
+        # the deltas came out costlier than predicted: p stays as it is (gc reclaims
+        # the packs just written, which no manifest names)
+        for oid in new.objects():
+            store.objects.delete(oid)
+        report.over_budget.append(p.ref)
+        return
     switch(store, [(new, p)], [store.objects.put(new.to_bytes())], set())
-    report.deltas += 1
+    report.deltas += not links_only
 
 
 @dataclass
