@@ -87,6 +87,8 @@ def run(setup: str, workdir: Path, epochs: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     trainer.fit(DigitsCNN(), train, val)
     fit_s = time.perf_counter() - t0
+    if setup not in ("none", "ModelCheckpoint"):
+        Repository(target).wait()  # the last save's background repack, before bytes are counted
     saves = getattr(callbacks[0], "save_times", []) if callbacks else []
     return {
         "bytes": dir_bytes(target) if target.exists() else 0,

@@ -67,6 +67,7 @@ def train(repo_path: Path, epochs: int = 12, compare: bool | Path = False, seed:
         )
         trainer.fit(DigitsCNN(), train_dl, val_dl)
         files_bytes = dir_bytes(files_dir) if compare else None
+    repo.wait()  # the last commit's background repack, before its bytes are counted
     return {
         "repo": repo,
         "best": hub.best_model_ref,
