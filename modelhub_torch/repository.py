@@ -398,8 +398,7 @@ class Repository:
     def gc(self, dry_run: bool = False, repack: bool = False) -> dict[str, Any]:
         """Delete objects no kept version needs, temp files and orphan version refs that
         no kept version leans on; refuses (DamagedRepositoryError) while damaged.
-        ``repack=True`` first re-codes reverse deltas with their neighbour as context
-        where that is smaller and the recreation budget allows (see :meth:`repack`)."""
+        ``repack=True`` first does what commits defer (see :meth:`repack`)."""
         from modelhub_torch.maintenance import gc
 
         report: dict[str, Any] = {}
@@ -414,9 +413,11 @@ class Repository:
             return {**report, **gc(self.store, dry_run=dry_run)}
 
     def repack(self, models: list[str] | None = None) -> RepackReport:
-        """The coding commits leave out for speed: re-code plain reverse deltas with the
-        neighbouring delta as context where smaller, keeping every version within
-        ``max_load_factor``. Safe to interrupt; ``gc`` reclaims what it wrote."""
+        """The coding commits leave out for speed (a background thread does it after
+        each commit by default): versions still stored whole become reverse deltas of
+        their child, and plain deltas are re-coded with the neighbouring delta as
+        context where smaller — all keeping every version within ``max_load_factor``.
+        Safe to interrupt; ``gc`` reclaims what an interrupted repack wrote."""
         from modelhub_torch.repack import repack
 
         return repack(self.store, models)

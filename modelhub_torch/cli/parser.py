@@ -152,5 +152,6 @@ def build_parser() -> argparse.ArgumentParser:
     c = cmd("gc", "delete objects no version references")
     c.add_argument("--dry-run", action="store_true", help="only report what would go")
     c.add_argument("--repack", action="store_true",
-                   help="first re-code reverse deltas with their neighbour as context, within the budget")
+                   help="first do what commits defer: whole parents become reverse deltas, plain deltas "
+                        "take their neighbour as context, all within the recreation budget")
     return p
