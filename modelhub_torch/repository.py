@@ -400,15 +400,13 @@ class Repository:
         no kept version leans on; refuses (DamagedRepositoryError) while damaged.
         ``repack=True`` first does what commits defer (see :meth:`repack`)."""
         from modelhub_torch.maintenance import gc
+        from modelhub_torch.repack import RepackReport
 
         report: dict[str, Any] = {}
-        if repack and not dry_run:
-            r = self.repack()
+        if repack:
+            r = self.repack() if not dry_run else RepackReport()
             report = {"repacked_deltas": r.deltas, "repacked_versions": r.versions, "repacked_tensors": r.tensors,
                       "repack_bytes_before": r.bytes_before, "repack_bytes_after": r.bytes_after}
-        elif repack:
-            report = {"repacked_deltas": 0, "repacked_versions": 0, "repacked_tensors": 0,
-                      "repack_bytes_before": 0, "repack_bytes_after": 0}
         with self.store.writes("gc"):
             return {**report, **gc(self.store, dry_run=dry_run)}
 

@@ -321,17 +321,23 @@ def test_slowly_changing_model_versions(repo):
     assert sum(stats["planes"].values()) <= stats["stored_bytes"]
 
 
+def _commit_trained(repo, steps: int, versions: int = 5) -> list[dict]:
+    """Commit ``versions`` state dicts of an MLP trained ``steps`` Adam steps apart."""
+    model = _mlp(width=128, hidden=256)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    states = []
+    for n in range(versions):
+        _train(model, opt, steps, n)
+        states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        repo.commit(states[-1], "m")
+    return states
+
+
 def test_unbounded_budget_keeps_one_delta_chain(tmp_path):
     """max_load_factor=None: every older version is a delta (keyframes only at
     multiples of keyframe_interval=16), the smallest storage."""
     repo = Repository.init(tmp_path / "r", max_load_factor=None)
-    model = _mlp(width=128, hidden=256)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    states = []
-    for n in range(5):
-        _train(model, opt, 3, n)
-        states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
-        repo.commit(states[-1], "m")
+    states = _commit_trained(repo, steps=3)
     versions = repo.versions("m")
     last = versions[-1].stored_bytes
     assert all(v.stored_bytes < 0.8 * last for v in versions[:-1]), versions
@@ -343,13 +349,7 @@ def test_unbounded_budget_keeps_one_delta_chain(tmp_path):
 
 def test_keyframe_interval_bounds_delta_chains(tmp_path):
     repo = Repository.init(tmp_path / "r", keyframe_interval=2, max_load_factor=None)
-    model = _mlp(width=128, hidden=256)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    states = []
-    for n in range(5):
-        _train(model, opt, 1, n)
-        states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
-        repo.commit(states[-1], "m")
+    states = _commit_trained(repo, steps=1)
     sizes = [v.stored_bytes for v in repo.versions("m")]
     whole = sizes[-1]
     is_delta = [size < 0.8 * whole for size in sizes[:-1]]

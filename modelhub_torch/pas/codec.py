@@ -228,7 +228,7 @@ class ContextBuckets:
         return ContextBuckets(self.values[item])
 
 
-Context = "np.ndarray | ExponentContext | ContextBuckets"  # what conditions a delta's coding
+Context = np.ndarray | ExponentContext | ContextBuckets  # what conditions a delta's coding
 
 
 def context_buckets(base: np.ndarray, context: np.ndarray) -> ContextBuckets:
@@ -236,7 +236,7 @@ def context_buckets(base: np.ndarray, context: np.ndarray) -> ContextBuckets:
     return ContextBuckets(_context(base, context))
 
 
-def _context(base: np.ndarray, context: np.ndarray | ExponentContext | ContextBuckets) -> np.ndarray:
+def _context(base: np.ndarray, context: Context) -> np.ndarray:
     """Per-element context bucket of a delta: the size of the neighbouring delta
     ``base - context``, or the base's exponent (:class:`ExponentContext`)."""
     from modelhub_torch.kernels import rans_ctx
