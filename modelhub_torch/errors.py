@@ -89,3 +89,13 @@ class DamagedRepositoryError(ModelHubError):
 class ModelHubWarning(UserWarning):
     """Something was repaired or skipped on the way (a damaged index rebuilt, a damaged
     version left out of a listing); the command itself went on."""
+
+
+class DivergedError(ModelHubError, ValueError):
+    """A push or pull found ``model@vN`` (or an alias) holding different versions on
+    the two sides: histories diverged, and nothing of that transfer was written."""
+
+
+class PartialVersionError(ModelHubError, IOError):
+    """A version pulled with only its top byte planes was read in full, and the
+    repository it came from cannot supply the rest."""

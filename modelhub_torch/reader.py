@@ -15,7 +15,13 @@ from typing import Any
 import blake3
 import numpy as np
 
-from modelhub_torch.errors import CorruptObjectError, FormatError, ModelHubError, ModelHubWarning
+from modelhub_torch.errors import (
+    CorruptObjectError,
+    FormatError,
+    ModelHubError,
+    ModelHubWarning,
+    PartialVersionError,
+)
 from modelhub_torch.manifest import DROPPED, Manifest
 from modelhub_torch.pas import codec
 from modelhub_torch.pas.dtypes import uint_dtype
@@ -78,6 +84,9 @@ class TensorReader:
         self.bytes_read = 0
         self._seen_versions: set[str] = set()
         self.mapped = MappedObjects()  # the packs this reader reads, mapped once
+        # fetches the planes a partially pulled version lacks (sync/complete.py); None:
+        # reading them raises PartialVersionError
+        self.complete: Callable[[str], bool] | None = None
 
     def record(self, vid: str, idx: int) -> dict[str, Any]:
         self._seen_versions.add(vid)
@@ -241,6 +250,9 @@ class TensorReader:
             planes = None
             context = codec.ExponentContext.from_json(data["exponent_context"])
         m = self.manifest_of(vid)
+        cut = data.get("cold_from")
+        if cut is not None and m.extra.get("partial") and (planes is None or planes > int(cut)):
+            self._complete(m)
         in_place = (
             data.get("base") is not None and planes is None and context is None and transform is None
             and _applies_in_place(cfg, out_dtype, data["chunks"])
@@ -267,6 +279,20 @@ class TensorReader:
         if transform is not None:
             return lossy_values(out, transform, rec["dtype"])
         return out
+
+    def _complete(self, m: Manifest) -> None:
+        """A partial version's missing planes are wanted: fetch the version in full,
+        then decode again from its new manifest (the retry loop re-reads manifests)."""
+        if self.complete is None:
+            partial = m.extra["partial"]
+            raise PartialVersionError(
+                f"{m.ref} holds only its top {partial.get('planes')} byte planes here (pulled from "
+                f"{partial.get('source')}); open it through Repository (which fetches the rest), or "
+                f"'modelhub pull {partial.get('source')} {m.ref}'"
+            )
+        self.complete(m.id)
+        self.invalidate(m.id)
+        raise CorruptObjectError(f"{m.ref} was completed while being read; reading it again")
 
     def fetch(
         self, m: Manifest, chunks: Sequence[dict[str, Any]], planes: int | None, cold_from: int | None = None
@@ -305,7 +331,9 @@ POOL_MIN_BYTES = 1 << 20
 
 def open_reader(store: RepoStore, cache_bytes: int = 1 << 30) -> TensorReader:
     """A fresh decoder over a repository's store (its base cache lives as long as it does)."""
-    return TensorReader(store.objects, store.cached_manifest, store.invalidate, cache_bytes)
+    reader = TensorReader(store.objects, store.cached_manifest, store.invalidate, cache_bytes)
+    reader.complete = getattr(store, "complete_partial", None)
+    return reader
 
 
 def load_version(store: RepoStore, vid: str, map_location: Any = None, weights_only: bool = True,

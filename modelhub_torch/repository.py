@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from modelhub_torch.inspection import VersionContents
     from modelhub_torch.reader import TensorReader
     from modelhub_torch.repack import RepackReport
+    from modelhub_torch.sync.report import SyncReport
 
 __all__ = ["MIN_ID_PREFIX", "Problem", "Repository", "Version"]
 
@@ -59,6 +60,12 @@ class Repository:
 
     def __init__(self, path_or_url: str | Any):
         self._store = open_store(path_or_url)
+        self._store.complete_partial = self._complete_partial
+
+    def _complete_partial(self, vid: str) -> bool:
+        from modelhub_torch.sync.complete import complete_version
+
+        return complete_version(self._store, vid)
 
     @property
     def store(self) -> RepoStore:
@@ -419,3 +426,82 @@ class Repository:
         from modelhub_torch.repack import repack
 
         return repack(self.store, models)
+
+    # -------------------------------------------------------------------- sync
+    def push(self, remote: str | Any | Repository, refs: Iterable[str] | None = None, *,
+             progress: bool = False) -> SyncReport:
+        """Send the versions ``refs`` names (model names, ``m@v3``, ``m@best``; default:
+        everything) to another repository — a path, an fsspec URL or a Repository —
+        moving only what it lacks, as deltas against versions it holds. Aliases follow
+        when they only move forward; a divergence raises DivergedError, nothing written."""
+        from modelhub_torch.sync.transfer import transfer
+
+        dst = _other_store(remote, like=self.store)
+        report = transfer(self.store, dst, _refs(refs), progress=progress)
+        _after_receive(dst, report)
+        return report
+
+    def pull(self, remote: str | Any | Repository, refs: Iterable[str] | None = None, *,
+             planes: int | None = None, progress: bool = False) -> SyncReport:
+        """Fetch versions from another repository (see :meth:`push`). ``planes=K`` fetches
+        only the top K byte planes of each float tensor: enough for progressive
+        inference; a full load fetches the rest from ``remote`` when first needed."""
+        from modelhub_torch.sync.transfer import transfer
+
+        report = transfer(_other_store(remote), self.store, _refs(refs), planes=planes, progress=progress)
+        _after_receive(self.store, report)
+        return report
+
+    @classmethod
+    def clone(cls, src: str | Any | Repository, dst: str | Any, refs: Iterable[str] | None = None, *,
+              planes: int | None = None, progress: bool = False) -> Repository:
+        """A new repository at ``dst`` with the source's settings and its versions
+        (those ``refs`` names; all by default). Refuses an existing repository at ``dst``."""
+        from modelhub_torch.errors import RepositoryExistsError
+
+        source = _other_store(src)
+        if Location(dst).exists(CONFIG_FILE):
+            raise RepositoryExistsError(f"a modelhub repository already exists at {dst}; use pull to add versions to it")
+        repo = cls.init(dst, **_settings_of(source))
+        repo.last_sync = repo.pull(source, refs, planes=planes, progress=progress)
+        return repo
+
+    def complete(self, ref: str | Version) -> bool:
+        """Fetch the planes a version pulled with ``planes=K`` lacks from the repository it
+        came from (loads do this by themselves); False when it was complete."""
+        from modelhub_torch.sync.complete import complete_version
+
+        return complete_version(self.store, self.resolve(ref))
+
+
+def _other_store(remote: Any, like: RepoStore | None = None) -> RepoStore:
+    """The store of a transfer's other side: a Repository, a RepoStore, a path or URL.
+    ``like``: a push creates a missing destination with the sender's settings."""
+    if isinstance(remote, Repository):
+        return remote.store
+    if isinstance(remote, RepoStore):
+        return remote
+    if like is not None and not Location(remote).exists(CONFIG_FILE):
+        return Repository.init(remote, **_settings_of(like)).store
+    return Repository(remote).store
+
+
+def _settings_of(store: RepoStore) -> dict[str, Any]:
+    """Settings a copy of a repository starts with: its codecs and policies (not its
+    cold tier, a location of its own, nor the features its versions happen to use)."""
+    return {k: v for k, v in store.settings.items() if k in DEFAULT_SETTINGS and k not in ("cold", "features")}
+
+
+def _refs(refs: Iterable[str] | None) -> list[str] | None:
+    if refs is None or isinstance(refs, str):
+        return [refs] if isinstance(refs, str) else None
+    return list(refs) or None
+
+
+def _after_receive(store: RepoStore, report: SyncReport) -> None:
+    """Received versions get the destination's background repack, like commits."""
+    models = sorted({ref.split("@", 1)[0] for ref in report.versions})
+    if models and store.settings.get("repack", "background") == "background":
+        from modelhub_torch.background import schedule
+
+        schedule(store, models)

@@ -47,11 +47,13 @@ DEFAULT_SETTINGS: dict[str, Any] = {
 # Format features: parts of format 1 a reader must know to read a repository's objects
 # (FORMAT.md, "Features"). modelhub.json's optional "features" names those its versions
 # use; a reader refuses one it does not know before it reads a byte of data.
-KNOWN_FEATURES = ("rans0", "rans8", "rans_ctx", "exponent_context", "cold_packs", "lossy", "dropped", "views")
+KNOWN_FEATURES = (
+    "rans0", "rans8", "rans_ctx", "exponent_context", "cold_packs", "lossy", "dropped", "views", "partial",
+)
 # what a repository without "features" may use: everything format 1 had when the
 # setting was introduced (so existing repositories open unchanged); a feature added
 # since is always named once a version uses it
-BASELINE_FEATURES = frozenset(KNOWN_FEATURES) - {"views"}
+BASELINE_FEATURES = frozenset(KNOWN_FEATURES) - {"views", "partial"}
 FEATURES_KEY = "features"
 
 # bounds of the codec fields a settings file may choose
@@ -177,6 +179,9 @@ def manifest_features(manifest: Any) -> frozenset[str]:
     used.update(c.feature for c in PLANE_CODERS if c.id in coders and c.feature)
     if any(cold_packs):
         used.add("cold_packs")
+    extra = manifest.get("extra", {}) if isinstance(manifest, Mapping) else manifest.extra
+    if isinstance(extra, Mapping) and extra.get("partial"):
+        used.add("partial")
     return frozenset(used)
 
 

@@ -67,6 +67,9 @@ class RepoStore:
         # reported once as a warning; 'modelhub verify' says more
         self.damaged: dict[str, str] = {}
         self.catalog = Catalog(catalog_path(self.loc), on_reset=self.sync_index)
+        # fetches the rest of a version pulled with only its top planes (set by the
+        # facade to sync/complete.py; readers raise PartialVersionError without it)
+        self.complete_partial: Any = None
 
     @staticmethod
     def create(path_or_url: str | Any, settings: dict[str, Any]) -> None:

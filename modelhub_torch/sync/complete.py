@@ -1,0 +1,50 @@
+"""Finishing a version pulled with only its top byte planes (``pull --planes K``).
+
+A partial version names the repository it came from. Progressive inference reads the
+planes it has; anything that needs every bit (``load``, export, a full decode in
+progressive's ambiguous case) first fetches the version in full from that source — a
+pull of that one version, thin against what this repository holds complete — which
+switches it to a complete manifest under the same id and number. The source is
+reached by version id, not by object names: its layout may have been re-encoded
+(repack, archive) since, and version ids never change.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from modelhub_torch.errors import ModelHubError, PartialVersionError
+from modelhub_torch.store.repo import RepoStore
+
+_LOCK = threading.Lock()  # one completion at a time per process (a load decodes on a pool)
+
+
+def complete_version(dst: RepoStore, vid: str) -> bool:
+    """Fetch the rest of partial version ``vid`` from its source; False when it is
+    complete already. Raises PartialVersionError when the source cannot supply it."""
+    from modelhub_torch.publish import open_store
+    from modelhub_torch.sync.transfer import transfer
+
+    with _LOCK:
+        dst.invalidate(vid)
+        m = dst.manifest(vid)
+        partial = m.extra.get("partial")
+        if not partial:
+            return False
+        source = str(partial.get("source", ""))
+        planes = partial.get("planes")
+        try:
+            src = open_store(source)
+            if src.refs.manifest_of(vid) is None:
+                raise ModelHubError(f"{source} no longer holds {m.ref}")
+            transfer(src, dst, [vid])
+        except PartialVersionError:
+            raise
+        except (ModelHubError, OSError) as exc:
+            raise PartialVersionError(
+                f"{m.ref} was pulled with only its top {planes} byte planes from {source}, and the rest "
+                f"cannot be fetched from there ({exc}). Progressive inference still works on it; for a full "
+                f"load pull it again from a repository that holds it ('modelhub pull SOURCE {m.ref}')"
+            ) from exc
+        dst.invalidate(vid)
+        return True

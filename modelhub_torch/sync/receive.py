@@ -1,0 +1,121 @@
+"""The receiver's side of a transfer: check a thin version, fit it to this repository's
+layout, publish it under its own id and number.
+
+Nothing becomes visible before it was checked: every tensor of a complete version is
+decoded against the bases this repository holds and compared with its digest (objects
+were hashed as they were written). The thin encoding is kept where the recreation
+budget allows it (a forward delta against a parent stored whole restores in about two
+whole loads); otherwise the version is re-encoded whole, as a commit would store it,
+and the background repack re-encodes its parent later. The numbered ref is the commit
+point, written last; a version pulled partially and later in full switches manifests
+under the same id and number.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modelhub_torch.commit import within_budget
+from modelhub_torch.errors import DivergedError
+from modelhub_torch.manifest import DROPPED, Manifest
+from modelhub_torch.pas.codec import RepoCodecs
+from modelhub_torch.reader import TensorReader
+from modelhub_torch.store.repo import RepoStore
+from modelhub_torch.writer import PackSet, encode_all
+
+
+def receive(dst: RepoStore, wire: Manifest) -> Manifest:
+    """Check ``wire`` (its packs already in ``dst``), fit it to the layout and publish
+    it; returns the manifest stored. Call with ``dst``'s lock held."""
+    partial = bool(wire.extra.get("partial"))
+    stored = wire
+    if partial or within_budget(dst, wire, dst.settings.get("max_load_factor")):
+        _check(dst, wire, partial)
+    else:
+        stored = _whole(dst, wire)
+        for oid in wire.objects():
+            dst.objects.delete(oid)
+    _publish(dst, stored)
+    return stored
+
+
+def _reader(dst: RepoStore, wire: Manifest) -> TensorReader:
+    """A decoder that sees ``wire`` as the manifest of its version (not published yet)."""
+
+    def manifest_of(vid: str) -> Manifest:
+        return wire if vid == wire.id else dst.cached_manifest(vid)
+
+    return TensorReader(dst.objects, manifest_of, dst.invalidate, cache_bytes=0)
+
+
+def _check(dst: RepoStore, wire: Manifest, partial: bool) -> None:
+    """Decode every complete tensor and compare it with its digest (raises on a
+    mismatch: the caller deletes what it wrote)."""
+    reader = _reader(dst, wire)
+    for i, rec in enumerate(wire.tensors):
+        if rec["data"]["kind"] == DROPPED:
+            continue
+        if partial and _cut(reader, wire.id, i):
+            continue
+        reader.decode(wire.id, i)
+
+
+def _cut(reader: TensorReader, vid: str, i: int) -> bool:
+    """Whether tensor ``i`` of ``vid`` (after links, down its chain of bases) lacks
+    planes in this repository."""
+    hv, hi = reader.resolve(vid, i)
+    m = reader.manifest_of(hv)
+    data = m.tensors[hi]["data"]
+    if m.extra.get("partial") and data.get("cold_from") is not None:
+        return True
+    base = data.get("base")
+    return base is not None and _cut(reader, base["version"], int(base["index"]))
+
+
+def _whole(dst: RepoStore, wire: Manifest) -> Manifest:
+    """``wire`` re-encoded with every tensor it carries stored whole (links kept)."""
+    reader = _reader(dst, wire)
+    codecs = RepoCodecs.from_settings(dst.settings)
+    packs = PackSet(dst.objects)
+    records: list[dict[str, Any]] = []
+    try:
+        for i, rec in enumerate(wire.tensors):
+            data = rec["data"]
+            if data["kind"] != "planes":
+                records.append(rec)
+                continue
+            bits = reader.decode(wire.id, i)
+            cfg = codecs.materialize.for_dtype(rec["dtype"], bits.itemsize, exp_first=codecs.exp_first)
+            chunks = encode_all(bits, None, cfg)
+            del bits
+            records.append({**rec, "data": {"kind": "planes", "codec": cfg.to_json(), "base": None,
+                                            "chunks": packs.add(chunks)}})
+        return Manifest(**{**wire.__dict__, "tensors": records, "packs": packs.commit(), "cold_packs": []})
+    except BaseException:
+        packs.abort()
+        raise
+
+
+def _publish(dst: RepoStore, m: Manifest) -> None:
+    """Manifest, then the version's manifest ref, then its numbered ref (the commit
+    point; refused when another version took that number meanwhile)."""
+    there = dst.refs.version_at_or_none(m.model, m.number)
+    if there is not None and there != m.id:
+        raise DivergedError(
+            f"{m.ref} became another version ({there[:12]}) in {dst.url} during the transfer; "
+            "nothing of it was published — see 'modelhub list' there and retry"
+        )
+    dst.record_features([m])
+    old_moid = dst.refs.manifest_of(m.id)
+    old = dst.manifest(m.id) if old_moid else None
+    moid = dst.objects.put(m.to_bytes())
+    dst.refs.set_manifest(m.id, moid)
+    dst.invalidate(m.id)
+    if there is None:
+        dst.refs.set_number(m.model, m.number, m.id)
+    dst.index(m.id, slot=(m.model, m.number))
+    if old is not None:  # a partial version completed: its planes-only packs go
+        keep = {moid, *m.objects()}
+        for oid in [*old.objects(), old_moid]:
+            if oid not in keep and not (dst.catalog.object_users(oid) - {m.id}):
+                dst.objects.delete(oid)
