@@ -385,6 +385,8 @@ class CommitJob:
             return None
         if self.rewrite and hv == self.parent_vid:
             return None
+        if self.reader.manifest_of(hv).partial:
+            return None  # its low planes are held by another repository
         if hrec["data"].get("base") is not None or hrec["dtype"] != rec["dtype"] or hrec["shape"] != rec["shape"]:
             return None
         if hrec["digest"] != rec["digest"]:

@@ -218,7 +218,7 @@ def _scan_objects(store: RepoStore, s: Scan) -> None:
         m = s.manifests.get(vid)
         if m is None:
             continue
-        for oid in sorted(m.objects()):
+        for oid in sorted(m.local_objects()):
             if not store.objects.exists(oid):
                 s.problems.append(_problem("missing-object", oid, f"{s.live.get(vid, m.ref)} needs it",
                                            action=REPAIR))
@@ -249,7 +249,7 @@ def verify(store: RepoStore, rebuild_index: bool = False, repair: bool = False,
     for vid in s.kept():
         if vid in s.manifests:
             referenced[s.manifest_oids[vid]] = s.live.get(vid, vid)
-            for oid in s.manifests[vid].objects():
+            for oid in s.manifests[vid].local_objects():
                 referenced.setdefault(oid, s.live.get(vid, vid))
     for oid in tqdm(sorted(referenced), desc="objects", disable=not progress, unit="obj"):
         if store.objects.exists(oid) and not store.objects.check(oid):
@@ -270,6 +270,7 @@ def _decode_all(store: RepoStore, s: Scan, progress: bool) -> list[Problem]:
 
     out = []
     reader = open_reader(store)
+    reader.complete = None  # verify checks what is here: it never fetches missing planes
 
     def newest_first(kv: tuple[str, str]) -> tuple[str, int]:
         model, _, n = kv[1].rpartition("@v")
@@ -280,7 +281,7 @@ def _decode_all(store: RepoStore, s: Scan, progress: bool) -> list[Problem]:
         try:
             m = s.manifests[vid]
             for i, rec in enumerate(m.tensors):
-                if rec["data"]["kind"] != DROPPED:
+                if rec["data"]["kind"] != DROPPED and not reader.lacks_planes(vid, i):
                     reader.decode(vid, i)
         except ModelHubError as exc:
             out.append(_problem("undecodable-version", ref, str(exc), action=REPAIR))

@@ -74,6 +74,16 @@ class Manifest:
         """The pack objects this manifest references (both tiers)."""
         return {oid for oid in (*self.packs, *self.cold_packs) if oid}
 
+    @property
+    def partial(self) -> bool:
+        """Pulled with only its top byte planes (``pull --planes K``): the frames of its
+        lower planes are named in ``cold_packs`` but held by the source, not here."""
+        return bool(self.extra.get("partial"))
+
+    def local_objects(self) -> set[str]:
+        """The objects this repository must hold for this manifest."""
+        return {oid for oid in self.packs if oid} if self.partial else self.objects()
+
     def cold_bytes(self) -> int:
         """Bytes of this manifest's frames that live in the cold tier."""
         total = 0

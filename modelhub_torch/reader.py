@@ -108,6 +108,17 @@ class TensorReader:
             seen.add((vid, idx))
             vid, idx = data["version"], int(data["index"])
 
+    def lacks_planes(self, vid: str, idx: int) -> bool:
+        """Whether a tensor (after links, down its chain of bases) has planes this
+        repository does not hold: it belongs to a version pulled with ``planes=K``."""
+        hv, hi = self.resolve(vid, idx)
+        m = self.manifest_of(hv)
+        data = m.tensors[hi]["data"]
+        if m.extra.get("partial") and data.get("cold_from") is not None:
+            return True
+        base = data.get("base")
+        return base is not None and self.lacks_planes(base["version"], int(base["index"]))
+
     def decode(self, vid: str, idx: int, planes: int | None = None, owned: bool = False) -> np.ndarray:
         """Flat uint array of one tensor's bits (all planes unless ``planes`` given),
         checked against its digest when all planes are asked for. ``owned`` (a delta's

@@ -80,8 +80,10 @@ def repack(store: RepoStore, models: list[str] | None = None, newest: int | None
 def _reverse_delta(store: RepoStore, reader: TensorReader, pid: str, cid: str, report: RepackReport) -> None:
     """Re-encode version ``pid``, stored whole, as reverse deltas against its child."""
     p, c = store.manifest(pid), store.manifest(cid)
-    if c.parent != p.id or c.model != p.model or p.extra.get("lossy"):
+    if c.parent != p.id or c.model != p.model or p.extra.get("lossy") or p.partial or c.partial:
         return
+    if any(_links_to(r["data"], p.id) for r in c.tensors):
+        return  # the child leans on it (a version received as forward deltas): no cycle
     if any(r["data"]["kind"] == "planes" and r["data"].get("base") is not None for r in p.tensors):
         return  # already a delta (or an archive's layout): not a whole version
     if p.number % max(1, int(store.settings["keyframe_interval"])) == 0:
@@ -155,8 +157,17 @@ class _Candidate:
     saved: int
 
 
+def _links_to(data: dict[str, Any], vid: str) -> bool:
+    """Whether a record's data reads version ``vid`` (a link, a base or a context)."""
+    if data["kind"] == "same":
+        return data["version"] == vid
+    return any((data.get(k) or {}).get("version") == vid for k in ("base", "context"))
+
+
 def _repack_version(store: RepoStore, reader: TensorReader, vid: str, report: RepackReport) -> None:
     g = store.manifest(vid)
+    if g.partial:
+        return  # its lower planes are elsewhere: nothing here to re-code
     candidates = []
     for gi, grec in enumerate(g.tensors):
         cand = _recode(store, reader, g, gi, grec)

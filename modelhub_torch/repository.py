@@ -318,6 +318,14 @@ class Repository:
         """
         from modelhub_torch.archive import archive
 
+        partial = [r["model"] + "@v" + str(r["number"]) for r in self.catalog.rows()
+                   if self.store.manifest(r["id"]).partial]
+        if partial:
+            raise ModelHubError(
+                f"archive re-plans every version, but {', '.join(partial[:5])} hold only their top byte "
+                "planes here (pulled with planes=K); fetch the rest first (repo.complete(ref), or "
+                "'modelhub pull SOURCE REF' without --planes)"
+            )
         with self.store.writes("archive"):
             return archive(
                 self.store, alpha=alpha, scheme=scheme, algorithm=algorithm, lossy=lossy, cold=cold,
@@ -437,7 +445,7 @@ class Repository:
         from modelhub_torch.sync.transfer import transfer
 
         dst = _other_store(remote, like=self.store)
-        report = transfer(self.store, dst, _refs(refs), progress=progress)
+        report = transfer(self.store, dst, _refs(refs), progress=progress, local=self.store)
         _after_receive(dst, report)
         return report
 

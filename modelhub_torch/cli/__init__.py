@@ -24,6 +24,7 @@ from modelhub_torch.cli.files import cmd_commit, cmd_export, cmd_import
 from modelhub_torch.cli.manage import cmd_archive, cmd_copy, cmd_gc, cmd_init, cmd_tag, cmd_verify
 from modelhub_torch.cli.output import PROG, Output, error, warn
 from modelhub_torch.cli.parser import build_parser, default_repo
+from modelhub_torch.cli.sync import cmd_clone, cmd_pull, cmd_push
 from modelhub_torch.errors import ModelHubError
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Output], int]] = {
@@ -42,6 +43,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Output], int]] = {
     "verify": cmd_verify,
     "archive": cmd_archive,
     "gc": cmd_gc,
+    "push": cmd_push,
+    "pull": cmd_pull,
+    "clone": cmd_clone,
 }
 
 

@@ -149,6 +149,23 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--measure", action="store_true", help="load every version before and after, report load times")
     c.add_argument("--dry-run", action="store_true", help="plan and report without rewriting anything")
 
+    planes_help = ("fetch only the top K byte planes of each float tensor (enough for progressive inference; "
+                   "a full load fetches the rest from the source)")
+    c = cmd("push", "send versions to another repository (path or URL), only what it lacks")
+    c.add_argument("remote", metavar="REMOTE", help="destination repository (created when missing)")
+    c.add_argument("refs", nargs="*", metavar="REF", help="model names or versions (m, m@v3, m@best); default: all")
+
+    c = cmd("pull", "fetch versions from another repository (path or URL), only what is missing here")
+    c.add_argument("remote", metavar="REMOTE", help="source repository")
+    c.add_argument("refs", nargs="*", metavar="REF", help="model names or versions (m, m@v3, m@best); default: all")
+    c.add_argument("--planes", type=int, metavar="K", help=planes_help)
+
+    c = cmd("clone", "copy a repository (or some of its models and versions) to a new location")
+    c.add_argument("src", metavar="SRC", help="source repository (path or URL)")
+    c.add_argument("dst", metavar="DST", help="where the new repository goes")
+    c.add_argument("refs", nargs="*", metavar="REF", help="model names or versions (m, m@v3, m@best); default: all")
+    c.add_argument("--planes", type=int, metavar="K", help=planes_help)
+
     c = cmd("gc", "delete objects no version references")
     c.add_argument("--dry-run", action="store_true", help="only report what would go")
     c.add_argument("--repack", action="store_true",

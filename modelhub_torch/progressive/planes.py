@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from modelhub_torch.errors import CorruptObjectError, ModelHubError
+from modelhub_torch.errors import CorruptObjectError, ModelHubError, PartialVersionError
 from modelhub_torch.kernels.layout import from_exp_first_numpy
 from modelhub_torch.manifest import Manifest
 from modelhub_torch.pas import entropy
@@ -53,6 +53,7 @@ class StoredTensor:
     exact: np.ndarray | None = None  # all bits (non-separable tensors, or all planes read)
     # for a weight that is a view of the stored tensor: the stored elements it is made of
     gather: np.ndarray | None = None
+    slot: int = -1  # the record's index in the version being read (before links)
 
     @property
     def known(self) -> int:
@@ -97,7 +98,7 @@ class PlaneReader:
             gather = view_gather(node, rec["shape"])
             shape = tuple(rec["shape"]) if gather is None else tuple(node["size"])
             self.tensors[name] = StoredTensor(name, rec["dtype"], shape, width, hm, hi, rec,
-                                              separable, layout, delta, gather=gather)
+                                              separable, layout, delta, gather=gather, slot=node["$t"])
         self._raw: dict[tuple[str, int], list[np.ndarray]] = {}  # stored planes read, per record
         seen: set[tuple[str, int]] = set()
         self.bytes_full = sum(self._full_bytes(t.manifest.id, t.index, seen) for t in self.tensors.values())
@@ -129,7 +130,21 @@ class PlaneReader:
 
     # ---------------------------------------------------------------- reads
     def fetch(self, name: str, planes: int) -> None:
-        """Make at least ``planes`` planes of ``name`` known (reading only new frames)."""
+        """Make at least ``planes`` planes of ``name`` known (reading only new frames).
+        A version pulled with fewer planes than asked for is fetched in full from its
+        source first (the repository does that), then read exactly."""
+        try:
+            self._fetch(name, planes)
+        except (CorruptObjectError, PartialVersionError):
+            t = self.tensors[name]
+            if not (self.repo.manifest(self.vid).partial or t.manifest.partial):
+                raise
+            self.repo.complete(self.vid)
+            before = self.reader.bytes_read
+            t.exact = self.reader.decode(self.vid, t.slot)
+            self.bytes_read += self.reader.bytes_read - before
+
+    def _fetch(self, name: str, planes: int) -> None:
         t = self.tensors[name]
         if t.known >= planes:
             return

@@ -51,7 +51,8 @@ def select(src: RepoStore, refs: list[str] | None) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def plan(src: RepoStore, dst: RepoStore, refs: list[str] | None, planes: int | None) -> Plan:
+def plan(src: RepoStore, dst: RepoStore, refs: list[str] | None, planes: int | None,
+         last_tags: dict[str, str] | None = None) -> Plan:
     """Decide the transfer of ``refs`` from ``src`` to ``dst`` (see the module doc)."""
     state = Destination(dst)
     chosen = [src.manifest(v) for v in select(src, refs)]
@@ -88,7 +89,7 @@ def plan(src: RepoStore, dst: RepoStore, refs: list[str] | None, planes: int | N
             base = None  # the source no longer has it (pruned): travel whole
         result.wants.append(Want(m.id, m.model, m.number, base))
         sending.add(m.id)
-    result.tags = _tags(src, dst, {m.model for m in chosen}, sending | set(_ids(chosen, skipped)))
+    result.tags = _tags(src, dst, {m.model for m in chosen}, sending | set(_ids(chosen, skipped)), last_tags or {})
     return result
 
 
@@ -116,10 +117,14 @@ def _parents_first(manifests: list) -> list:
     return out
 
 
-def _tags(src: RepoStore, dst: RepoStore, models: set[str], present: set[str]) -> list[tuple[str, str, str]]:
-    """Aliases of the transferred models to set at the destination: new ones, and
-    moved ones whose destination target is an older version of the same model
-    (a fast-forward). An alias that points elsewhere on both sides is a divergence."""
+def _tags(src: RepoStore, dst: RepoStore, models: set[str], present: set[str],
+          last: dict[str, str]) -> list[tuple[str, str, str]]:
+    """Aliases of the transferred models to set at the destination, decided as git does
+    with remote-tracking refs: ``last`` holds each alias's value at the previous
+    transfer between these two repositories. An alias moved only at the source moves;
+    one moved only at the destination stays; one moved on both sides to different
+    versions is a divergence. Without a previous value, a new alias is created and an
+    existing one moves only forward (to a newer version of its model)."""
     out, diverged = [], []
     for model in sorted(models):
         theirs = dst.refs.tags(model)
@@ -127,12 +132,21 @@ def _tags(src: RepoStore, dst: RepoStore, models: set[str], present: set[str]) -
             if vid not in present and not dst.refs.manifest_of(vid):
                 continue  # it points at a version that does not travel
             there = theirs.get(alias)
-            if there == vid:
+            if there == vid or there is None:
+                if there is None:
+                    out.append((model, alias, vid))
                 continue
-            if there is not None and not _older(src, there, vid):
-                diverged.append(f"{model}@{alias} is {_name(src, vid)} in {src.url} but {_name(dst, there)} in {dst.url}")
+            before = last.get(f"{model}@{alias}")
+            if before is not None:
+                if before == vid:
+                    continue  # moved at the destination only: it stays
+                if before == there:
+                    out.append((model, alias, vid))
+                    continue
+            elif _older(src, there, vid):
+                out.append((model, alias, vid))
                 continue
-            out.append((model, alias, vid))
+            diverged.append(f"{model}@{alias} is {_name(src, vid)} in {src.url} but {_name(dst, there)} in {dst.url}")
     if diverged:
         raise DivergedError(
             "aliases moved on both sides, nothing was transferred: " + "; ".join(diverged[:5])

@@ -55,21 +55,9 @@ def _check(dst: RepoStore, wire: Manifest, partial: bool) -> None:
     for i, rec in enumerate(wire.tensors):
         if rec["data"]["kind"] == DROPPED:
             continue
-        if partial and _cut(reader, wire.id, i):
+        if partial and reader.lacks_planes(wire.id, i):
             continue
         reader.decode(wire.id, i)
-
-
-def _cut(reader: TensorReader, vid: str, i: int) -> bool:
-    """Whether tensor ``i`` of ``vid`` (after links, down its chain of bases) lacks
-    planes in this repository."""
-    hv, hi = reader.resolve(vid, i)
-    m = reader.manifest_of(hv)
-    data = m.tensors[hi]["data"]
-    if m.extra.get("partial") and data.get("cold_from") is not None:
-        return True
-    base = data.get("base")
-    return base is not None and _cut(reader, base["version"], int(base["index"]))
 
 
 def _whole(dst: RepoStore, wire: Manifest) -> Manifest:

@@ -20,6 +20,7 @@ from modelhub_torch.sync.negotiate import Destination, plan
 from modelhub_torch.sync.receive import receive
 from modelhub_torch.sync.report import SyncReport
 from modelhub_torch.sync.thin import encode_thin
+from modelhub_torch.sync.tracking import last_tags, remember_tags
 
 
 def transfer(
@@ -28,8 +29,11 @@ def transfer(
     refs: list[str] | None = None,
     planes: int | None = None,
     progress: bool = False,
+    local: RepoStore | None = None,
 ) -> SyncReport:
-    """Copy the versions ``refs`` names (default: all) from ``src`` to ``dst``."""
+    """Copy the versions ``refs`` names (default: all) from ``src`` to ``dst``.
+    ``local``: the side running the transfer (``src`` for a push, ``dst`` for a pull),
+    which remembers the aliases it saw on the other side (tracking.py)."""
     if planes is not None and (not isinstance(planes, int) or isinstance(planes, bool) or planes < 1):
         raise ModelHubError(f"planes must be a positive number of byte planes, got {planes!r}")
     if src.url == dst.url:
@@ -38,7 +42,9 @@ def transfer(
     report = SyncReport(source=src.url, destination=dst.url, planes=planes)
     src.sync_index()
     dst.sync_index()
-    todo = plan(src, dst, refs, planes)
+    local = local or dst
+    other = src if local is dst else dst
+    todo = plan(src, dst, refs, planes, last_tags(local, other.url))
     report.skipped = list(todo.skipped)
     reader = open_reader(src, cache_bytes=256 << 20)  # a parent decoded as base is reused as the next version
     state = Destination(dst)
@@ -71,6 +77,10 @@ def transfer(
                 for model, alias, vid in todo.tags:
                     dst.refs.set_tag(model, check_alias(alias), vid)
                     report.tags.append(f"{model}@{alias}")
+        seen = {f"{m}@{a}": v for m in {w.model for w in todo.wants} | {t[0] for t in todo.tags}
+                for a, v in src.refs.tags(m).items()}
+        if seen:
+            remember_tags(local, other.url, {**last_tags(local, other.url), **seen})
     finally:
         bar.close()
     report.seconds = time.perf_counter() - started
