@@ -131,7 +131,8 @@ def test_feature_fixture_holds_every_frame_kind(features_repo: Repository) -> No
                 if data["kind"] == "planes":
                     coders.update(f[2] for c in data["chunks"] for f in c["frames"])
     assert coders == set(PLANE_CODERS.ids()) == {"raw", "zstd", "rans0", "rans8", "rans_ctx"}
-    assert features == set(KNOWN_FEATURES) - {"views"}  # views came after this fixture (see below)
+    # views and partial came after this fixture (views: see below; partial: tests/test_sync.py)
+    assert features == set(KNOWN_FEATURES) - {"views", "partial"}
     assert forms == {"planes", "same", "dropped", "base", "context", "exponent_context", "lossy", "cold_from"}
     assert features_repo.manifest(features_repo.resolve("net@v1")).extra["lossy"] == ["quant:4"]
 
@@ -192,7 +193,7 @@ def test_features_setting_refuses_what_a_newer_version_wrote() -> None:
     base = {"format": 1}
     assert "features" not in validate_settings(base)  # absent: the format-1 baseline
     # the baseline: what format 1 had when the setting came; features added since are named
-    assert declared_features(validate_settings(base)) == BASELINE_FEATURES == frozenset(KNOWN_FEATURES) - {"views"}
+    assert declared_features(validate_settings(base)) == BASELINE_FEATURES == frozenset(KNOWN_FEATURES) - {"views", "partial"}
     assert declared_features(validate_settings({**base, "features": ["rans8"]})) == {"rans8"}
     with pytest.raises(NewerFormatError, match=r"features \['sparse_v2'\] .*newer modelhub_torch: upgrade"):
         validate_settings({**base, "features": ["rans8", "sparse_v2"]})

@@ -24,13 +24,21 @@ from modelhub_torch.store.repo import RepoStore
 from modelhub_torch.writer import PackSet, encode_all
 
 
-def receive(dst: RepoStore, wire: Manifest) -> Manifest:
+def fits(dst: RepoStore, wire: Manifest) -> bool:
+    """Whether ``dst``'s recreation budget takes ``wire`` as it is coded."""
+    return within_budget(dst, wire, dst.settings.get("max_load_factor"))
+
+
+def receive(dst: RepoStore, wire: Manifest, checked: bool = False) -> Manifest:
     """Check ``wire`` (its packs already in ``dst``), fit it to the layout and publish
-    it; returns the manifest stored. Call with ``dst``'s lock held."""
-    partial = bool(wire.extra.get("partial"))
+    it; returns the manifest stored. ``checked``: the sender decoded every frame it
+    wrote against the same bases in this process (sync/thin.py), so nothing is read
+    back. Call with ``dst``'s lock held."""
+    partial = wire.partial
     stored = wire
-    if partial or within_budget(dst, wire, dst.settings.get("max_load_factor")):
-        _check(dst, wire, partial)
+    if partial or checked or fits(dst, wire):  # a checked sender already chose thin or whole
+        if not checked:
+            _check(dst, wire, partial)
     else:
         stored = _whole(dst, wire)
         for oid in wire.objects():

@@ -23,8 +23,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import blake3
+import numpy as np
 
+from modelhub_torch.errors import CorruptObjectError
 from modelhub_torch.manifest import DROPPED, Manifest
+from modelhub_torch.pas import codec
 from modelhub_torch.pas.codec import CodecConfig, RepoCodecs
 from modelhub_torch.reader import TensorReader
 from modelhub_torch.store.repo import RepoStore
@@ -97,73 +100,110 @@ def encode_thin(
     base: str | None,
     linkable: Callable[[str], bool],
     planes: int | None = None,
+    fits: Callable[[Manifest], bool] | None = None,
 ) -> ThinVersion:
     """Encode version ``vid`` of ``src`` for ``dst``: deltas against ``base`` (a
     version ``dst`` holds), ``same`` links to tensors of versions ``linkable`` says
     ``dst`` holds, whole frames otherwise; only the top ``planes`` planes of float
-    tensors are written when ``planes`` is given."""
+    tensors are written when ``planes`` is given.
+
+    Every coded tensor is decoded again in memory and checked against its digest
+    before a byte is written. ``fits``: whether the destination's layout (its
+    recreation budget) takes the thin version; when it does not, the version is sent
+    whole instead, so nothing is written twice."""
     m = src.manifest(vid)
-    codecs = RepoCodecs.from_settings(dst.settings)
-    bm = src.manifest(base) if base is not None else None
-    base_at = {r["path"]: i for i, r in enumerate(bm.tensors) if r["data"]["kind"] != DROPPED} if bm else {}
+    coded = _code(src, reader, dst, m, base, linkable, planes, thin=True)
+    if base is not None and planes is None and fits is not None and not fits(_provisional(m, coded)):
+        coded = _code(src, reader, dst, m, None, linkable, planes, thin=False)
     packs = PackSet(dst.objects)
     hashed = HashedPackSet() if planes is not None else None
-    records: list[dict[str, Any]] = []
-    seen: dict[tuple, int] = {}
-    any_partial = False
+    records = []
     try:
-        for i, rec in enumerate(m.tensors):
-            out = {k: v for k, v in rec.items() if k != "data"}
-            if rec["data"]["kind"] == DROPPED:
-                records.append({**out, "data": dict(rec["data"])})
-                continue
-            key = (rec["digest"], rec["dtype"], tuple(rec["shape"]))
-            link = _link(reader, vid, i, rec, bm, base_at, linkable)
-            if link is None and key in seen:
-                link = {"kind": "same", "version": vid, "index": seen[key]}
-            if link is not None:
-                records.append({**out, "data": link})
-                continue
-            seen[key] = i
-            bits = reader.decode(vid, i)
-            width = bits.itemsize
-            bi = base_at.get(rec["path"])
-            brec = bm.tensors[bi] if bi is not None else None
-            cut = planes is not None and rec["dtype"] in FLOATS
-            whole_cfg = codecs.materialize.for_dtype(rec["dtype"], width, exp_first=codecs.exp_first)
-            if cut:  # plane-separable deltas: 1-byte lanes, no regrouped planes
-                delta_cfg = CodecConfig("sub", 1, 8, codecs.delta.level, codecs.delta.chunk_elems)
-                if whole_cfg.group_from < width:
-                    whole_cfg = CodecConfig("none", 1, 8, whole_cfg.level, whole_cfg.chunk_elems, whole_cfg.exp_bits)
-            else:
-                delta_cfg = codecs.delta.for_dtype(rec["dtype"], width)
-            chunks, data = encode_all(bits, None, whole_cfg), {"kind": "planes", "codec": whole_cfg.to_json(), "base": None}
-            keep = top_planes(rec["dtype"], whole_cfg, planes, width) if cut else width
-            if brec is not None and brec["dtype"] == rec["dtype"] and brec["shape"] == rec["shape"]:
-                delta = encode_all(bits, reader.decode(base, bi), delta_cfg)
-                if _sent_size(delta, planes if cut else width) < _sent_size(chunks, keep):
-                    chunks, keep = delta, (planes if cut else width)
-                    data = {"kind": "planes", "codec": delta_cfg.to_json(), "base": {"version": base, "index": bi}}
-            del bits
-            if cut and keep < width:
-                data["cold_from"] = keep
-                data["chunks"] = packs.add(chunks, hashed, keep)
-                any_partial = True
-            else:
-                data["chunks"] = packs.add(chunks)
-            records.append({**out, "data": data})
+        for rec, data, chunks, keep in coded:
+            if chunks is not None:
+                data = {**data, "chunks": packs.add(chunks, hashed, keep) if keep is not None else packs.add(chunks)}
+                if keep is not None:
+                    data["cold_from"] = keep
+            records.append({**rec, "data": data})
         written = [w for w in packs.writers if w is not None]
         sizes = sum(w.size for w in written)
         pack_ids = packs.commit()
-        cold = hashed.commit() if hashed is not None and any_partial else []
     except BaseException:
         packs.abort()
         raise
+    any_partial = any(keep is not None for *_, keep in coded)
+    cold = hashed.commit() if hashed is not None and any_partial else []
     extra = {k: v for k, v in m.extra.items() if k != "partial"}
     if any_partial:
         extra["partial"] = {"planes": planes, "source": src.url}
     wire = Manifest(**{**m.__dict__, "tensors": records, "packs": pack_ids, "cold_packs": cold, "extra": extra})
     return ThinVersion(wire, len(written), sizes, any_partial)
+
+
+Coded = list[tuple[dict[str, Any], dict[str, Any], list | None, int | None]]  # record, data, chunks, cold_from
+
+
+def _code(src: RepoStore, reader: TensorReader, dst: RepoStore, m: Manifest, base: str | None,
+          linkable: Callable[[str], bool], planes: int | None, thin: bool) -> Coded:
+    """Every tensor of ``m`` as a link or coded chunks (in memory, checked)."""
+    codecs = RepoCodecs.from_settings(dst.settings)
+    bm = src.manifest(base) if base is not None else None
+    base_at = {r["path"]: i for i, r in enumerate(bm.tensors) if r["data"]["kind"] != DROPPED} if bm else {}
+    out: Coded = []
+    seen: dict[tuple, int] = {}
+    for i, rec in enumerate(m.tensors):
+        meta = {k: v for k, v in rec.items() if k != "data"}
+        if rec["data"]["kind"] == DROPPED:
+            out.append((meta, dict(rec["data"]), None, None))
+            continue
+        key = (rec["digest"], rec["dtype"], tuple(rec["shape"]))
+        link = _link(reader, m.id, i, rec, bm, base_at, linkable)
+        if link is None and key in seen:
+            link = {"kind": "same", "version": m.id, "index": seen[key]}
+        if link is not None:
+            out.append((meta, link, None, None))
+            continue
+        seen[key] = i
+        bits = reader.decode(m.id, i)
+        width = bits.itemsize
+        cut = planes is not None and rec["dtype"] in FLOATS
+        whole_cfg = codecs.materialize.for_dtype(rec["dtype"], width, exp_first=codecs.exp_first)
+        if cut:  # plane-separable deltas: 1-byte lanes, no regrouped planes
+            delta_cfg = CodecConfig("sub", 1, 8, codecs.delta.level, codecs.delta.chunk_elems)
+            if whole_cfg.group_from < width:
+                whole_cfg = CodecConfig("none", 1, 8, whole_cfg.level, whole_cfg.chunk_elems, whole_cfg.exp_bits)
+        else:
+            delta_cfg = codecs.delta.for_dtype(rec["dtype"], width)
+        cfg, chunks, base_bits, link_to = whole_cfg, encode_all(bits, None, whole_cfg), None, None
+        keep = top_planes(rec["dtype"], whole_cfg, planes, width) if cut else width
+        bi = base_at.get(rec["path"])
+        brec = bm.tensors[bi] if bi is not None else None
+        if brec is not None and brec["dtype"] == rec["dtype"] and brec["shape"] == rec["shape"]:
+            bbits = reader.decode(base, bi)
+            delta = encode_all(bits, bbits, delta_cfg)
+            if _sent_size(delta, planes if cut else width) < _sent_size(chunks, keep):
+                cfg, chunks, base_bits, link_to = delta_cfg, delta, bbits, {"version": base, "index": bi}
+                keep = planes if cut else width
+        check = np.empty_like(bits)
+        codec.decode_tensor(chunks, check, base_bits, cfg, f"{m.ref} tensor {rec['path']!r} as sent")
+        if not np.array_equal(check, bits):
+            raise CorruptObjectError(f"{m.ref} tensor {rec['path']!r} does not decode to its bits as coded for sending")
+        del check, bits
+        data = {"kind": "planes", "codec": cfg.to_json(), "base": link_to}
+        out.append((meta, data, chunks, keep if cut and keep < width else None))
+    return out
+
+
+def _provisional(m: Manifest, coded: Coded) -> Manifest:
+    """The manifest ``coded`` would make, its frames named but not written (for the
+    destination's budget estimate, which reads frame sizes and coders only)."""
+    hashed = HashedPackSet()
+    records = []
+    for rec, data, chunks, _ in coded:
+        if chunks is not None:
+            data = {**data, "chunks": hashed.add(chunks)}
+        records.append({**rec, "data": data})
+    return Manifest(**{**m.__dict__, "tensors": records, "packs": hashed.commit(), "cold_packs": []})
 
 
 def _link(

@@ -17,7 +17,7 @@ from modelhub_torch.reader import open_reader
 from modelhub_torch.store.refs import check_alias
 from modelhub_torch.store.repo import RepoStore
 from modelhub_torch.sync.negotiate import Destination, plan
-from modelhub_torch.sync.receive import receive
+from modelhub_torch.sync.receive import fits, receive
 from modelhub_torch.sync.report import SyncReport
 from modelhub_torch.sync.thin import encode_thin
 from modelhub_torch.sync.tracking import last_tags, remember_tags
@@ -58,9 +58,10 @@ def transfer(
                 return vid in sent or (state.holds(vid) if planes is not None else state.complete(vid))
 
             with dst.lock, dst.writes(f"receiving {want.model}@v{want.number}"):
-                thin = encode_thin(src, reader, dst, want.vid, want.base, linkable, planes)
+                thin = encode_thin(src, reader, dst, want.vid, want.base, linkable, planes,
+                                   fits=lambda wire: fits(dst, wire))
                 try:
-                    stored = receive(dst, thin.manifest)
+                    stored = receive(dst, thin.manifest, checked=True)
                 except BaseException:
                     for oid in thin.manifest.objects():
                         dst.objects.delete(oid)
