@@ -42,6 +42,18 @@ def schedule(store: Any, models: list[str]) -> None:
             _worker.start()
 
 
+def repack_now(store: Any, models: list[str]) -> None:
+    """Run the repack a commit left out on the calling thread (``repack: "commit"`` on
+    a remote store, where commits never re-encode their parent themselves); a failure
+    is a warning: the version has landed."""
+    from modelhub_torch.repack import repack
+
+    try:
+        repack(store, models, newest=WINDOW)
+    except Exception as exc:
+        _warn_failed(store, models, exc)
+
+
 def wait(url: str) -> None:
     """Block until the repacks scheduled on repository ``url`` have run. A thread
     holding that repository's lock returns at once: no repack can be running then
@@ -74,6 +86,15 @@ def _register_exit_hook() -> None:
 _register_exit_hook()
 
 
+def _warn_failed(store: Any, models: list[str], exc: Exception) -> None:
+    warnings.warn(
+        f"repack of {', '.join(models)} in {store.url} failed ({exc}); the versions "
+        "stay loadable as committed; 'modelhub gc --repack' retries",
+        ModelHubWarning,
+        stacklevel=2,
+    )
+
+
 def _run() -> None:
     global _worker
     from modelhub_torch.repack import repack
@@ -88,12 +109,7 @@ def _run() -> None:
         try:
             repack(store, models, newest=WINDOW)
         except Exception as exc:  # a failed repack loses nothing: versions stay as committed
-            warnings.warn(
-                f"background repack of {', '.join(models)} in {store.url} failed ({exc}); the versions "
-                "stay loadable as committed; 'modelhub gc --repack' retries",
-                ModelHubWarning,
-                stacklevel=1,
-            )
+            _warn_failed(store, models, exc)
         finally:
             with _cond:
                 _pending[store.url] -= 1

@@ -94,6 +94,7 @@ def estimate(manifest_of: Callable[[str], Manifest], vid: str) -> Estimate:
     """Estimated restore cost of version ``vid``: every distinct record its tensors
     reach, once, plus one digest per tensor."""
     m = manifest_of(vid)
+    manifests = {vid: m}  # each manifest asked for once (a ref read each on a remote store)
     seen: set[tuple[str, int]] = set()
     reads: set[tuple[str, int]] = set()
     cost = whole = 0.0
@@ -109,7 +110,9 @@ def estimate(manifest_of: Callable[[str], Manifest], vid: str) -> Estimate:
         if key in seen:
             continue
         seen.add(key)
-        owner = m if key[0] == vid else manifest_of(key[0])
+        owner = manifests.get(key[0])
+        if owner is None:
+            owner = manifests[key[0]] = manifest_of(key[0])
         if not 0 <= key[1] < len(owner.tensors):
             continue  # damaged: the reader reports it; the estimate only skips it
         rec = owner.tensors[key[1]]

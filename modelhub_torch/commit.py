@@ -20,7 +20,7 @@ from modelhub_torch.manifest import DROPPED, Manifest
 from modelhub_torch.pas.codec import CodecConfig, RepoCodecs, shared_pool
 from modelhub_torch.pas.dtypes import dtype_name, tensor_bits
 from modelhub_torch.progress import byte_bar
-from modelhub_torch.publish import publish
+from modelhub_torch.publish import publish, publish_racing
 from modelhub_torch.reader import TensorReader, digest_bits, open_reader
 from modelhub_torch.records import Version
 from modelhub_torch.resolution import resolve
@@ -131,33 +131,60 @@ class CommitRequest:
 
 
 def commit_version(store: RepoStore, req: CommitRequest) -> Version:
-    """Number, encode and publish a new version (takes the store's lock)."""
+    """Number, encode and publish a new version (takes the store's lock).
+
+    Where that lock does not keep other processes out (remote stores), the number is
+    taken optimistically: the version is encoded without touching its parent (the
+    parent's re-encode is left to repack), so it does not depend on which version
+    turns out to precede it, and ``publish_racing`` claims the number by a
+    create-if-absent write, moving to the next free number when another writer was
+    first."""
     with store.lock, store.writes(f"commit to {req.model!r}"):
-        store.sync_index()  # deletions below trust the index to know every version
-        listed = store.refs.listed_numbers(req.model)
-        number = (listed[-1] if listed else 0) + 1
-        if req.expect_number is not None and number != req.expect_number:
-            why = (
-                f"another process committed to {req.model!r} meanwhile; give each run its own model name"
-                if number > req.expect_number
-                else f"an earlier commit meant as {req.model}@v{number} did not complete"
-            )
-            raise ModelHubError(
-                f"expected to commit {req.model}@v{req.expect_number} but the next version is "
-                f"{req.model}@v{number}: {why}"
-            )
+        # deletions below trust the index to know every version; one listing of refs
+        listed = store.sync_index().get(req.model, [])
+        number = _next_number(req, (listed[-1] if listed else 0) + 1)
         parent = resolve(store, req.parent) if req.parent is not None else None
         if parent is None and listed:
             parent = store.refs.version_at(req.model, listed[-1])
         created = _now()
         vid = _new_version_id(req.model, number, created)
-        job = CommitJob(store, req.flat, req.model, number, vid, parent, progress=req.progress)
+        racing = not store.lock.across_processes
+        job = CommitJob(store, req.flat, req.model, number, vid, parent, progress=req.progress, defer_parent=racing)
         manifest, replaced = job.run(req.metrics, req.hparams, req.message, created)
         if req.info:
             manifest.extra["info"] = req.info
         if req.graph:
             manifest.extra["graph"] = req.graph
+        if racing:
+            return publish_racing(store, manifest, lambda m: _renumber(store, req, m))
         return publish(store, manifest, replaced)
+
+
+def _next_number(req: CommitRequest, number: int) -> int:
+    """``number``, checked against the number the caller announced (``expect_number``)."""
+    if req.expect_number is not None and number != req.expect_number:
+        why = (
+            f"another process committed to {req.model!r} meanwhile; give each run its own model name"
+            if number > req.expect_number
+            else f"an earlier commit meant as {req.model}@v{number} did not complete"
+        )
+        raise ModelHubError(
+            f"expected to commit {req.model}@v{req.expect_number} but the next version is "
+            f"{req.model}@v{number}: {why}"
+        )
+    return number
+
+
+def _renumber(store: RepoStore, req: CommitRequest, m: Manifest) -> Manifest:
+    """``m`` moved past a number another writer took first: the next free number, and,
+    unless the caller named the parent, the version now before it as parent (the
+    encoding does not depend on the parent: see ``CommitJob.deferred``)."""
+    listed = store.refs.listed_numbers(req.model)
+    number = _next_number(req, max(listed[-1] if listed else 0, m.number) + 1)
+    parent = m.parent
+    if req.parent is None:
+        parent = store.refs.version_at_or_none(req.model, number - 1) or m.parent
+    return Manifest(**{**m.__dict__, "number": number, "parent": parent})
 
 
 def _now() -> str:
@@ -186,6 +213,7 @@ class CommitJob:
         vid: str,
         parent_vid: str | None,
         progress: bool = False,
+        defer_parent: bool = False,
     ):
         self.store = store
         self.flat = flat
@@ -204,8 +232,9 @@ class CommitJob:
         p = self.parent
         self.rewrite = p is not None and p.model == model
         # by default a commit only stores the new version: repack (a background thread
-        # after the commit) re-encodes the parent, so the parent is not touched here
-        self.deferred = self.rewrite and s.get("repack", "background") != "commit"
+        # after the commit) re-encodes the parent, so the parent is not touched here;
+        # always so where the number (and so the parent) is only known at publication
+        self.deferred = self.rewrite and (defer_parent or s.get("repack", "background") != "commit")
         # keyframes sit at multiples of the interval: v1..vK-1 chain to vK (stored whole)
         # and, with a recreation budget, wherever turning the parent into a delta would
         # make some version's restore cost more than max_load_factor whole loads

@@ -58,6 +58,11 @@ class LockTimeoutError(ModelHubError, TimeoutError):
     """Another process held the repository lock for too long."""
 
 
+class ConflictError(ModelHubError):
+    """A conditional write lost to another writer too often (a ref, a tag, the
+    settings), or a tag was not where the caller expected it: nothing was changed."""
+
+
 class ModelHubURLError(ModelHubError, ValueError):
     """A ``modelhub://`` URL without ``#<ref>`` or with a part fsspec would misread."""
 

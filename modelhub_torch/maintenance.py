@@ -34,6 +34,10 @@ QUARANTINE = "quarantine"
 # how long gc keeps an unlisted version that nothing leans on while its number is free
 # (git's gc.pruneExpire): a deleted ref can be restored ('verify --repair') until then
 ORPHAN_EXPIRY = _dt.timedelta(days=14)
+# on a location other processes write without a common lock, gc leaves alone what was
+# written this recently (git's rule for loose objects): objects and refs of a commit
+# or repack in flight look unreferenced until its refs land
+REMOTE_GC_GRACE = _dt.timedelta(hours=1)
 REPAIR = "run 'modelhub verify --repair'"
 
 
@@ -429,9 +433,21 @@ def _manifests_on_disk(store: RepoStore, s: Scan) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------------- gc
-def gc(store: RepoStore, dry_run: bool = False) -> dict[str, Any]:
+def gc(store: RepoStore, dry_run: bool = False, grace: _dt.timedelta | None = None) -> dict[str, Any]:
     """Delete objects no kept manifest needs, temp files and orphan refs no kept
-    version needs — and nothing at all while the repository is damaged."""
+    version needs — and nothing at all while the repository is damaged.
+
+    ``grace``: what was written more recently is kept even if nothing names it yet.
+    Default: none on a local disk (gc holds the lock every writer takes) and
+    ``REMOTE_GC_GRACE`` where other processes may be committing or repacking at the
+    same time (their new objects are unreferenced until their refs land)."""
+    if grace is None:
+        grace = _dt.timedelta(0) if store.lock.across_processes else REMOTE_GC_GRACE
+    cutoff = _dt.datetime.now(_dt.timezone.utc).timestamp() - grace.total_seconds()
+
+    def old(mtime: float | None) -> bool:  # unknown write times count as recent
+        return not grace or (mtime is not None and mtime < cutoff)
+
     with store.lock:
         s = scan(store)
         if s.damaged:
@@ -441,43 +457,54 @@ def gc(store: RepoStore, dry_run: bool = False) -> dict[str, Any]:
                 f"{first.kind} {first.subject}); run 'modelhub verify' to see them and "
                 "'modelhub verify --repair' to fix them, then gc"
             )
-        orphans = sorted(v for v in s.orphans - s.needed if _expired(s, v))
+        orphans = sorted(v for v in s.orphans - s.needed if _expired(s, v, grace))
         keep: set[str] = set()
         for vid in s.kept() | (s.orphans - set(orphans)):
             keep.add(s.manifest_oids[vid])
             keep.update(s.manifests[vid].objects())
         keep |= _quarantined_objects(store)
         removed = freed = 0
-        for oid in list(store.objects):
-            if oid not in keep:
+        for oid, mtime in list(store.objects.with_mtimes()):
+            if oid not in keep and old(mtime):
                 freed += store.objects.size(oid)
                 removed += 1
                 if not dry_run:
                     store.objects.delete(oid)
-        temps = _temp_files(store)
+        temps = [f"tmp/{t}" for t in _temp_files(store)]
+        if grace:  # another process's upload in flight may be there
+            temps = [rel for rel, mtime in store.loc.walk_mtimes("tmp") if old(mtime) and rel in temps]
         if not dry_run:
             for v in orphans:
                 store.refs.delete_version(v)
             for t in temps:
-                store.loc.delete(f"tmp/{t}")
+                store.loc.delete(t)
         return {"objects_removed": removed, "bytes_freed": freed, "orphan_refs": len(orphans),
                 "temp_files": len(temps)}
 
 
-def _expired(s: Scan, vid: str) -> bool:
-    """An unlisted version nothing leans on may go once another version took its number
-    (what a commit killed before its commit point leaves, once the next commit ran) or
-    once it is older than ORPHAN_EXPIRY; until then 'verify --repair' can restore it."""
-    m = s.manifests[vid]
-    if not repo_slot_free(s, m):
-        return True
+def _age(m: Manifest) -> _dt.timedelta | None:
     try:
         created = _dt.datetime.fromisoformat(m.created_at)
     except (TypeError, ValueError):
-        return False
+        return None
     if created.tzinfo is None:
         created = created.replace(tzinfo=_dt.timezone.utc)
-    return _dt.datetime.now(_dt.timezone.utc) - created > ORPHAN_EXPIRY
+    return _dt.datetime.now(_dt.timezone.utc) - created
+
+
+def _expired(s: Scan, vid: str, grace: _dt.timedelta = _dt.timedelta(0)) -> bool:
+    """An unlisted version nothing leans on may go once another version took its number
+    (what a commit killed before its commit point leaves, once the next commit ran) or
+    once it is older than ORPHAN_EXPIRY; until then 'verify --repair' can restore it.
+    Never within ``grace`` of its creation (a racing commit moving to the next number
+    leaves such a version for a moment)."""
+    m = s.manifests[vid]
+    age = _age(m)
+    if grace and (age is None or age < grace):
+        return False
+    if not repo_slot_free(s, m):
+        return True
+    return age is not None and age > ORPHAN_EXPIRY
 
 
 def _quarantined_objects(store: RepoStore) -> set[str]:

@@ -10,20 +10,23 @@ the journal in store/switch.py, which this module rolls forward when it finds on
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
+from typing import Any
 
-from modelhub_torch.errors import ModelHubError, ModelHubWarning
+from modelhub_torch.errors import ConflictError, ModelHubError, ModelHubWarning
 from modelhub_torch.manifest import Manifest
 from modelhub_torch.records import Version, decode_values
 from modelhub_torch.resumable import trainer_state
+from modelhub_torch.store.refs import CONFLICT_ATTEMPTS
 from modelhub_torch.store.repo import RepoStore
 from modelhub_torch.store.switch import clear_switch, read_switch
 
 Replaced = list[tuple[Manifest, Manifest]]  # (new manifest, old manifest) of re-encoded versions
 
 
-def open_store(path_or_url: object) -> RepoStore:
+def open_store(path_or_url: object, storage_options: dict[str, Any] | None = None) -> RepoStore:
     """Open a repository's store, finishing an archive a crash interrupted."""
-    store = RepoStore(path_or_url)
+    store = RepoStore(path_or_url, storage_options)
     finish_switch(store)
     store.sync_index()
     return store
@@ -33,14 +36,65 @@ def publish(store: RepoStore, m: Manifest, replaced: Replaced) -> Version:
     """Make the new version visible, then switch each re-encoded older version to its
     new manifest. Call with the store's lock held."""
     store.record_features([m])  # the re-encoded ones: by switch(), before their refs move
-    moid = store.objects.put(m.to_bytes())
+    moid, size = _put_manifest(store, m)
     new_oids = [store.objects.put(new.to_bytes()) for new, _ in replaced]
     store.refs.set_manifest(m.id, moid)
     store.refs.set_number(m.model, m.number, m.id)  # the commit point
+    return _landed(store, m, moid, size, replaced, new_oids)
+
+
+def _put_manifest(store: RepoStore, m: Manifest) -> tuple[str, int]:
+    """Store a new version's manifest; its object id and size."""
+    data = m.to_bytes()
+    return store.objects.put(data), len(data)
+
+
+def publish_racing(store: RepoStore, m: Manifest, renumber: Callable[[Manifest], Manifest]) -> Version:
+    """Publish where other processes may commit at the same time (no lock spans them).
+
+    The commit point is the *creation* of ``refs/models/<model>/<N>``, conditional on
+    no such file existing (S3's ``If-None-Match: *``): of two writers claiming N, one
+    wins. The loser gets the next free number (and parent) from ``renumber``, writes
+    its manifest again (same version id, same packs) and tries that number, up to
+    ``CONFLICT_ATTEMPTS`` times. Nothing is re-encoded: the new version never depends
+    on its same-model parent (whose re-encode is repack's). ``renumber`` may refuse
+    (``expect_number``); the version's manifest and ref are then withdrawn."""
+    store.record_features([m])
+    moid, size = _put_manifest(store, m)
+    for _ in range(CONFLICT_ATTEMPTS):
+        store.refs.set_manifest(m.id, moid)
+        if store.refs.create_number(m.model, m.number, m.id):  # the commit point
+            return _landed(store, m, moid, size, [], [])
+        try:
+            m, old = renumber(m), moid
+        except ModelHubError:
+            _withdraw(store, m, moid)
+            raise
+        moid, size = _put_manifest(store, m)
+        store.objects.delete(old)
+    _withdraw(store, m, moid)
+    raise ConflictError(
+        f"committing to {m.model!r} lost the race for a version number {CONFLICT_ATTEMPTS} times "
+        "in a row (other processes commit to it at the same time); nothing was committed, retry"
+    )
+
+
+def _withdraw(store: RepoStore, m: Manifest, moid: str) -> None:
+    """Remove what an unpublished version wrote (its packs are salted: nobody else's)."""
+    store.refs.delete_version(m.id)
+    for oid in [moid, *m.objects()]:
+        store.objects.delete(oid)
+
+
+def _landed(
+    store: RepoStore, m: Manifest, moid: str, size: int, replaced: Replaced, new_oids: list[str]
+) -> Version:
+    """After the commit point: index the version and switch re-encoded ones."""
+    store.remember(m.id, moid, m)
     # the version has landed: what follows only tidies (index, the parent's re-encode),
     # so a failure here is a warning, never a failed commit
     try:
-        store.catalog.upsert(m, moid, store.stored_bytes(m, moid))
+        store.catalog.upsert(m, moid, store.stored_bytes(m, moid, size))
         switch(store, replaced, new_oids, {moid, *m.objects()})
     except (ModelHubError, OSError) as exc:
         warnings.warn(
@@ -50,6 +104,9 @@ def publish(store: RepoStore, m: Manifest, replaced: Replaced) -> Version:
             stacklevel=3,
         )
     try:
+        row = store.catalog.row(m.id)  # just written from the manifest: no check needed
+        if row is not None and row["manifest"] == moid:
+            return store.version_of_row(row)
         return store.checked_version(m.id)
     except ModelHubError:
         return version_from_manifest(store, m, moid)

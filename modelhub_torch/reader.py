@@ -87,6 +87,7 @@ class TensorReader:
         # fetches the planes a partially pulled version lacks (sync/complete.py); None:
         # reading them raises PartialVersionError
         self.complete: Callable[[str], bool] | None = None
+        self._pack_sizes: dict[str, int] = {}  # remote pack -> about how big (see _pack_bytes)
 
     def record(self, vid: str, idx: int) -> dict[str, Any]:
         self._seen_versions.add(vid)
@@ -305,6 +306,23 @@ class TensorReader:
         self.invalidate(m.id)
         raise CorruptObjectError(f"{m.ref} was completed while being read; reading it again")
 
+    def _pack_bytes(self, m: Manifest, oid: str) -> int | None:
+        """About how big pack ``oid`` of ``m`` is (its plane's frames in both tiers),
+        from the manifest, so remote stores fetch small packs whole; computed once per
+        manifest and load."""
+        if self.objects.loc.is_local:
+            return None
+        with self._lock:
+            if oid in self._pack_sizes:
+                return self._pack_sizes[oid]
+        sizes = m.plane_bytes()
+        with self._lock:
+            for packs in (m.packs, m.cold_packs):
+                for p, pack in enumerate(packs):
+                    if pack is not None and p < len(sizes):
+                        self._pack_sizes[pack] = sizes[p]
+            return self._pack_sizes.get(oid)
+
     def fetch(
         self, m: Manifest, chunks: Sequence[dict[str, Any]], planes: int | None, cold_from: int | None = None
     ) -> list[tuple[int, list[codec.Frame]]]:
@@ -322,7 +340,7 @@ class TensorReader:
             oid = packs[p] if p < len(packs) else None
             if oid is None:
                 raise FormatError(f"{m.ref} references plane pack {p}, which it does not list")
-            payloads[p] = self.objects.get_ranges(oid, ranges, self.mapped)
+            payloads[p] = self.objects.get_ranges(oid, ranges, self.mapped, self._pack_bytes(m, oid))
             with self._lock:
                 self.bytes_read += sum(n for _, n in ranges)
         out = []

@@ -12,6 +12,11 @@ is smaller and within the budget (context-coded planes decode about half as fast
 Each version moves to its new manifest by one atomic ref switch, as a commit's parent
 does: a crash at any point leaves every version loadable, and gc reclaims what an
 interrupted repack wrote; the next repack finishes the job.
+
+On a remote store written by several processes, a repack of a model first takes that
+model's lease (store/lease.py); a process that finds it held skips the model (the
+holder, or the next repack, covers its versions), and one whose lease was taken over
+stops before its next switch.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from modelhub_torch.manifest import Manifest
 from modelhub_torch.pas import codec
 from modelhub_torch.publish import switch
 from modelhub_torch.reader import TensorReader, open_reader
+from modelhub_torch.store.lease import Lease, model_lease
 from modelhub_torch.store.repo import RepoStore
 from modelhub_torch.writer import PackSet, encode_all, encoded_size, record_size
 
@@ -48,6 +54,7 @@ class RepackReport:
     bytes_before: int = 0
     bytes_after: int = 0
     over_budget: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # models another process was repacking
 
 
 def repack(store: RepoStore, models: list[str] | None = None, newest: int | None = None) -> RepackReport:
@@ -59,22 +66,36 @@ def repack(store: RepoStore, models: list[str] | None = None, newest: int | None
         store.sync_index()
         reader = open_reader(store, cache_bytes=0)
         for model in models if models is not None else store.refs.models():
-            numbers = store.refs.listed_numbers(model)
-            vids = [store.refs.version_at_or_none(model, n) for n in numbers[-newest if newest else 0:]]
-            vids = [v for v in vids if v is not None]
-            for parent, child in itertools.pairwise(vids):
-                try:
-                    _reverse_delta(store, reader, parent, child, report)
-                except ModelHubError:
-                    continue  # damaged: verify reports it; repack leaves it as it is
-            if not store.settings.get("context_coding", True):
-                continue
-            for vid in vids:
-                try:
-                    _repack_version(store, reader, vid, report)
-                except ModelHubError:
-                    continue
+            with model_lease(store.loc, model, shared=not store.lock.across_processes) as lease:
+                if lease.held:
+                    _repack_model(store, reader, model, newest, lease, report)
+                else:
+                    report.skipped.append(model)
     return report
+
+
+def _repack_model(
+    store: RepoStore, reader: TensorReader, model: str, newest: int | None, lease: Lease, report: RepackReport
+) -> None:
+    numbers = store.refs.listed_numbers(model)
+    vids = [store.refs.version_at_or_none(model, n) for n in numbers[-newest if newest else 0:]]
+    vids = [v for v in vids if v is not None]
+    for parent, child in itertools.pairwise(vids):
+        if not lease.renew():
+            return  # another process took the model over: it finishes the job
+        try:
+            _reverse_delta(store, reader, parent, child, report)
+        except ModelHubError:
+            continue  # damaged: verify reports it; repack leaves it as it is
+    if not store.settings.get("context_coding", True):
+        return
+    for vid in vids:
+        if not lease.renew():
+            return
+        try:
+            _repack_version(store, reader, vid, report)
+        except ModelHubError:
+            continue
 
 
 def _reverse_delta(store: RepoStore, reader: TensorReader, pid: str, cid: str, report: RepackReport) -> None:

@@ -17,6 +17,7 @@ index (list, desc, query, tag, stats) start fast.
 
 from __future__ import annotations
 
+import datetime
 import sqlite3
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -37,7 +38,7 @@ from modelhub_torch.store.config import (  # noqa: F401 - re-exported for caller
 )
 from modelhub_torch.store.location import Location
 from modelhub_torch.store.objects import ObjectStore
-from modelhub_torch.store.refs import RefStore, check_alias, check_name
+from modelhub_torch.store.refs import ANY, RefStore, check_alias, check_name
 from modelhub_torch.store.repo import RepoStore
 
 if TYPE_CHECKING:
@@ -56,10 +57,15 @@ __all__ = ["MIN_ID_PREFIX", "Problem", "Repository", "Version"]
 
 
 class Repository:
-    """A model repository on a local path or any fsspec URL."""
+    """A model repository on a local path or any fsspec URL.
 
-    def __init__(self, path_or_url: str | Any):
-        self._store = open_store(path_or_url)
+    ``storage_options``: fsspec's options for a remote location (``key``, ``secret``,
+    ``endpoint_url``, ``client_kwargs``...), over fsspec's configuration (the
+    ``FSSPEC_S3_*`` environment variables); a cold tier on the same kind of store
+    uses them too."""
+
+    def __init__(self, path_or_url: str | Any, storage_options: dict[str, Any] | None = None):
+        self._store = open_store(path_or_url, storage_options)
         self._store.complete_partial = self._complete_partial
 
     def _complete_partial(self, vid: str) -> bool:
@@ -82,7 +88,14 @@ class Repository:
         _ = self.store
 
     @classmethod
-    def init(cls, path_or_url: str | Any, *, exist_ok: bool = False, **settings: Any) -> Repository:
+    def init(
+        cls,
+        path_or_url: str | Any,
+        *,
+        exist_ok: bool = False,
+        storage_options: dict[str, Any] | None = None,
+        **settings: Any,
+    ) -> Repository:
         """Create a repository (``settings`` override codec defaults, see FORMAT.md)."""
         from modelhub_torch.errors import RepositoryExistsError
         from modelhub_torch.pas.codec import CodecConfig
@@ -91,11 +104,11 @@ class Repository:
             if key in settings and isinstance(settings[key], CodecConfig):
                 settings[key] = settings[key].to_json()
         try:
-            RepoStore.create(path_or_url, settings)
+            RepoStore.create(path_or_url, settings, storage_options)
         except RepositoryExistsError:
             if not exist_ok:
                 raise
-        return cls(path_or_url)
+        return cls(path_or_url, storage_options)
 
     # the parts of the store callers use directly
     @property
@@ -159,13 +172,20 @@ class Repository:
         prefix>``, a bare model name (its latest) or a bare id prefix."""
         return resolve(self.store, ref)
 
-    def tag(self, ref: str | Version, alias: str) -> Version:
-        """Point ``model@alias`` at a version (moves an existing alias)."""
+    def tag(self, ref: str | Version, alias: str, *, expect: str | Version | object | None = ANY) -> Version:
+        """Point ``model@alias`` at a version (moves an existing alias).
+
+        The move is a compare-and-swap on what the alias held (its ETag on S3), so two
+        writers moving one alias never interleave unseen; by default the last one
+        wins. ``expect``: the ref the alias must point at now (None: it must not exist
+        yet); if another writer moved it, ``ConflictError`` and nothing changes."""
         vid = self.resolve(ref)
         model = self.store.cached_manifest(vid).model
         check_alias(alias)
+        if expect is not ANY and expect is not None:
+            expect = self.resolve(expect)  # type: ignore[arg-type]
         with self.store.lock, self.store.writes(f"tagging {model}@{alias}"):
-            self.refs.set_tag(model, alias, vid)
+            self.refs.set_tag(model, alias, vid, expect)
         return self.version(vid)
 
     def tags(self, model: str) -> dict[str, str]:
@@ -225,10 +245,15 @@ class Repository:
         )
         store = self.store
         version = commit_version(store, request)
-        if store.settings.get("repack", "background") == "background":
+        mode = store.settings.get("repack", "background")
+        if mode == "background":
             from modelhub_torch.background import schedule
 
             schedule(store, [model])
+        elif mode == "commit" and not store.lock.across_processes:
+            from modelhub_torch.background import repack_now
+
+            repack_now(store, [model])  # remote commits leave their parent to repack
         return version
 
     # ------------------------------------------------------------------ query
@@ -410,10 +435,13 @@ class Repository:
         with self.store.writes("verify --repair" if repair else "verify"):
             return verify(self.store, rebuild_index=rebuild_index, repair=repair, progress=progress)
 
-    def gc(self, dry_run: bool = False, repack: bool = False) -> dict[str, Any]:
+    def gc(self, dry_run: bool = False, repack: bool = False, grace: float | None = None) -> dict[str, Any]:
         """Delete objects no kept version needs, temp files and orphan version refs that
         no kept version leans on; refuses (DamagedRepositoryError) while damaged.
-        ``repack=True`` first does what commits defer (see :meth:`repack`)."""
+        ``repack=True`` first does what commits defer (see :meth:`repack`).
+        ``grace``: seconds; what was written more recently stays (default: 0 on a
+        local disk, an hour on remote stores, where other processes may be committing
+        while gc runs)."""
         from modelhub_torch.maintenance import gc
         from modelhub_torch.repack import RepackReport
 
@@ -423,7 +451,8 @@ class Repository:
             report = {"repacked_deltas": r.deltas, "repacked_versions": r.versions, "repacked_tensors": r.tensors,
                       "repack_bytes_before": r.bytes_before, "repack_bytes_after": r.bytes_after}
         with self.store.writes("gc"):
-            return {**report, **gc(self.store, dry_run=dry_run)}
+            window = None if grace is None else datetime.timedelta(seconds=grace)
+            return {**report, **gc(self.store, dry_run=dry_run, grace=window)}
 
     def repack(self, models: list[str] | None = None) -> RepackReport:
         """The coding commits leave out for speed (a background thread does it after

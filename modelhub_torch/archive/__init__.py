@@ -177,11 +177,9 @@ def _stored(store: RepoStore) -> int:
 def _cold_store(store: RepoStore, url: str, record: bool) -> ObjectStore:
     """The cold tier at ``url``, recorded in the settings (before any object is written
     there) unless ``record`` is false (a dry run)."""
-    from modelhub_torch.store.location import Location
-
-    loc = Location(url)
+    loc = store.location_for(url)  # the repository's storage options on the same kind of store
     have = store.settings.get("cold")
-    if have and Location(have).url != loc.url:
+    if have and store.location_for(have).url != loc.url:
         raise ModelHubError(
             f"{store.url} already keeps its cold tier at {have}; a repository has one cold tier: "
             f"archive with --cold {have} (or without --cold, which keeps using it)"

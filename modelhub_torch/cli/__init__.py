@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     args.repo = getattr(args, "repo", None) or default_repo()
     args.json = getattr(args, "json", False)
+    args.storage_options = dict(getattr(args, "storage_options", None) or []) or None
     out = Output(args.json)
     import warnings
 

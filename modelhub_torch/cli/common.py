@@ -19,7 +19,7 @@ def open_repo(args: argparse.Namespace) -> Repository:
     """The repository of ``--repo`` (imported here: ``--help`` must not load it)."""
     from modelhub_torch.repository import Repository
 
-    return Repository(args.repo)
+    return Repository(args.repo, storage_options=getattr(args, "storage_options", None))
 
 
 def aliases_by_ref(repo: Repository, models: list[str]) -> dict[str, list[str]]:

@@ -16,7 +16,7 @@ def cmd_init(args: argparse.Namespace, out: Output) -> int:
     settings = {}
     if hasattr(args, "max_load_factor"):  # absent unless given: the default lives in one place
         settings["max_load_factor"] = args.max_load_factor
-    repo = Repository.init(args.path or args.repo, **settings)
+    repo = Repository.init(args.path or args.repo, storage_options=getattr(args, "storage_options", None), **settings)
     factor = repo.settings["max_load_factor"]
     budget = "unbounded delta chains" if factor is None else f"every version restores within {factor:g}x a whole load"
     out.emit({"repo": repo.url, "max_load_factor": factor},

@@ -52,6 +52,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="repository (default: $MODELHUB_REPO, else the current directory)",
     )
+    common.add_argument(
+        "--storage-option",
+        dest="storage_options",
+        metavar="KEY=VALUE",
+        action="append",
+        type=_kv,
+        default=argparse.SUPPRESS,
+        help="an fsspec storage option for a remote --repo (repeatable; e.g. endpoint_url=http://host:9000, "
+        "anon=true); fsspec's FSSPEC_<PROTOCOL>_<KEY> environment variables work too",
+    )
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
 
     p = argparse.ArgumentParser(

@@ -165,7 +165,7 @@ def catalog_path(loc: Location) -> str:
     if loc.local is not None:
         os.makedirs(loc.path("index"), exist_ok=True)
         return loc.path("index", "catalog.sqlite")
-    key = hashlib.sha256(loc.url.encode()).hexdigest()[:24]
+    key = hashlib.sha256(loc.identity.encode()).hexdigest()[:24]
     base = Path(os.environ.get("MODELHUB_CACHE", Path(tempfile.gettempdir()) / "modelhub-cache"))
     base.mkdir(parents=True, exist_ok=True)
     return str(base / f"catalog-{key}.sqlite")

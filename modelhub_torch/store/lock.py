@@ -2,7 +2,9 @@
 
 Local repositories use an ``fcntl.flock`` on ``<root>/lock`` (released by the kernel
 if the holder dies, so a SIGKILL never leaves a stale lock). Other fsspec locations
-are serialised within the process only; one writer process per remote repository.
+are serialised within the process only: there writers of different processes
+coordinate through conditional writes instead (numbered refs created if absent, tags
+by compare-and-swap, a lease per model for repacks; see commit.py and lease.py).
 """
 
 from __future__ import annotations
@@ -39,6 +41,13 @@ class RepoLock:
             self._thread_lock = _PROCESS_LOCKS.setdefault(loc.url, threading.RLock())
         self._fh = None
         self._depth = 0
+
+    @property
+    def across_processes(self) -> bool:
+        """Whether holding this lock keeps every other writer out: a local flock, or
+        ``memory://`` (which only this process can reach); elsewhere it keeps out the
+        other threads of this process only."""
+        return self.loc.is_local or self.loc.protocol == "memory"
 
     def __enter__(self) -> RepoLock:
         if not self._thread_lock.acquire(timeout=self.timeout):

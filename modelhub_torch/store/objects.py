@@ -1,7 +1,9 @@
 """Immutable, content-addressed objects named by the BLAKE3 hash of their bytes.
 
 Written under a temporary name while streaming, then moved to ``objects/ab/cdef..``;
-an object therefore exists whole or not at all. ``check`` re-hashes (dulwich style).
+an object therefore exists whole or not at all. On object stores (S3...) the bytes
+are spooled locally (memory, then a temp file) and uploaded once to their final name
+when the hash is known: a PUT is atomic there, and a move would copy it again. ``check`` re-hashes (dulwich style).
 BLAKE3 rather than SHA-256: cryptographic and ~6 GB/s on one core here, so hashing
 never bounds commit throughput (SHA-256 ran at 1.2 GB/s).
 """
@@ -9,8 +11,10 @@ never bounds commit throughput (SHA-256 ran at 1.2 GB/s).
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import blake3
 
@@ -23,6 +27,11 @@ OBJECTS = "objects"
 # one is checked against it, so a damaged manifest cannot make a read allocate what
 # the object does not hold
 CHECKED_READ_BYTES = 64 << 20
+# an object store's object is spooled in memory up to this size, then in a temp file
+SPOOL_BYTES = 64 << 20
+# a remote pack expected to be at most this big is fetched whole by the first load that
+# reads from it (see MappedObjects); bigger ones are read range by range
+WHOLE_READ_BYTES = 32 << 20
 
 
 def hash_bytes(data: bytes | memoryview) -> str:
@@ -34,8 +43,13 @@ class ObjectWriter:
 
     def __init__(self, store: ObjectStore):
         self._store = store
-        self._tmp = store.loc.temp_name()
-        self._fh = store.loc.open_write(self._tmp)
+        self._spooled = store.loc.object_store
+        self._tmp = None if self._spooled else store.loc.temp_name()
+        self._fh: Any = (
+            tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115 - closed by commit/abort
+            if self._tmp is None
+            else store.loc.open_write(self._tmp)
+        )
         self._hash = blake3.blake3(max_threads=1)
         self.size = 0
         self.object_id: str | None = None
@@ -49,6 +63,14 @@ class ObjectWriter:
         return offset
 
     def commit(self) -> str:
+        if self.object_id is None and self._tmp is None:
+            oid = self._hash.hexdigest()
+            try:
+                self._fh.seek(0)
+                self._store.loc.put_new(self._store.rel(oid), self._fh, self.size)
+            finally:
+                self._fh.close()
+            self.object_id = oid
         if self.object_id is None:
             if self._store.loc.is_local:
                 self._fh.flush()
@@ -71,35 +93,61 @@ class ObjectWriter:
             except OSError:
                 pass
             finally:
-                self._store.loc.delete(self._tmp)
+                if self._tmp is not None:
+                    self._store.loc.delete(self._tmp)
 
 
 class MappedObjects:
     """Read-only mappings of the local objects one load reads, kept while it runs
-    (thread-safe; at most ``limit``, as each holds a file descriptor)."""
+    (thread-safe; at most ``limit``, as each holds a file descriptor).
 
-    def __init__(self, limit: int = 32):
+    Remote objects that the caller expects to be small (``whole_hint``) are fetched
+    whole on their first read and kept the same way (at most ``remote_bytes`` of
+    them): a load reads every tensor's frames from each plane pack, so one GET per
+    pack replaces a ranged GET per tensor and plane."""
+
+    def __init__(self, limit: int = 32, remote_bytes: int = 256 << 20):
         self.limit = limit
+        self.remote_bytes = remote_bytes
         self._views: dict[tuple[str, str], memoryview] = {}
+        self._sizes: dict[tuple[str, str], int] = {}  # of the remote objects held
+        self._held = 0
         self._lock = threading.Lock()
 
-    def view(self, loc: Location, oid: str) -> memoryview | None:
+    def view(self, loc: Location, oid: str, whole_hint: int | None = None) -> memoryview | None:
         key = (loc.url, oid)  # no path built on a hit: this runs once per plane read
         with self._lock:
             hit = self._views.get(key)
-        if hit is not None or not loc.is_local:
+        if hit is not None:
             return hit
-        view = loc.map_file(ObjectStore.rel(oid))
+        if loc.is_local:
+            view = loc.map_file(ObjectStore.rel(oid))
+        elif whole_hint is not None and whole_hint <= min(WHOLE_READ_BYTES, self.remote_bytes):
+            view = memoryview(loc.read(ObjectStore.rel(oid)))
+        else:
+            return None
         if view is not None:
-            with self._lock:
-                if len(self._views) >= self.limit:
-                    self._views.pop(next(iter(self._views)))
-                self._views[key] = view
+            self._keep(key, view, 0 if loc.is_local else len(view))
         return view
+
+    def _keep(self, key: tuple[str, str], view: memoryview, size: int) -> None:
+        """Hold ``view`` (``size``: its bytes when fetched, 0 when mapped), dropping the
+        oldest held while over either limit."""
+        with self._lock:
+            while self._views and (len(self._views) >= self.limit or self._held + size > self.remote_bytes):
+                old = next(iter(self._views))
+                del self._views[old]
+                self._held -= self._sizes.pop(old, 0)
+            self._views[key] = view
+            if size:
+                self._sizes[key] = size
+                self._held += size
 
     def clear(self) -> None:
         with self._lock:
             self._views.clear()
+            self._sizes.clear()
+            self._held = 0
 
 
 class ObjectStore:
@@ -125,6 +173,10 @@ class ObjectStore:
         return ObjectWriter(self)
 
     def put(self, data: bytes) -> str:
+        if self.loc.object_store:  # one PUT from memory, no spool
+            oid = hash_bytes(data)
+            self.loc.put_new(self.rel(oid), data, len(data))
+            return oid
         w = self.writer()
         w.write(data)
         return w.commit()
@@ -164,13 +216,18 @@ class ObjectStore:
         return data
 
     def get_ranges(
-        self, oid: str, ranges: list[tuple[int, int]], mapped: MappedObjects | None = None
+        self,
+        oid: str,
+        ranges: list[tuple[int, int]],
+        mapped: MappedObjects | None = None,
+        whole_hint: int | None = None,
     ) -> list[bytes | memoryview]:
         """Byte ranges of one object; callers verify what they decode (tensor digests).
 
         ``mapped``: memory-mapped objects the caller keeps for one load (a version's
         plane packs are read tensor after tensor); with it, ranges of local objects
-        come back as zero-copy views of the mapping.
+        come back as zero-copy views of the mapping, and remote objects of at most
+        ``whole_hint`` bytes (the caller's estimate) are fetched whole, once.
         """
         for off, n in ranges:
             if off < 0 or n < 0:
@@ -178,7 +235,7 @@ class ObjectStore:
         try:
             # a mapping exists only for a checked object id; any other path goes through
             # rel(), which checks it (no path is built on a hit: this runs once per plane)
-            view = mapped.view(self.loc, oid) if mapped is not None else None
+            view = mapped.view(self.loc, oid, whole_hint) if mapped is not None else None
             if view is not None:
                 parts: list[bytes | memoryview] = [view[off : off + n] for off, n in ranges]
             else:
@@ -187,7 +244,7 @@ class ObjectStore:
                 parts = list(self.loc.read_ranges(rel, ranges))
         except FileNotFoundError:
             if self.cold is not None:
-                return self.cold.get_ranges(oid, ranges, mapped)
+                return self.cold.get_ranges(oid, ranges, mapped, whole_hint)
             raise self._missing(oid) from None
         except (IsADirectoryError, NotADirectoryError):
             raise self._not_a_file(oid) from None
@@ -223,11 +280,28 @@ class ObjectStore:
     def __iter__(self) -> Iterator[str]:
         """Every object id, in either tier (an id held by both is listed twice)."""
         for rel in self.loc.walk_files(OBJECTS):
-            parts = rel.replace("\\", "/").split("/")
-            if len(parts) == 3 and len(parts[1]) == 2 and is_object_id(parts[1] + parts[2]):
-                yield parts[1] + parts[2]
+            oid = self._id_of(rel)
+            if oid is not None:
+                yield oid
         if self.cold is not None:
             yield from self.cold
+
+    def with_mtimes(self) -> Iterator[tuple[str, float | None]]:
+        """Every object id with when it was written (from the listing; None where the
+        store does not say), in either tier."""
+        for rel, mtime in self.loc.walk_mtimes(OBJECTS):
+            oid = self._id_of(rel)
+            if oid is not None:
+                yield oid, mtime
+        if self.cold is not None:
+            yield from self.cold.with_mtimes()
+
+    @staticmethod
+    def _id_of(rel: str) -> str | None:
+        parts = rel.replace("\\", "/").split("/")
+        if len(parts) == 3 and len(parts[1]) == 2 and is_object_id(parts[1] + parts[2]):
+            return parts[1] + parts[2]
+        return None
 
     @staticmethod
     def _not_a_file(oid: str) -> CorruptObjectError:

@@ -7,13 +7,18 @@
 Every ref is untrusted text: a value that is not an id raises ``FormatError`` naming
 the file (never becomes a path), and listings skip names no commit could have made,
 so one damaged ref affects the version it names and nothing else.
+
+Numbered refs are created, never overwritten (``create_number``: create-if-absent,
+the commit point on stores without a cross-process lock), and tags move by
+compare-and-swap (``set_tag``), so two writers never silently undo each other.
 """
 
 from __future__ import annotations
 
 import re
+from typing import Any
 
-from modelhub_torch.errors import FormatError, ModelHubError
+from modelhub_torch.errors import ConflictError, FormatError, ModelHubError
 from modelhub_torch.store.location import Location
 from modelhub_torch.validate import is_object_id, is_version_id
 
@@ -21,6 +26,9 @@ MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # aliases the ref syntax gives a meaning of its own (model@latest, model@v3, model@3)
 RESERVED_ALIAS = re.compile(r"^(latest|[vV]?[0-9]+)$")
 MAX_REF_BYTES = 256  # a ref holds one id and a newline; anything longer is damage
+# how often a conditional write is retried after losing to another writer
+CONFLICT_ATTEMPTS = 16
+ANY = object()  # set_tag's ``expect`` when the alias may point anywhere (or nowhere)
 
 
 def check_name(kind: str, name: str) -> str:
@@ -135,6 +143,12 @@ class RefStore:
     def set_number(self, model: str, number: int, version_id: str) -> None:
         self._write(version_id, "models", model, str(number))
 
+    def create_number(self, model: str, number: int, version_id: str) -> bool:
+        """Claim ``model@v<number>`` for a version: True if this call created the ref,
+        False if the number was taken (by another writer) first."""
+        rel = f"refs/models/{model}/{number}"
+        return self.loc.create_exclusive(rel, (version_id + "\n").encode()) is not None
+
     def delete_number(self, model: str, number: int) -> None:
         self.loc.delete(f"refs/models/{model}/{number}")
 
@@ -154,8 +168,37 @@ class RefStore:
                 out[name] = vid
         return out
 
-    def set_tag(self, model: str, alias: str, version_id: str) -> None:
-        self._write(version_id, "tags", model, alias)
+    def set_tag(self, model: str, alias: str, version_id: str, expect: Any = ANY) -> None:
+        """Point an alias at a version by compare-and-swap: the write is conditional
+        on the alias still holding what was just read (its ETag), so a racing move is
+        never overwritten unseen. ``expect``: the version id the alias must hold now
+        (None: it must not exist yet), else ConflictError; by default the alias moves
+        from wherever it is, re-read after each lost race."""
+        rel = "/".join(("refs", "tags", model, alias))
+        data = (version_id + "\n").encode()
+        for _ in range(CONFLICT_ATTEMPTS):
+            try:
+                raw, etag = self.loc.read_with_etag(rel)
+                current: str | None = raw.decode("ascii", "replace").strip()
+            except FileNotFoundError:
+                etag, current = None, None
+            if expect is not ANY and current != expect:
+                raise ConflictError(
+                    f"{model}@{alias} points at {current or 'nothing'}, not {expect or 'nothing'}: "
+                    "another writer moved it; read it again and decide anew"
+                )
+            if current == version_id:
+                return
+            if etag is None:
+                done = self.loc.create_exclusive(rel, data)
+            else:
+                done = self.loc.replace_if_match(rel, data, etag)
+            if done is not None:
+                return
+        raise ConflictError(
+            f"{model}@{alias} kept moving under this write ({CONFLICT_ATTEMPTS} attempts): other "
+            "writers are moving it at the same time; retry"
+        )
 
     def delete_tag(self, model: str, alias: str) -> None:
         self.loc.delete("/".join(("refs", "tags", model, alias)))

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from modelhub_torch.errors import (
+    ConflictError,
     CorruptObjectError,
     FormatError,
     ModelHubError,
@@ -40,22 +41,24 @@ from modelhub_torch.store.config import (
 from modelhub_torch.store.location import Location
 from modelhub_torch.store.lock import RepoLock
 from modelhub_torch.store.objects import ObjectStore
-from modelhub_torch.store.refs import RefStore
+from modelhub_torch.store.refs import CONFLICT_ATTEMPTS, RefStore
 
 
 class RepoStore:
     """Objects, refs, manifests, lock, index and settings of one repository location."""
 
-    def __init__(self, path_or_url: str | Any):
-        self.loc = Location(path_or_url)
-        if not self.loc.exists(CONFIG_FILE):
+    def __init__(self, path_or_url: str | Any, storage_options: dict[str, Any] | None = None):
+        self.loc = Location(path_or_url, storage_options)
+        try:  # one read, no existence check first (a request each on an object store)
+            raw = self.loc.read(CONFIG_FILE)
+        except FileNotFoundError:
             raise RepositoryNotFoundError(
                 f"no modelhub repository at {self.loc.url}; create one with "
                 f"Repository.init({str(path_or_url)!r}) or 'modelhub init'"
-            )
-        self.settings = parse_settings(self.loc.read(CONFIG_FILE))
+            ) from None
+        self.settings = parse_settings(raw)
         cold = self.settings.get("cold")
-        self.objects = ObjectStore(self.loc, Location(cold) if cold else None)
+        self.objects = ObjectStore(self.loc, self.location_for(cold) if cold else None)
         self.refs = RefStore(self.loc)
         self.lock = RepoLock(self.loc)
         self._manifests: dict[str, tuple[str, Manifest]] = {}
@@ -72,9 +75,10 @@ class RepoStore:
         self.complete_partial: Any = None
 
     @staticmethod
-    def create(path_or_url: str | Any, settings: dict[str, Any]) -> None:
-        """Lay out a new repository (``settings`` over the defaults, checked first)."""
-        loc = Location(path_or_url)
+    def create(path_or_url: str | Any, settings: dict[str, Any], storage_options: dict[str, Any] | None = None) -> None:
+        """Lay out a new repository (``settings`` over the defaults, checked first).
+        modelhub.json is created only if absent, so two racing inits make one."""
+        loc = Location(path_or_url, storage_options)
         if loc.exists(CONFIG_FILE):
             raise RepositoryExistsError(f"a modelhub repository already exists at {loc.url}")
         unknown = set(settings) - set(DEFAULT_SETTINGS)
@@ -83,7 +87,13 @@ class RepoStore:
         config = validate_settings({**DEFAULT_SETTINGS, **settings})
         for part in ("objects", "refs", "tmp"):
             loc.makedirs(part)
-        loc.write_atomic(CONFIG_FILE, json.dumps(config, indent=2).encode())
+        if loc.create_exclusive(CONFIG_FILE, json.dumps(config, indent=2).encode()) is None:
+            raise RepositoryExistsError(f"a modelhub repository already exists at {loc.url}")
+
+    def location_for(self, url: str) -> Location:
+        """Another location (the cold tier) with this one's storage options when it is
+        on the same kind of store."""
+        return Location(url, self.loc.options_for(url))
 
     @property
     def url(self) -> str:
@@ -91,9 +101,19 @@ class RepoStore:
 
     def update_settings(self, **changes: Any) -> None:
         """Change keys of modelhub.json (validated first: a bad value never reaches the
-        file); other keys stay as the file has them."""
-        config = validate_settings({**json.loads(self.loc.read(CONFIG_FILE)), **changes})
-        self.loc.write_atomic(CONFIG_FILE, json.dumps(config, indent=2).encode())
+        file); other keys stay as the file has them. The file is replaced only if
+        nobody changed it since it was read (another process on a shared remote may be
+        recording a feature too); on a conflict it is read again and the change redone."""
+        for _ in range(CONFLICT_ATTEMPTS):
+            raw, etag = self.loc.read_with_etag(CONFIG_FILE)
+            config = validate_settings({**json.loads(raw), **changes})
+            if self.loc.replace_if_match(CONFIG_FILE, json.dumps(config, indent=2).encode(), etag) is not None:
+                break
+        else:
+            raise ConflictError(
+                f"{CONFIG_FILE} of {self.loc.url} kept changing under this write "
+                f"({CONFLICT_ATTEMPTS} attempts); retry"
+            )
         self.settings = parse_settings(self.loc.read(CONFIG_FILE))
 
     def record_features(self, manifests: Iterable[Manifest]) -> None:
@@ -157,10 +177,18 @@ class RepoStore:
         with self._mlock:
             self._manifests.clear()
 
-    def stored_bytes(self, m: Manifest, moid: str | None) -> int:
-        """Bytes a version's own objects take: its packs and its manifest."""
+    def remember(self, version_id: str, moid: str, m: Manifest) -> None:
+        """Cache a manifest this process just wrote (no read back of what it holds)."""
+        with self._mlock:
+            self._manifests[version_id] = (moid, m)
+
+    def stored_bytes(self, m: Manifest, moid: str | None, manifest_size: int | None = None) -> int:
+        """Bytes a version's own objects take: its packs and its manifest (``manifest_size``
+        when the caller knows it, else asked of the store)."""
         size = sum(m.plane_bytes())
-        if moid:
+        if manifest_size is not None:
+            size += manifest_size
+        elif moid:
             try:
                 size += self.objects.size(moid)
             except CorruptObjectError:
@@ -168,20 +196,24 @@ class RepoStore:
         return size
 
     # --------------------------------------------------------------- the index
-    def sync_index(self) -> None:
+    def sync_index(self) -> dict[str, list[int]]:
         """Index versions that refs know and the catalog does not (after a crash or a
         concurrent commit), and drop rows whose versions are gone. Costs one directory
-        listing per model; ref files are read only for versions the index lacks."""
+        listing per model; ref files are read only for versions the index lacks.
+        Returns what was listed: each model's version numbers."""
         known = self.catalog.numbered()
         live: set[tuple[str, int]] = set()
+        listed: dict[str, list[int]] = {}
         for model in self.refs.models():
-            for n in self.refs.listed_numbers(model):
+            listed[model] = self.refs.listed_numbers(model)
+            for n in listed[model]:
                 live.add((model, n))
                 if (model, n) not in known:
                     self._index_numbered(model, n)
         stale = {vid for key, vid in known.items() if key not in live}
         if stale:
             self.catalog.remove(stale)
+        return listed
 
     def _index_numbered(self, model: str, number: int) -> None:
         """Index ``model@vN``; a damaged version is left out and reported once, so it
