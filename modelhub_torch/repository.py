@@ -536,9 +536,12 @@ def _refs(refs: Iterable[str] | None) -> list[str] | None:
 
 
 def _after_receive(store: RepoStore, report: SyncReport) -> None:
-    """Received versions get the destination's background repack, like commits."""
+    """Received versions get the destination's background repack, like commits — on a
+    local destination only: a repack reads back and rewrites what it re-encodes, which
+    on a remote store would move each version over the network again (run
+    'modelhub gc --repack' on a machine near the store instead)."""
     models = sorted({ref.split("@", 1)[0] for ref in report.versions})
-    if models and store.settings.get("repack", "background") == "background":
+    if models and store.loc.is_local and store.settings.get("repack", "background") == "background":
         from modelhub_torch.background import schedule
 
         schedule(store, models)
