@@ -53,7 +53,19 @@ if TYPE_CHECKING:
     from modelhub_torch.repack import RepackReport
     from modelhub_torch.sync.report import SyncReport
 
-__all__ = ["MIN_ID_PREFIX", "Problem", "Repository", "Version"]
+__all__ = ["MIN_ID_PREFIX", "Problem", "Repository", "Version", "storage_options_for"]
+
+# remote URL -> the storage options this process last opened it with: a modelhub://
+# URL (which has no room for options) reopens that repository with them
+_OPENED_WITH: dict[str, dict[str, Any]] = {}
+
+
+def storage_options_for(url: str) -> dict[str, Any] | None:
+    """The storage options a ``Repository`` of ``url`` was opened with in this process
+    (None if none): what ``modelhub://`` URLs and the Lightning callbacks reopen it
+    with. Other processes (DDP ranks, the CLI) use fsspec's configuration, e.g. the
+    ``FSSPEC_S3_*`` environment variables."""
+    return _OPENED_WITH.get(url)
 
 
 class Repository:
@@ -66,6 +78,8 @@ class Repository:
 
     def __init__(self, path_or_url: str | Any, storage_options: dict[str, Any] | None = None):
         self._store = open_store(path_or_url, storage_options)
+        if storage_options:
+            _OPENED_WITH[self._store.url] = dict(storage_options)
         self._store.complete_partial = self._complete_partial
 
     def _complete_partial(self, vid: str) -> bool:

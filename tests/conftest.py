@@ -177,3 +177,95 @@ def repo(request: pytest.FixtureRequest, tmp_path) -> Repository:
 @pytest.fixture
 def local_repo(tmp_path) -> Repository:
     return Repository.init(tmp_path / "repo")
+
+
+# ------------------------------------------------------------------ S3 (moto)
+S3_KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def _serial_moto_server() -> Any:
+    """moto's S3 server on 127.0.0.1 (a free port), answering one request at a time.
+
+    moto checks a conditional PUT's precondition (``If-None-Match``/``If-Match``) and
+    stores the object in two steps its request threads can interleave — two racing
+    ``If-None-Match: *`` PUTs of one key both succeeded in a trial — where S3 makes
+    each conditional write atomic. Serialising the requests gives back S3's guarantee,
+    which the concurrent-writer tests rely on; nothing on the client side is patched.
+    """
+    import threading
+
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from moto.server import ThreadedMotoServer
+    from werkzeug.serving import make_server
+
+    class SerialMotoServer(ThreadedMotoServer):
+        def _server_entry(self) -> None:
+            app = DomainDispatcherApplication(create_backend_app)
+            lock = threading.Lock()
+
+            def serial(environ: dict, start_response: Any) -> Any:
+                with lock:
+                    self.requests.append((environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")))
+                    return list(app(environ, start_response))
+
+            self._server = make_server(self._ip_address, self._port, serial, True, request_handler=MotoRequestHandler)
+            self._server_ready_event.set()
+            self._server.serve_forever()
+
+    server = SerialMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.requests = []  # (method, path) of every request, in order
+    return server
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Any:
+    """A moto S3 server for the whole session (dummy credentials in the environment,
+    inherited by subprocesses); ``.endpoint`` is its URL, ``.requests`` what it served."""
+    import logging
+    import os
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
+    saved = {k: os.environ.get(k) for k in S3_KEYS}
+    os.environ.update(S3_KEYS)
+    server = _serial_moto_server()
+    server.start()
+    host, port = server.get_host_and_port()
+    server.endpoint = f"http://{host}:{port}"
+    try:
+        yield server
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture
+def s3_endpoint(s3_server: Any) -> str:
+    return s3_server.endpoint
+
+
+def s3_options(endpoint: str) -> dict[str, Any]:
+    return {"endpoint_url": endpoint, "key": S3_KEYS["AWS_ACCESS_KEY_ID"], "secret": S3_KEYS["AWS_SECRET_ACCESS_KEY"],
+            "client_kwargs": {"region_name": S3_KEYS["AWS_DEFAULT_REGION"]}}
+
+
+@pytest.fixture
+def s3_repo_url(s3_endpoint: str) -> tuple[str, dict[str, Any]]:
+    """``(s3://<fresh bucket>/hub, storage options)``: a repository URL nothing exists at
+    yet, on the session's S3 server."""
+    import fsspec
+
+    options = s3_options(s3_endpoint)
+    bucket = f"test-{uuid.uuid4().hex[:20]}"
+    # created without the region option, which s3fs would send as a location
+    # constraint (invalid for us-east-1)
+    plain = {k: v for k, v in options.items() if k != "client_kwargs"}
+    fsspec.filesystem("s3", **plain).mkdir(bucket)
+    return f"s3://{bucket}/hub", options

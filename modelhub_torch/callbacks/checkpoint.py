@@ -34,7 +34,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from modelhub_torch.callbacks.fs import PREFIX, make_url, parse_url
 from modelhub_torch.callbacks.resume import resume_refusal
 from modelhub_torch.errors import ModelHubError, RefNotFoundError
-from modelhub_torch.repository import Repository
+from modelhub_torch.repository import Repository, storage_options_for
 from modelhub_torch.store.refs import check_name
 
 log = logging.getLogger(__name__)
@@ -217,7 +217,7 @@ class ModelHubCheckpoint(ModelCheckpoint):
             return
         location, ref = parse_url(str(ckpt))
         same = self.repo is not None and make_url(location, ref) == make_url(self.repo, ref)
-        repo = self.repo if same and self.repo is not None else Repository(location)
+        repo = self.repo if same and self.repo is not None else Repository(location, storage_options_for(location))
         message = resume_refusal(repo, ref)
         if message is not None:
             self._refusal = ModelHubError(message)

@@ -118,10 +118,12 @@ def make_url(repo_location: str | os.PathLike[str] | Repository, ref: str) -> st
 
 def _open_repo(location: str) -> Repository:
     """A fresh Repository per call: refs and the index are re-read, so a commit made
-    since the previous call (by this or another process) is visible."""
-    from modelhub_torch.repository import Repository
+    since the previous call (by this or another process) is visible. A remote one
+    opens with the storage options this process opened it with before, else with
+    fsspec's configuration (``FSSPEC_S3_ENDPOINT_URL``...)."""
+    from modelhub_torch.repository import Repository, storage_options_for
 
-    return Repository(location)
+    return Repository(location, storage_options_for(location))
 
 
 def _serialize(obj: Any) -> bytes:

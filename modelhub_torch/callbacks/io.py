@@ -20,7 +20,7 @@ from pytorch_lightning.plugins import CheckpointIO, TorchCheckpointIO
 
 from modelhub_torch.callbacks.fs import PREFIX, parse_url
 from modelhub_torch.errors import PickleRequiredError
-from modelhub_torch.repository import Repository, Version
+from modelhub_torch.repository import Repository, Version, storage_options_for
 from modelhub_torch.store.refs import check_name
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class ModelHubCheckpointIO(CheckpointIO):
     @property
     def repo(self) -> Repository:
         if self._repo is None:  # after unpickling (ddp_spawn): reopen in this process
-            self._repo = Repository(self.location)
+            self._repo = Repository(self.location, storage_options_for(self.location))
         return self._repo
 
     def __getstate__(self) -> dict[str, Any]:
@@ -132,7 +132,7 @@ class ModelHubCheckpointIO(CheckpointIO):
         text = os.fspath(path) if isinstance(path, (str, os.PathLike)) else str(path)
         if text.startswith(PREFIX):
             location, ref = parse_url(text)
-            return self._load(Repository(location), ref, text, map_location, weights_only)
+            return self._load(Repository(location, storage_options_for(location)), ref, text, map_location, weights_only)
         saved = self.saved_version(text)
         if saved is not None:
             return self._load(self.repo, saved.id, text, map_location, weights_only)
