@@ -85,7 +85,7 @@ class Repository:
     def _complete_partial(self, vid: str) -> bool:
         from modelhub_torch.sync.complete import complete_version
 
-        return complete_version(self._store, vid)
+        return complete_version(self._store, vid, storage_options_for)
 
     @property
     def store(self) -> RepoStore:
@@ -480,40 +480,45 @@ class Repository:
 
     # -------------------------------------------------------------------- sync
     def push(self, remote: str | Any | Repository, refs: Iterable[str] | None = None, *,
-             progress: bool = False) -> SyncReport:
+             storage_options: dict[str, Any] | None = None, progress: bool = False) -> SyncReport:
         """Send the versions ``refs`` names (model names, ``m@v3``, ``m@best``; default:
-        everything) to another repository — a path, an fsspec URL or a Repository —
-        moving only what it lacks, as deltas against versions it holds. Aliases follow
-        when they only move forward; a divergence raises DivergedError, nothing written."""
+        everything) to another repository — a path, an fsspec URL (``storage_options``
+        for it) or a Repository; created with this one's settings when missing — moving
+        only what it lacks, as deltas against versions it holds. Aliases follow as with
+        git's remote-tracking refs; a divergence raises DivergedError, nothing written."""
         from modelhub_torch.sync.transfer import transfer
 
-        dst = _other_store(remote, like=self.store)
+        dst = _other_store(remote, storage_options, like=self.store)
         report = transfer(self.store, dst, _refs(refs), progress=progress, local=self.store)
         _after_receive(dst, report)
         return report
 
     def pull(self, remote: str | Any | Repository, refs: Iterable[str] | None = None, *,
-             planes: int | None = None, progress: bool = False) -> SyncReport:
+             planes: int | None = None, storage_options: dict[str, Any] | None = None,
+             progress: bool = False) -> SyncReport:
         """Fetch versions from another repository (see :meth:`push`). ``planes=K`` fetches
         only the top K byte planes of each float tensor: enough for progressive
         inference; a full load fetches the rest from ``remote`` when first needed."""
         from modelhub_torch.sync.transfer import transfer
 
-        report = transfer(_other_store(remote), self.store, _refs(refs), planes=planes, progress=progress)
+        report = transfer(_other_store(remote, storage_options), self.store, _refs(refs), planes=planes,
+                          progress=progress)
         _after_receive(self.store, report)
         return report
 
     @classmethod
     def clone(cls, src: str | Any | Repository, dst: str | Any, refs: Iterable[str] | None = None, *,
-              planes: int | None = None, progress: bool = False) -> Repository:
+              planes: int | None = None, storage_options: dict[str, Any] | None = None,
+              progress: bool = False) -> Repository:
         """A new repository at ``dst`` with the source's settings and its versions
-        (those ``refs`` names; all by default). Refuses an existing repository at ``dst``."""
+        (those ``refs`` names; all by default). Refuses an existing repository at ``dst``.
+        ``storage_options`` apply to whichever side is a remote URL."""
         from modelhub_torch.errors import RepositoryExistsError
 
-        source = _other_store(src)
-        if Location(dst).exists(CONFIG_FILE):
+        source = _other_store(src, storage_options)
+        if Location(dst, storage_options).exists(CONFIG_FILE):
             raise RepositoryExistsError(f"a modelhub repository already exists at {dst}; use pull to add versions to it")
-        repo = cls.init(dst, **_settings_of(source))
+        repo = cls.init(dst, storage_options=storage_options, **_settings_of(source))
         repo.last_sync = repo.pull(source, refs, planes=planes, progress=progress)
         return repo
 
@@ -522,19 +527,21 @@ class Repository:
         came from (loads do this by themselves); False when it was complete."""
         from modelhub_torch.sync.complete import complete_version
 
-        return complete_version(self.store, self.resolve(ref))
+        return complete_version(self.store, self.resolve(ref), storage_options_for)
 
 
-def _other_store(remote: Any, like: RepoStore | None = None) -> RepoStore:
-    """The store of a transfer's other side: a Repository, a RepoStore, a path or URL.
+def _other_store(remote: Any, storage_options: dict[str, Any] | None = None, like: RepoStore | None = None) -> RepoStore:
+    """The store of a transfer's other side: a Repository, a RepoStore, a path or URL
+    (opened with ``storage_options``, else those this process opened it with before).
     ``like``: a push creates a missing destination with the sender's settings."""
     if isinstance(remote, Repository):
         return remote.store
     if isinstance(remote, RepoStore):
         return remote
-    if like is not None and not Location(remote).exists(CONFIG_FILE):
-        return Repository.init(remote, **_settings_of(like)).store
-    return Repository(remote).store
+    options = storage_options or storage_options_for(str(remote))
+    if like is not None and not Location(remote, options).exists(CONFIG_FILE):
+        return Repository.init(remote, storage_options=options, **_settings_of(like)).store
+    return Repository(remote, options).store
 
 
 def _settings_of(store: RepoStore) -> dict[str, Any]:

@@ -12,6 +12,8 @@ reached by version id, not by object names: its layout may have been re-encoded
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from typing import Any
 
 from modelhub_torch.errors import ModelHubError, PartialVersionError
 from modelhub_torch.store.repo import RepoStore
@@ -19,9 +21,12 @@ from modelhub_torch.store.repo import RepoStore
 _LOCK = threading.Lock()  # one completion at a time per process (a load decodes on a pool)
 
 
-def complete_version(dst: RepoStore, vid: str) -> bool:
+def complete_version(dst: RepoStore, vid: str,
+                     options_for: Callable[[str], dict[str, Any] | None] | None = None) -> bool:
     """Fetch the rest of partial version ``vid`` from its source; False when it is
-    complete already. Raises PartialVersionError when the source cannot supply it."""
+    complete already. Raises PartialVersionError when the source cannot supply it.
+    ``options_for``: the storage options to open a source URL with (else fsspec's
+    configuration, e.g. ``FSSPEC_S3_*``)."""
     from modelhub_torch.publish import open_store
     from modelhub_torch.sync.transfer import transfer
 
@@ -34,7 +39,7 @@ def complete_version(dst: RepoStore, vid: str) -> bool:
         source = str(partial.get("source", ""))
         planes = partial.get("planes")
         try:
-            src = open_store(source)
+            src = open_store(source, options_for(source) if options_for else None)
             if src.refs.manifest_of(vid) is None:
                 raise ModelHubError(f"{source} no longer holds {m.ref}")
             transfer(src, dst, [vid])

@@ -30,7 +30,8 @@ class Want:
 class Plan:
     wants: list[Want] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
-    tags: list[tuple[str, str, str]] = field(default_factory=list)  # (model, alias, vid)
+    # (model, alias, vid, what the destination's alias held when planned: None if absent)
+    tags: list[tuple[str, str, str, str | None]] = field(default_factory=list)
 
 
 def select(src: RepoStore, refs: list[str] | None) -> list[str]:
@@ -118,7 +119,7 @@ def _parents_first(manifests: list) -> list:
 
 
 def _tags(src: RepoStore, dst: RepoStore, models: set[str], present: set[str],
-          last: dict[str, str]) -> list[tuple[str, str, str]]:
+          last: dict[str, str]) -> list[tuple[str, str, str, str | None]]:
     """Aliases of the transferred models to set at the destination, decided as git does
     with remote-tracking refs: ``last`` holds each alias's value at the previous
     transfer between these two repositories. An alias moved only at the source moves;
@@ -134,17 +135,17 @@ def _tags(src: RepoStore, dst: RepoStore, models: set[str], present: set[str],
             there = theirs.get(alias)
             if there == vid or there is None:
                 if there is None:
-                    out.append((model, alias, vid))
+                    out.append((model, alias, vid, None))
                 continue
             before = last.get(f"{model}@{alias}")
             if before is not None:
                 if before == vid:
                     continue  # moved at the destination only: it stays
                 if before == there:
-                    out.append((model, alias, vid))
+                    out.append((model, alias, vid, there))
                     continue
             elif _older(src, there, vid):
-                out.append((model, alias, vid))
+                out.append((model, alias, vid, there))
                 continue
             diverged.append(f"{model}@{alias} is {_name(src, vid)} in {src.url} but {_name(dst, there)} in {dst.url}")
     if diverged:

@@ -107,8 +107,15 @@ def _publish(dst: RepoStore, m: Manifest) -> None:
     moid = dst.objects.put(m.to_bytes())
     dst.refs.set_manifest(m.id, moid)
     dst.invalidate(m.id)
-    if there is None:
-        dst.refs.set_number(m.model, m.number, m.id)
+    if (there is None and not dst.refs.create_number(m.model, m.number, m.id)
+            and dst.refs.version_at_or_none(m.model, m.number) != m.id):  # (another sender of the same version is fine)
+        # another writer took the number between the check above and now (object
+        # stores have no lock): the manifest stays unreferenced, gc collects it
+        dst.refs.delete_version(m.id)
+        raise DivergedError(
+            f"{m.ref} was committed as another version in {dst.url} during the transfer; "
+            "nothing of it was published — see 'modelhub list' there and retry"
+        )
     dst.index(m.id, slot=(m.model, m.number))
     if old is not None:  # a partial version completed: its planes-only packs go
         keep = {moid, *m.objects()}

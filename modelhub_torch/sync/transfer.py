@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 
-from modelhub_torch.errors import ModelHubError
+from modelhub_torch.errors import ConflictError, DivergedError, ModelHubError
 from modelhub_torch.progress import byte_bar
 from modelhub_torch.reader import open_reader
 from modelhub_torch.store.refs import check_alias
@@ -75,8 +75,8 @@ def transfer(
             bar.update(stored.raw_bytes)
         if todo.tags:
             with dst.lock, dst.writes("moving aliases"):
-                for model, alias, vid in todo.tags:
-                    dst.refs.set_tag(model, check_alias(alias), vid)
+                for model, alias, vid, before in todo.tags:
+                    _move_tag(dst, model, alias, vid, before)
                     report.tags.append(f"{model}@{alias}")
         seen = {f"{m}@{a}": v for m in {w.model for w in todo.wants} | {t[0] for t in todo.tags}
                 for a, v in src.refs.tags(m).items()}
@@ -86,3 +86,17 @@ def transfer(
         bar.close()
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _move_tag(dst: RepoStore, model: str, alias: str, vid: str, before: str | None) -> None:
+    """Compare-and-swap an alias: one moved at the destination since the plan is not
+    overwritten (unless it already points where this transfer wanted it)."""
+    try:
+        dst.refs.set_tag(model, check_alias(alias), vid, expect=before)
+    except ConflictError:
+        now = dst.refs.tags(model).get(alias)
+        if now != vid:
+            raise DivergedError(
+                f"{model}@{alias} moved in {dst.url} during the transfer (the versions arrived; "
+                "the alias did not move): run the transfer again to decide on it"
+            ) from None
