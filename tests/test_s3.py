@@ -170,6 +170,22 @@ def test_lightning_callback_writes_to_s3(s3_repo_url, tmp_path) -> None:
     assert_bit_equal(dict(loaded.state_dict()), dict(repo.load_state_dict(best.ref)))
 
 
+def test_big_objects_stream_from_a_local_spool(s3_repo_url, monkeypatch) -> None:
+    """Objects over the one-PUT size are spooled to a temp file and streamed (an
+    If-None-Match upload on S3; one already there is left as it is)."""
+    from modelhub_torch.store import location, objects
+
+    url, options = s3_repo_url
+    repo = Repository.init(url, storage_options=options)
+    monkeypatch.setattr(objects, "SPOOL_BYTES", 256)  # rolls over to a file
+    monkeypatch.setattr(location, "PUT_BYTES", 0)  # every object streamed
+    sds = _commit_three(repo)
+    oid = repo.objects.put(b"twice")
+    assert repo.objects.put(b"twice") == oid and repo.objects.get(oid) == b"twice"
+    for i, sd in enumerate(sds):
+        assert_bit_equal(Repository(url, storage_options=options).load(f"m@v{i + 1}"), sd)
+
+
 def test_requests_per_commit_and_load_do_not_grow_with_tensors(s3_repo_url, s3_server) -> None:
     """A commit and a load cost a few requests per plane pack, not per tensor."""
     url, options = s3_repo_url
