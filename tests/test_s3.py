@@ -254,6 +254,7 @@ def test_concurrent_writers_lose_no_version(s3_repo_url, tmp_path) -> None:
         for d in mine:  # every commit a writer made is there, under the number it was told
             v = by_id[d["id"]]
             assert (v.number, v.metrics) == (d["number"], {"worker": worker, "i": d["i"]})
+            assert d["parent"] == (f"m@v{v.number - 1}" if v.number > 1 else None)  # as returned
         assert [d["number"] for d in mine] == sorted(d["number"] for d in mine)
     # one linear history: each version's parent is the one numbered before it
     assert [v.parent for v in vs] == [None] + [f"m@v{n}" for n in range(1, 20)]

@@ -7,7 +7,7 @@ prints ``ready``, waits until GO_FILE exists (so the writers start together), co
 COUNT versions of each MODEL in turn (the k-th job's i-th one holds
 ``weights(WORKER, 1000 * k + i)``, metrics ``{"worker": WORKER, "i": 1000 * k + i}``),
 waits for its background repacks and prints one JSON line:
-``[{"model", "i", "id", "number"}...]``.
+``[{"model", "i", "id", "number", "parent"}...]`` (what each commit returned).
 Its catalog cache is its own ($MODELHUB_CACHE), as another machine's would be.
 """
 
@@ -50,7 +50,7 @@ def main(url: str, worker: int, go: str, jobs: list[str]) -> None:
         model, count = job.split(":")
         for i in range(1000 * k, 1000 * k + int(count)):
             v = repo.commit(weights(worker, i), model, metrics={"worker": worker, "i": i})
-            done.append({"model": model, "i": i, "id": v.id, "number": v.number})
+            done.append({"model": model, "i": i, "id": v.id, "number": v.number, "parent": v.parent})
     repo.wait()
     print(json.dumps(done), flush=True)
 
