@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         anchor_rows.append({"step": f"{label}: upload {len(blobs) - 1}", **m})
         m = measure(lambda blobs=blobs, key=key: fs.pipe(f"bench/{key}/v{len(blobs) - 1}.pt", blobs[-1]))
         anchor_rows.append({"step": f"{label}: upload 1 new", **m})
-        m = measure(lambda key=key: [fs.cat(f"bench/{key}/v{i}.pt") for i in range(len(blobs))])
+        m = measure(lambda blobs=blobs, key=key: [fs.cat(f"bench/{key}/v{i}.pt") for i in range(len(blobs))])
         anchor_rows.append({"step": f"{label}: download all", **m})
 
     results: dict[str, list[dict]] = {}

@@ -218,12 +218,19 @@ def repo_slot_free(s: Scan, m: Manifest) -> bool:
 
 
 def _scan_objects(store: RepoStore, s: Scan) -> None:
+    # remote: one listing instead of a request (or two) per object; an object the
+    # listing lacks is asked for again (it may have been written since)
+    listed = None if store.loc.is_local else set(store.objects)
+
+    def exists(oid: str) -> bool:
+        return (listed is not None and oid in listed) or store.objects.exists(oid)
+
     for vid in sorted(s.kept()):
         m = s.manifests.get(vid)
         if m is None:
             continue
         for oid in sorted(m.local_objects()):
-            if not store.objects.exists(oid):
+            if not exists(oid):
                 s.problems.append(_problem("missing-object", oid, f"{s.live.get(vid, m.ref)} needs it",
                                            action=REPAIR))
                 s.bad.setdefault(s.live.get(vid, m.ref), f"object {oid} is missing")

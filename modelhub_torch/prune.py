@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from modelhub_torch.commit import copy_unchanged
-from modelhub_torch.errors import ConflictError, ModelHubError
+from modelhub_torch.errors import ModelHubError
 from modelhub_torch.manifest import DROPPED, Manifest
 from modelhub_torch.pas.codec import RepoCodecs
 from modelhub_torch.publish import switch
@@ -21,11 +21,9 @@ from modelhub_torch.reader import open_reader
 from modelhub_torch.records import Version
 from modelhub_torch.resolution import resolve
 from modelhub_torch.resumable import top_level_keys
-from modelhub_torch.store.lease import model_lease
+from modelhub_torch.store.lease import held_leases
 from modelhub_torch.store.repo import RepoStore
 from modelhub_torch.writer import PackSet, encode_all
-
-LEASE_WAIT = 120.0  # seconds a prune waits for another process's repack of the model
 
 
 def prune(store: RepoStore, ref: str | Version, keys: set[str]) -> Version:
@@ -34,20 +32,19 @@ def prune(store: RepoStore, ref: str | Version, keys: set[str]) -> Version:
     with store.lock, store.writes("prune"):
         store.sync_index()
         vid = resolve(store, ref)
+        # on a shared remote, a repack elsewhere would re-encode the same versions: hold
+        # the leases of the version's model, then of other models leaning on it
+        shared = not store.lock.across_processes
         model = store.manifest(vid).model
-        # on a shared remote, a repack of this model elsewhere would re-encode the same
-        # versions: wait for its lease (prune rewrites what it leans on)
-        with model_lease(store.loc, model, shared=not store.lock.across_processes, wait=LEASE_WAIT) as lease:
-            if not lease.held:
-                raise ConflictError(
-                    f"another process has been repacking {model!r} for over {LEASE_WAIT:.0f}s "
-                    f"(lease {lease.rel}); retry the prune later"
-                )
+        with held_leases(store.loc, [model] if shared else [], shared, "prune"):
             store.refresh_rows(store.possible_dependents(vid))
-            replaced = Pruner(store, vid, sorted(store.catalog.dependents(vid))).run(keys)
-            if replaced:
-                new_oids = [store.objects.put(new.to_bytes()) for new, _ in replaced]
-                switch(store, replaced, new_oids, set())
+            dependents = sorted(store.catalog.dependents(vid))
+            others = {store.manifest(v).model for v in dependents} - {model} if shared else set()
+            with held_leases(store.loc, sorted(others), shared, "prune"):
+                replaced = Pruner(store, vid, dependents).run(keys)
+                if replaced:
+                    new_oids = [store.objects.put(new.to_bytes()) for new, _ in replaced]
+                    switch(store, replaced, new_oids, set())
         return store.checked_version(vid)
 
 

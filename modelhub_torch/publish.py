@@ -61,9 +61,11 @@ def publish_racing(store: RepoStore, m: Manifest, renumber: Callable[[Manifest],
     (``expect_number``); the version's manifest and ref are then withdrawn."""
     store.record_features([m])
     moid, size = _put_manifest(store, m)
-    for _ in range(CONFLICT_ATTEMPTS):
+    for attempt in range(CONFLICT_ATTEMPTS):
         store.refs.set_manifest(m.id, moid)
         if store.refs.create_number(m.model, m.number, m.id):  # the commit point
+            if attempt:
+                store.sync_index()  # index the versions that won meanwhile (the new parent)
             return _landed(store, m, moid, size, [], [])
         try:
             m, old = renumber(m), moid

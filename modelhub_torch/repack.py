@@ -68,7 +68,8 @@ def repack(store: RepoStore, models: list[str] | None = None, newest: int | None
         for model in models if models is not None else store.refs.models():
             with model_lease(store.loc, model, shared=not store.lock.across_processes) as lease:
                 if lease.held:
-                    _repack_model(store, reader, model, newest, lease, report)
+                    with store.pinned():  # nobody else rewrites this model's versions now
+                        _repack_model(store, reader, model, newest, lease, report)
                 else:
                     report.skipped.append(model)
     return report

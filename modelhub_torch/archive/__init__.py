@@ -26,8 +26,14 @@ from modelhub_torch.pas.planner import ALGORITHMS, SCHEMES, Plan, solve
 from modelhub_torch.publish import apply_switch
 from modelhub_torch.reader import open_reader
 from modelhub_torch.resolution import resolve
+from modelhub_torch.store.lease import held_leases
 from modelhub_torch.store.objects import ObjectStore
 from modelhub_torch.store.repo import RepoStore
+
+# on a shared remote, archive holds every model's repack lease while it re-plans (a
+# repack switching a version meanwhile could close a cycle of deltas with the plan);
+# long, as archive does not renew them: a crashed archive blocks repacks this long
+ARCHIVE_LEASE_SECONDS = 6 * 3600.0
 
 __all__ = ["ArchiveReport", "archive", "plan_repository"]
 
@@ -135,7 +141,8 @@ def archive(
 ) -> ArchiveReport:
     """Re-plan the whole repository's storage; see ``Repository.archive``."""
     t0 = time.perf_counter()
-    with store.lock:
+    with store.lock, held_leases(store.loc, store.refs.models(), not store.lock.across_processes, "archive",
+                                 seconds=ARCHIVE_LEASE_SECONDS):
         store.sync_index()
         cold_store = store.objects.cold
         if cold is not None:

@@ -25,10 +25,12 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+from modelhub_torch.errors import ConflictError
 from modelhub_torch.store.location import Location
 
 LOCKS = "locks"
 LEASE_SECONDS = 600.0
+LEASE_WAIT = 120.0  # how long a prune or an archive waits for a running repack
 
 
 class Lease:
@@ -111,3 +113,23 @@ def model_lease(
         yield lease
     finally:
         lease.release()
+
+
+@contextlib.contextmanager
+def held_leases(
+    loc: Location, models: list[str], shared: bool, what: str, seconds: float = LEASE_SECONDS
+) -> Iterator[list[Lease]]:
+    """The leases of several models at once (in name order, waiting ``LEASE_WAIT``
+    for each), for an operation that rewrites all of them (``what``: its name, for
+    the error when another process keeps one)."""
+    with contextlib.ExitStack() as stack:
+        leases = []
+        for model in sorted(set(models)):
+            lease = stack.enter_context(model_lease(loc, model, shared, wait=LEASE_WAIT, seconds=seconds))
+            if not lease.held:
+                raise ConflictError(
+                    f"another process has been repacking {model!r} for over {LEASE_WAIT:.0f}s "
+                    f"(lease {lease.rel}); retry the {what} later"
+                )
+            leases.append(lease)
+        yield leases

@@ -105,6 +105,7 @@ class Location:
             self.protocol = "file"
         else:
             self.local = None
+            self.url = text.rstrip("/") if rest.strip("/") else text  # s3://b/hub/ is s3://b/hub
             self.protocol = protocol
             opts = dict(self.storage_options)
             if protocol in OBJECT_STORES and protocol != "memory":

@@ -28,7 +28,7 @@ OBJECTS = "objects"
 # the object does not hold
 CHECKED_READ_BYTES = 64 << 20
 # an object store's object is spooled in memory up to this size, then in a temp file
-SPOOL_BYTES = 64 << 20
+SPOOL_BYTES = 16 << 20
 # a remote pack expected to be at most this big is fetched whole by the first load that
 # reads from it (see MappedObjects); bigger ones are read range by range
 WHOLE_READ_BYTES = 32 << 20

@@ -63,6 +63,7 @@ class RepoStore:
         self.lock = RepoLock(self.loc)
         self._manifests: dict[str, tuple[str, Manifest]] = {}
         self._mlock = threading.Lock()
+        self._pins = threading.local()  # see pinned()
         # manifests of an unfinished archive this process could not roll forward itself
         # (a read-only location): they are the current ones
         self.pending: dict[str, str] = {}
@@ -143,8 +144,30 @@ class RepoStore:
             ) from exc
 
     # --------------------------------------------------------------- manifests
+    @contextlib.contextmanager
+    def pinned(self) -> Iterator[None]:
+        """Within this block, on this thread, a manifest is read once and then used
+        without reading its ref again (a request each on a remote store): for a
+        rewrite holding the lock or the model's lease, which switches those refs itself
+        (``switch`` invalidates them). The cache starts empty, so nothing switched
+        before the block is trusted; one switched by someone else meanwhile (another
+        model's) makes a read miss a pack, and the reader's retry forgets the cache."""
+        depth = getattr(self._pins, "depth", 0)
+        if not depth:
+            self.invalidate_all()
+        self._pins.depth = depth + 1
+        try:
+            yield
+        finally:
+            self._pins.depth = depth
+
     def manifest(self, version_id: str) -> Manifest:
         """The current manifest of a version (cached while its ref is unchanged)."""
+        if getattr(self._pins, "depth", 0) and version_id not in self.pending:
+            with self._mlock:
+                hit = self._manifests.get(version_id)
+            if hit is not None:
+                return hit[1]
         moid = self.pending.get(version_id) or self.refs.manifest_of(version_id)
         if moid is None:
             raise RefNotFoundError(f"version {version_id} has no manifest ref")

@@ -1,11 +1,13 @@
 """One writer process of tests/test_s3.py's concurrency tests.
 
-    python s3_writer.py URL MODEL WORKER COUNT GO_FILE
+    python s3_writer.py URL WORKER GO_FILE MODEL:COUNT [MODEL:COUNT ...]
 
 Opens the S3 repository at URL (storage options as JSON in $MODELHUB_TEST_S3_OPTIONS),
 prints ``ready``, waits until GO_FILE exists (so the writers start together), commits
-COUNT versions of MODEL (``weights(WORKER, i)``, metrics ``{"worker", "i"}``), waits
-for its background repacks and prints one JSON line: ``[{"i", "id", "number"}...]``.
+COUNT versions of each MODEL in turn (the k-th job's i-th one holds
+``weights(WORKER, 1000 * k + i)``, metrics ``{"worker": WORKER, "i": 1000 * k + i}``),
+waits for its background repacks and prints one JSON line:
+``[{"model", "i", "id", "number", "parent"}...]`` (what each commit returned).
 Its catalog cache is its own ($MODELHUB_CACHE), as another machine's would be.
 """
 
@@ -33,7 +35,7 @@ def weights(worker: int, i: int) -> dict[str, torch.Tensor]:
     }
 
 
-def main(url: str, model: str, worker: int, count: int, go: str) -> None:
+def main(url: str, worker: int, go: str, jobs: list[str]) -> None:
     from modelhub_torch import Repository
 
     repo = Repository(url, storage_options=json.loads(os.environ["MODELHUB_TEST_S3_OPTIONS"]))
@@ -44,12 +46,14 @@ def main(url: str, model: str, worker: int, count: int, go: str) -> None:
             raise SystemExit("never told to start")
         time.sleep(0.005)
     done = []
-    for i in range(count):
-        v = repo.commit(weights(worker, i), model, metrics={"worker": worker, "i": i})
-        done.append({"i": i, "id": v.id, "number": v.number})
+    for k, job in enumerate(jobs):
+        model, count = job.split(":")
+        for i in range(1000 * k, 1000 * k + int(count)):
+            v = repo.commit(weights(worker, i), model, metrics={"worker": worker, "i": i})
+            done.append({"model": model, "i": i, "id": v.id, "number": v.number, "parent": v.parent})
     repo.wait()
     print(json.dumps(done), flush=True)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:])
