@@ -150,6 +150,9 @@ def run_layout(name: str, versions: list[Any], measure: Measure, tmp: Path, **re
     rows.append({"step": "clone (full)", **m})
     m = measure(lambda: Repository.clone(remote_url, tmp / f"{name}-clone2", planes=2).last_sync)
     rows.append({"step": "clone --planes 2", **m})
+    local_part = Repository.clone(local, tmp / f"{name}-clone3", planes=2).last_sync
+    rows.append({"step": "clone --planes 2 of the local repo (no wire)", "seconds": local_part.seconds,
+                 "requests": 0, "up": 0, "down": 0, "result": local_part})
     clone = Repository(tmp / f"{name}-clone")
     for i, sd in enumerate(versions):  # the clone is bit-exact
         got = clone.load(f"minilm@v{i + 1}")
@@ -193,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
             "compact", versions, measure, Path(d), max_load_factor=None)
     server.shutdown()
 
-    header = ["step", "bytes up", "bytes down", "moved", "vs torch.save", "seconds", "requests", "requests/version"]
+    header = ["step", "bytes up", "bytes down", "moved", "vs torch.save", "seconds", "requests", "requests/version",
+              "written there"]
     n_all, new_save = len(versions), len(files[-1])
     print("Anchors (what a user would otherwise sync)")
     rows = []
@@ -202,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         base = new_save if "1 new" in r["step"] else (total_save - new_save if "upload" in r["step"] else total_save)
         count = 1 if "1 new" in r["step"] else (n_all - 1 if "upload" in r["step"] else n_all)
         rows.append([r["step"], fmt(r["up"]), fmt(r["down"]), fmt(moved), f"{moved / base:.3f}",
-                     f"{r['seconds']:.2f}", str(r["requests"]), f"{r['requests'] / count:.1f}"])
+                     f"{r['seconds']:.2f}", str(r["requests"]), f"{r['requests'] / count:.1f}", "-"])
     print(table(rows, header))
     for title, layout_rows in results.items():
         print(f"\nmodelhub_torch, {title}")
@@ -215,12 +219,18 @@ def main(argv: list[str] | None = None) -> int:
                 base, count = total_save - new_save, n_all - 1
             else:
                 base, count = total_save, n_all
+            written = r["result"].bytes
+            if r["step"].startswith("clone --planes 2 of"):
+                moved = written
             rows.append([r["step"], fmt(r["up"]), fmt(r["down"]), fmt(moved), f"{moved / base:.3f}",
-                         f"{r['seconds']:.2f}", str(r["requests"]), f"{r['requests'] / count:.1f}"])
+                         f"{r['seconds']:.2f}", str(r["requests"]), f"{r['requests'] / count:.1f}", fmt(written)])
         print(table(rows, header))
         full = next(r for r in layout_rows if r["step"] == "clone (full)")
         part = next(r for r in layout_rows if r["step"] == "clone --planes 2")
         new = next(r for r in layout_rows if r["step"] == "push 1 new version")
+        local_part = next(r for r in layout_rows if r["step"].startswith("clone --planes 2 of"))
+        print(f"--planes 2 from a sender that codes the top planes itself (a local repository; the hub): "
+              f"{local_part['result'].bytes / max(1, full['up'] + full['down']):.3f} of a full clone")
         print(f"targets: push of 1 new version {(new['up'] + new['down']) / new_save:.3f} of its torch.save (<= 0.400); "
               f"full clone {(full['up'] + full['down']) / total_save:.3f} of the torch.save files (<= 0.400); "
               f"--planes 2 clone {(part['up'] + part['down']) / max(1, full['up'] + full['down']):.3f} of a full "

@@ -10,7 +10,9 @@
 5. Query the repository with DQL: metrics, lineage and the recorded network.
 6. Predict progressively: the high-order bytes first, the rest only where unsure
    (one batch, then single requests, which is where reading less pays).
-7. Archive: re-plan storage within a load-time budget, low-order planes to a second
+7. Share: clone the top 2 byte planes into a second repository, predict progressively
+   there; a full load fetches the rest from the source; pull the rest.
+8. Archive: re-plan storage within a load-time budget, low-order planes to a second
    tier; store one old version lossily, checking its accuracy; verify.
 
 Run it with ``make demo``; the repository is left in ./demo-hub/repo for you to explore
@@ -52,8 +54,8 @@ def step(title: str) -> None:
     print(f"\n=== {title}", flush=True)
 
 
-def modelhub(*args: str) -> None:
-    cmd = [sys.executable, "-m", "modelhub_torch.cli", "--repo", str(REPO), *args]
+def modelhub(*args: str, repo: Path = REPO) -> None:
+    cmd = [sys.executable, "-m", "modelhub_torch.cli", "--repo", str(repo), *args]
     print("$ modelhub " + shlex.join(args), flush=True)
     # examples/ on the path, so `modelhub eval --module digits:DigitsCNN` can import it
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))}
@@ -141,7 +143,20 @@ def main() -> int:
     # the class comes from the user, never from the repository (it records digits.DigitsCNN)
     modelhub("eval", "digits-cnn@latest", "--data", str(data), "--progressive", "--module", "digits:DigitsCNN")
 
-    step("7. archive: least bytes with every version within 2x its fastest load; low-order planes"
+    step("7. share: a teammate clones only the top 2 byte planes (from a bucket in real life: "
+         "s3://...), predicts progressively there, and a full load fetches the rest from the source")
+    copy = WORK / "teammate"
+    modelhub("clone", str(REPO), str(copy), "digits-cnn", "--planes", "2", repo=copy)
+    modelhub("eval", "digits-cnn@latest", "--data", str(data), "--progressive", "--module", "digits:DigitsCNN",
+             repo=copy)
+    teammate = modelhub_torch.Repository(copy)
+    same_copy = bits_equal(teammate.load_state_dict("digits-cnn@best"), repo.load_state_dict("digits-cnn@best"))
+    print(f"full load of digits-cnn@best in the copy: bit-identical to the source: {same_copy}")
+    modelhub("pull", str(REPO), repo=copy)  # everything else, thin: only what the copy lacks
+    modelhub("verify", repo=copy)
+    same = same and same_copy
+
+    step("8. archive: least bytes with every version within 2x its fastest load; low-order planes"
          " to a cheaper second tier (any fsspec URL: a bucket; a folder here)")
     modelhub("archive", "--budget", "2", "--cold", str(WORK / "cold-tier"), "--measure")
     modelhub("archive", "--lossy", "quant:4", "--versions", "digits-cnn@v5", "--data", str(data),
