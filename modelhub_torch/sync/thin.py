@@ -31,7 +31,7 @@ from modelhub_torch.pas import codec
 from modelhub_torch.pas.codec import CodecConfig, RepoCodecs
 from modelhub_torch.reader import TensorReader
 from modelhub_torch.store.repo import RepoStore
-from modelhub_torch.writer import PackSet, encode_all, encoded_size
+from modelhub_torch.writer import PackSet, encode_all
 
 FLOATS = ("float32", "float16", "bfloat16", "float64")
 
@@ -112,9 +112,9 @@ def encode_thin(
     recreation budget) takes the thin version; when it does not, the version is sent
     whole instead, so nothing is written twice."""
     m = src.manifest(vid)
-    coded = _code(src, reader, dst, m, base, linkable, planes, thin=True)
+    coded = _code(src, reader, dst, m, base, linkable, planes)
     if base is not None and planes is None and fits is not None and not fits(_provisional(m, coded)):
-        coded = _code(src, reader, dst, m, None, linkable, planes, thin=False)
+        coded = _code(src, reader, dst, m, None, linkable, planes)
     packs = PackSet(dst.objects)
     hashed = HashedPackSet() if planes is not None else None
     records = []
@@ -144,7 +144,7 @@ Coded = list[tuple[dict[str, Any], dict[str, Any], list | None, int | None]]  # 
 
 
 def _code(src: RepoStore, reader: TensorReader, dst: RepoStore, m: Manifest, base: str | None,
-          linkable: Callable[[str], bool], planes: int | None, thin: bool) -> Coded:
+          linkable: Callable[[str], bool], planes: int | None) -> Coded:
     """Every tensor of ``m`` as a link or coded chunks (in memory, checked)."""
     codecs = RepoCodecs.from_settings(dst.settings)
     bm = src.manifest(base) if base is not None else None
@@ -238,4 +238,4 @@ def _sent_size(chunks: list, planes: int) -> int:
     return sum(len(payload) for _, frames in chunks for _, payload in frames[:planes])
 
 
-__all__ = ["HashedPackSet", "ThinVersion", "encode_thin", "encoded_size", "top_planes"]
+__all__ = ["HashedPackSet", "ThinVersion", "encode_thin", "top_planes"]
