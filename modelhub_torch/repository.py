@@ -540,7 +540,8 @@ def _other_store(remote: Any, storage_options: dict[str, Any] | None = None, lik
         return remote
     options = storage_options or storage_options_for(str(remote))
     if like is not None and not Location(remote, options).exists(CONFIG_FILE):
-        return Repository.init(remote, storage_options=options, **_settings_of(like)).store
+        # exist_ok: another pusher may create it at the same moment (same settings, no harm)
+        return Repository.init(remote, exist_ok=True, storage_options=options, **_settings_of(like)).store
     return Repository(remote, options).store
 
 
