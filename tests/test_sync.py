@@ -183,12 +183,6 @@ def test_clone_with_top_planes_then_progressive_then_full_load(tmp_path: Path, c
     part = Repository.clone(src, tmp_path / "part", planes=2)
     assert part.last_sync.partial == [f"mlp@v{n}" for n in range(1, 6)]
     assert part.last_sync.bytes < 0.7 * full.last_sync.bytes
-    # the newest travels alone (its top planes need no chain); older ones lean on the next newer
-    newest = part.manifest(part.resolve("mlp@v5"))
-    assert all(r["data"].get("base") is None for r in newest.tensors if r["data"]["kind"] == "planes")
-    v4 = part.manifest(part.resolve("mlp@v4"))
-    bases = {r["data"]["base"]["version"] for r in v4.tensors if r["data"]["kind"] == "planes" and r["data"]["base"]}
-    assert bases == {newest.id}
     assert part.verify() == []  # what is there is checked; missing planes are not damage
     # progressive inference on the partial copy answers as the full network does
     x, _ = digits()

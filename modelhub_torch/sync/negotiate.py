@@ -81,16 +81,11 @@ def plan(src: RepoStore, dst: RepoStore, refs: list[str] | None, planes: int | N
         )
     skipped = set(result.skipped)
     sending: set[str] = set()
-    newer: dict[str, str] = {}  # partial transfers: model -> the version sent just before (a newer one)
-    order = _parents_first(chosen) if planes is None else _newest_first(chosen)
-    for m in order:
+    for m in _parents_first(chosen):
         if m.ref in skipped:
             continue
         usable = (lambda v: state.holds(v)) if planes is not None else state.complete
         base = m.parent if m.parent is not None and (m.parent in sending or usable(m.parent)) else None
-        if planes is not None and m.model in newer:
-            base = newer[m.model]
-        newer[m.model] = m.id
         if base is not None and src.refs.manifest_of(base) is None:
             base = None  # the source no longer has it (pruned): travel whole
         result.wants.append(Want(m.id, m.model, m.number, base))
@@ -121,17 +116,6 @@ def _parents_first(manifests: list) -> list:
     for m in sorted(manifests, key=lambda m: (m.model, m.number)):
         visit(m)
     return out
-
-
-def _newest_first(manifests: list) -> list:
-    """Order for a partial transfer: models as parents-first puts them (a fine-tune's
-    base model first), each model's versions newest first, so the newest travels whole
-    and older ones as deltas against the next newer — progressive reads of the newest
-    version then read its planes only, not a chain from the oldest."""
-    rank: dict[str, int] = {}
-    for m in _parents_first(manifests):
-        rank.setdefault(m.model, len(rank))
-    return sorted(manifests, key=lambda m: (rank[m.model], -m.number))
 
 
 def _tags(src: RepoStore, dst: RepoStore, models: set[str], present: set[str],

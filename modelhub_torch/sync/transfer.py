@@ -85,14 +85,7 @@ def transfer(
     finally:
         bar.close()
     report.seconds = time.perf_counter() - started
-    report.versions.sort(key=_ref_order)
-    report.partial.sort(key=_ref_order)
     return report
-
-
-def _ref_order(ref: str) -> tuple[str, int]:
-    model, _, n = ref.rpartition("@v")
-    return model, int(n) if n.isdigit() else 0
 
 
 def _move_tag(dst: RepoStore, model: str, alias: str, vid: str, before: str | None) -> None:
