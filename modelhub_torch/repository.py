@@ -76,6 +76,8 @@ class Repository:
     ``FSSPEC_S3_*`` environment variables); a cold tier on the same kind of store
     uses them too."""
 
+    last_sync: SyncReport | None = None  # what made a repository returned by clone()
+
     def __init__(self, path_or_url: str | Any, storage_options: dict[str, Any] | None = None):
         self._store = open_store(path_or_url, storage_options)
         if storage_options:

@@ -4,6 +4,7 @@ partial (top-planes) pulls; interrupted transfers."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -15,29 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import assert_bit_equal
-from torch import nn
+from test_progressive import MLP, digits
 from torch.nn import functional as F
 
 from modelhub_torch import Repository
 from modelhub_torch.budget import estimate
 from modelhub_torch.cli import main
 from modelhub_torch.errors import DivergedError, ModelHubError, PartialVersionError
-
-
-class MLP(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1, self.fc2 = nn.Linear(64, 128), nn.Linear(128, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.relu(self.fc1(x)))
-
-
-def digits() -> tuple[torch.Tensor, torch.Tensor]:
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    return torch.tensor(d.data / 16.0, dtype=torch.float32), torch.tensor(d.target, dtype=torch.long)
 
 
 def trajectory(versions: int, seed: int = 0, steps: int = 40) -> list[dict]:
@@ -274,7 +259,7 @@ KILLER = textwrap.dedent(
         if count["n"] == int(sys.argv[3]):
             dst.objects.put(m.to_bytes())  # the manifest object lands, the refs do not
             os.kill(os.getpid(), signal.SIGKILL)
-        real(dst, m)
+        return real(dst, m)
 
     receive._publish = publish
     Repository(sys.argv[1]).push(sys.argv[2])
@@ -382,3 +367,32 @@ def test_two_processes_pushing_the_same_versions_to_s3(s3_repo_url, tmp_path: Pa
     assert remote.verify() == []
     # a second push from either side now moves nothing
     assert Repository(tmp_path / "src").push(url, storage_options=options).versions == []
+
+
+def test_a_receiver_that_did_not_code_the_frames_checks_them(tmp_path: Path, ckpts: list[dict], monkeypatch) -> None:
+    """The hub's path: frames coded elsewhere are decoded against this repository's
+    bases before anything is published; a forged one is refused with nothing visible,
+    and a thin version over this repository's budget is stored whole."""
+    from modelhub_torch.reader import open_reader
+    from modelhub_torch.sync import receive as receiving
+    from modelhub_torch.sync.receive import receive
+    from modelhub_torch.sync.thin import encode_thin
+
+    src = make_source(tmp_path / "src", ckpts, count=2)
+    dst = Repository.init(tmp_path / "dst")
+    src.push(dst, ["mlp@v1"])
+    v2 = src.resolve("mlp@v2")
+    thin = encode_thin(src.store, open_reader(src.store), dst.store, v2, src.resolve("mlp@v1"), lambda v: False)
+    assert any(r["data"].get("base") for r in thin.manifest.tensors if r["data"]["kind"] == "planes")
+    forged = copy.deepcopy(thin.manifest)
+    rec = next(r for r in forged.tensors if r["data"]["kind"] == "planes")
+    rec["digest"] = "0" * 64  # what the frames decode to no longer matches
+    with dst.store.lock, pytest.raises(ModelHubError, match="checksum"):
+        receive(dst.store, forged)
+    assert [v.ref for v in dst.versions()] == ["mlp@v1"]
+    monkeypatch.setattr(receiving, "fits", lambda dst, wire: False)  # as over this repository's budget
+    with dst.store.lock:
+        stored, size = receive(dst.store, thin.manifest)
+    assert size > 0 and all(r["data"].get("base") is None for r in stored.tensors if r["data"]["kind"] == "planes")
+    assert_bit_equal(dst.load("mlp@v2"), ckpts[1])
+    assert dst.verify() == []

@@ -81,21 +81,18 @@ def plan(src: RepoStore, dst: RepoStore, refs: list[str] | None, planes: int | N
         )
     skipped = set(result.skipped)
     sending: set[str] = set()
+    usable = state.holds if planes is not None else state.complete  # a base a partial copy may lean on
     for m in _parents_first(chosen):
         if m.ref in skipped:
             continue
-        usable = (lambda v: state.holds(v)) if planes is not None else state.complete
         base = m.parent if m.parent is not None and (m.parent in sending or usable(m.parent)) else None
         if base is not None and src.refs.manifest_of(base) is None:
             base = None  # the source no longer has it (pruned): travel whole
         result.wants.append(Want(m.id, m.model, m.number, base))
         sending.add(m.id)
-    result.tags = _tags(src, dst, {m.model for m in chosen}, sending | set(_ids(chosen, skipped)), last_tags or {})
+    present = sending | {m.id for m in chosen if m.ref in skipped}
+    result.tags = _tags(src, dst, {m.model for m in chosen}, present, last_tags or {})
     return result
-
-
-def _ids(chosen: list, skipped: set[str]) -> list[str]:
-    return [m.id for m in chosen if m.ref in skipped]
 
 
 def _parents_first(manifests: list) -> list:

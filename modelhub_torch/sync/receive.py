@@ -29,11 +29,12 @@ def fits(dst: RepoStore, wire: Manifest) -> bool:
     return within_budget(dst, wire, dst.settings.get("max_load_factor"))
 
 
-def receive(dst: RepoStore, wire: Manifest, checked: bool = False) -> Manifest:
+def receive(dst: RepoStore, wire: Manifest, checked: bool = False) -> tuple[Manifest, int]:
     """Check ``wire`` (its packs already in ``dst``), fit it to the layout and publish
     it; returns the manifest stored. ``checked``: the sender decoded every frame it
     wrote against the same bases in this process (sync/thin.py), so nothing is read
-    back. Call with ``dst``'s lock held."""
+    back. Returns the manifest stored and the bytes of its object. Call with ``dst``'s
+    lock held."""
     partial = wire.partial
     stored = wire
     if partial or checked or fits(dst, wire):  # a checked sender already chose thin or whole
@@ -43,8 +44,7 @@ def receive(dst: RepoStore, wire: Manifest, checked: bool = False) -> Manifest:
         stored = _whole(dst, wire)
         for oid in wire.objects():
             dst.objects.delete(oid)
-    _publish(dst, stored)
-    return stored
+    return stored, _publish(dst, stored)
 
 
 def _reader(dst: RepoStore, wire: Manifest) -> TensorReader:
@@ -92,9 +92,10 @@ def _whole(dst: RepoStore, wire: Manifest) -> Manifest:
         raise
 
 
-def _publish(dst: RepoStore, m: Manifest) -> None:
+def _publish(dst: RepoStore, m: Manifest) -> int:
     """Manifest, then the version's manifest ref, then its numbered ref (the commit
-    point; refused when another version took that number meanwhile)."""
+    point; refused when another version took that number meanwhile). Returns the
+    manifest object's size."""
     there = dst.refs.version_at_or_none(m.model, m.number)
     if there is not None and there != m.id:
         raise DivergedError(
@@ -104,13 +105,15 @@ def _publish(dst: RepoStore, m: Manifest) -> None:
     dst.record_features([m])
     old_moid = dst.refs.manifest_of(m.id)
     old = dst.manifest(m.id) if old_moid else None
-    moid = dst.objects.put(m.to_bytes())
+    doc = m.to_bytes()
+    moid = dst.objects.put(doc)
     dst.refs.set_manifest(m.id, moid)
     dst.invalidate(m.id)
     if (there is None and not dst.refs.create_number(m.model, m.number, m.id)
-            and dst.refs.version_at_or_none(m.model, m.number) != m.id):  # (another sender of the same version is fine)
-        # another writer took the number between the check above and now (object
-        # stores have no lock): the manifest stays unreferenced, gc collects it
+            and dst.refs.version_at_or_none(m.model, m.number) != m.id):
+        # another writer took the number for another version between the check above
+        # and now (object stores have no lock; a racing sender of this same version is
+        # fine): the manifest stays unreferenced, gc collects it
         dst.refs.delete_version(m.id)
         raise DivergedError(
             f"{m.ref} was committed as another version in {dst.url} during the transfer; "
@@ -122,3 +125,4 @@ def _publish(dst: RepoStore, m: Manifest) -> None:
         for oid in [*old.objects(), old_moid]:
             if oid not in keep and not (dst.catalog.object_users(oid) - {m.id}):
                 dst.objects.delete(oid)
+    return len(doc)

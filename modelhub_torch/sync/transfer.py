@@ -61,7 +61,7 @@ def transfer(
                 thin = encode_thin(src, reader, dst, want.vid, want.base, linkable, planes,
                                    fits=lambda wire: fits(dst, wire))
                 try:
-                    stored = receive(dst, thin.manifest, checked=True)
+                    stored, manifest_bytes = receive(dst, thin.manifest, checked=True)
                 except BaseException:
                     for oid in thin.manifest.objects():
                         dst.objects.delete(oid)
@@ -71,7 +71,7 @@ def transfer(
             if thin.partial:
                 report.partial.append(stored.ref)
             report.objects += thin.objects + 1
-            report.bytes += thin.bytes + dst.objects.size(dst.refs.manifest_of(want.vid))
+            report.bytes += thin.bytes + manifest_bytes
             bar.update(stored.raw_bytes)
         if todo.tags:
             with dst.lock, dst.writes("moving aliases"):
