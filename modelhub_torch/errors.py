@@ -104,3 +104,17 @@ class DivergedError(ModelHubError, ValueError):
 class PartialVersionError(ModelHubError, IOError):
     """A version pulled with only its top byte planes was read in full, and the
     repository it came from cannot supply the rest."""
+
+
+class HubRequestError(ModelHubError):
+    """A hub refused a request or could not be reached; the message is the hub's own
+    (what went wrong, what to do). ``status`` is the HTTP status (0: no answer)."""
+
+    def __init__(self, message: str, status: int = 0):
+        super().__init__(message)
+        self.status = status
+
+
+class HubAuthError(HubRequestError, PermissionError):
+    """401 (no token, or one the hub does not accept) or 403 (the token lacks the
+    scope or does not cover the model)."""

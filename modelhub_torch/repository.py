@@ -275,9 +275,13 @@ class Repository:
     # ------------------------------------------------------------------ query
     def query(self, text: str) -> QueryResult:
         """Run a DQL statement (``select m where ...``, see docs/DQL.md) on the catalog;
-        network predicates use the recorded graphs, never the weights."""
+        network predicates use the recorded graphs, never the weights. On a hub URL
+        the hub runs it (select only)."""
         from modelhub_torch.dql.engine import execute
+        from modelhub_torch.hub.remote_query import is_hub, query_hub
 
+        if is_hub(self.store):  # runs on the hub's own catalog
+            return query_hub(self.store, text)  # type: ignore[return-value]
         self.store.sync_index()
 
         def tags() -> Iterable[tuple[str, str]]:

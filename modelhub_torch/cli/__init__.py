@@ -21,6 +21,7 @@ from modelhub_torch.cli.browse import cmd_desc, cmd_list, cmd_query, cmd_stats
 from modelhub_torch.cli.diff import cmd_diff
 from modelhub_torch.cli.evaluate import cmd_eval
 from modelhub_torch.cli.files import cmd_commit, cmd_export, cmd_import
+from modelhub_torch.cli.hub import cmd_login, cmd_logout, cmd_search, cmd_serve, cmd_token
 from modelhub_torch.cli.manage import cmd_archive, cmd_copy, cmd_gc, cmd_init, cmd_tag, cmd_verify
 from modelhub_torch.cli.output import PROG, Output, error, warn
 from modelhub_torch.cli.parser import build_parser, default_repo
@@ -46,6 +47,12 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Output], int]] = {
     "push": cmd_push,
     "pull": cmd_pull,
     "clone": cmd_clone,
+    "publish": cmd_push,
+    "serve": cmd_serve,
+    "token": cmd_token,
+    "login": cmd_login,
+    "logout": cmd_logout,
+    "search": cmd_search,
 }
 
 

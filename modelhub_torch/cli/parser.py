@@ -165,6 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("remote", metavar="REMOTE", help="destination repository (created when missing)")
     c.add_argument("refs", nargs="*", metavar="REF", help="model names or versions (m, m@v3, m@best); default: all")
 
+    c = cmd("publish", "push to a hub (the paper's verb; the same as push)")
+    c.add_argument("remote", metavar="HUB_URL", help="the hub (http(s)://...) or any repository")
+    c.add_argument("refs", nargs="*", metavar="REF", help="model names or versions (m, m@v3, m@best); default: all")
+
     c = cmd("pull", "fetch versions from another repository (path or URL), only what is missing here")
     c.add_argument("remote", metavar="REMOTE", help="source repository")
     c.add_argument("refs", nargs="*", metavar="REF", help="model names or versions (m, m@v3, m@best); default: all")
@@ -175,6 +179,38 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("dst", metavar="DST", help="where the new repository goes")
     c.add_argument("refs", nargs="*", metavar="REF", help="model names or versions (m, m@v3, m@best); default: all")
     c.add_argument("--planes", type=int, metavar="K", help=planes_help)
+
+    c = cmd("serve", "serve a repository as a hub over HTTP (push, pull, search, web pages)")
+    c.add_argument("path", nargs="?", metavar="PATH_OR_URL", help="the repository (default: --repo); created if absent")
+    c.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    c.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    c.add_argument("--public", action="store_true", help="anyone may read (pushing still needs a write token)")
+    c.add_argument("--max-body", type=int, default=512 << 20, metavar="BYTES",
+                   help="largest request body accepted (default 512 MiB)")
+    c.add_argument("--rate", type=float, default=200.0, metavar="N",
+                   help="requests per second per token (per address when anonymous; default 200)")
+
+    c = cmd("token", "create, list or revoke the hub's access tokens (run where the hub's repository is)")
+    tsub = c.add_subparsers(dest="action", metavar="ACTION", required=True)
+    t = tsub.add_parser("create", help="a new token (printed once)", parents=[common])
+    t.add_argument("--scope", choices=["read", "write"], required=True, help="read: pull and browse; write: also push")
+    t.add_argument("--models", nargs="+", metavar="GLOB", help="only models matching these globs may be written")
+    t.add_argument("--name", help="a note saying whose it is")
+    tsub.add_parser("list", help="the tokens (ids, scopes; never the secrets)", parents=[common])
+    t = tsub.add_parser("revoke", help="stop accepting a token", parents=[common])
+    t.add_argument("id", metavar="ID", help="the token's id (see 'modelhub token list')")
+
+    c = cmd("login", "save a token for a hub (user config file, mode 0600); MODELHUB_TOKEN overrides it")
+    c.add_argument("url", metavar="HUB_URL")
+    c.add_argument("--token", help="the token (default: asked for, or read from stdin)")
+    c = cmd("logout", "forget the token saved for a hub")
+    c.add_argument("url", metavar="HUB_URL")
+
+    c = cmd("search", "search a hub: free text over names, messages, aliases, metric names, or a DQL select")
+    c.add_argument("query", nargs="*", metavar="QUERY", help="words, or 'select m where ...' (default: everything)")
+    c.add_argument("--hub", required=True, metavar="HUB_URL", help="the hub to search")
+    c.add_argument("--page", type=int, default=1, help="page number (from 1)")
+    c.add_argument("--per-page", type=int, default=20, help="results per page (at most 100)")
 
     c = cmd("gc", "delete objects no version references")
     c.add_argument("--dry-run", action="store_true", help="only report what would go")

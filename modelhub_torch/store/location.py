@@ -103,6 +103,14 @@ class Location:
             self.root = str(self.local)
             self.url = str(self.local)
             self.protocol = "file"
+        elif protocol in ("http", "https"):  # a hub (hub/fs.py): read-only here, pushed to by API
+            from modelhub_torch.hub.fs import HubFileSystem
+
+            self.local = None
+            self.url = text.rstrip("/")
+            self.protocol = protocol
+            self.fs = HubFileSystem(self.url, **self.storage_options)
+            self.root = "/"
         else:
             self.local = None
             self.url = text.rstrip("/") if rest.strip("/") else text  # s3://b/hub/ is s3://b/hub

@@ -42,8 +42,9 @@ def receive(dst: RepoStore, wire: Manifest, checked: bool = False) -> tuple[Mani
             _check(dst, wire, partial)
     else:
         stored = _whole(dst, wire)
-        for oid in wire.objects():
-            dst.objects.delete(oid)
+        for oid in wire.objects():  # the thin frames, unless a version here uses them too
+            if not dst.catalog.object_users(oid):
+                dst.objects.delete(oid)
     return stored, _publish(dst, stored)
 
 

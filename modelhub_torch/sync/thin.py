@@ -80,6 +80,7 @@ class ThinVersion:
     objects: int
     bytes: int
     partial: bool
+    checked: bool = True  # coded and decoded again by this process (else the receiver checks)
 
 
 def top_planes(dtype: str, cfg: CodecConfig, planes: int, width: int) -> int:

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import time
 
-from modelhub_torch.errors import ConflictError, DivergedError, ModelHubError
+from modelhub_torch.errors import ModelHubError
 from modelhub_torch.progress import byte_bar
 from modelhub_torch.reader import open_reader
-from modelhub_torch.store.refs import check_alias
 from modelhub_torch.store.repo import RepoStore
 from modelhub_torch.sync.negotiate import Destination, plan
-from modelhub_torch.sync.receive import fits, receive
+from modelhub_torch.sync.receive import fits
 from modelhub_torch.sync.report import SyncReport
+from modelhub_torch.sync.sinks import sink_for
 from modelhub_torch.sync.thin import encode_thin
 from modelhub_torch.sync.tracking import last_tags, remember_tags
 
@@ -48,6 +48,11 @@ def transfer(
     report.skipped = list(todo.skipped)
     reader = open_reader(src, cache_bytes=256 << 20)  # a parent decoded as base is reused as the next version
     state = Destination(dst)
+    sink = sink_for(dst)
+    from modelhub_torch.hub.packs import fetch_pack
+    from modelhub_torch.hub.remote_query import is_hub
+
+    packer = src.loc.fs.client if planes is not None and is_hub(src) else None
     sent: set[str] = set()
     raw = sum(src.manifest(w.vid).raw_bytes for w in todo.wants)
     bar = byte_bar(raw, f"{'pull' if dst.loc.is_local else 'push'} to {dst.url}", progress)
@@ -57,27 +62,26 @@ def transfer(
             def linkable(vid: str) -> bool:
                 return vid in sent or (state.holds(vid) if planes is not None else state.complete(vid))
 
-            with dst.lock, dst.writes(f"receiving {want.model}@v{want.number}"):
-                thin = encode_thin(src, reader, dst, want.vid, want.base, linkable, planes,
+            def encode(target, want=want, linkable=linkable):
+                if packer is not None:  # a hub cuts the planes where the data is (hub/packs.py)
+                    have = sent | set(dst.refs.version_ids())
+                    return fetch_pack(packer, src.url, target, want.vid, want.model, want.number,
+                                      want.base, have, planes)
+                return encode_thin(src, reader, target, want.vid, want.base, linkable, planes,
                                    fits=lambda wire: fits(dst, wire))
-                try:
-                    stored, manifest_bytes = receive(dst, thin.manifest, checked=True)
-                except BaseException:
-                    for oid in thin.manifest.objects():
-                        dst.objects.delete(oid)
-                    raise
+
+            thin, landed = sink.put_version(encode, f"receiving {want.model}@v{want.number}")
             sent.add(want.vid)
-            report.versions.append(stored.ref)
+            report.versions.append(landed.ref)
             if thin.partial:
-                report.partial.append(stored.ref)
+                report.partial.append(landed.ref)
             report.objects += thin.objects + 1
-            report.bytes += thin.bytes + manifest_bytes
-            bar.update(stored.raw_bytes)
+            report.bytes += thin.bytes + landed.manifest_bytes
+            bar.update(landed.raw_bytes)
         if todo.tags:
-            with dst.lock, dst.writes("moving aliases"):
-                for model, alias, vid, before in todo.tags:
-                    _move_tag(dst, model, alias, vid, before)
-                    report.tags.append(f"{model}@{alias}")
+            for model, alias, vid, before in todo.tags:
+                sink.move_tag(model, alias, vid, before)
+                report.tags.append(f"{model}@{alias}")
         seen = {f"{m}@{a}": v for m in {w.model for w in todo.wants} | {t[0] for t in todo.tags}
                 for a, v in src.refs.tags(m).items()}
         if seen:
@@ -86,17 +90,3 @@ def transfer(
         bar.close()
     report.seconds = time.perf_counter() - started
     return report
-
-
-def _move_tag(dst: RepoStore, model: str, alias: str, vid: str, before: str | None) -> None:
-    """Compare-and-swap an alias: one moved at the destination since the plan is not
-    overwritten (unless it already points where this transfer wanted it)."""
-    try:
-        dst.refs.set_tag(model, check_alias(alias), vid, expect=before)
-    except ConflictError:
-        now = dst.refs.tags(model).get(alias)
-        if now != vid:
-            raise DivergedError(
-                f"{model}@{alias} moved in {dst.url} during the transfer (the versions arrived; "
-                "the alias did not move): run the transfer again to decide on it"
-            ) from None
