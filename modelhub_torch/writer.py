@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import blake3
 import numpy as np
 
 from modelhub_torch.pas import codec
@@ -23,11 +24,16 @@ class PackSet:
     Every pack starts with 16 random bytes, so no two packs are ever byte-identical:
     a pack is owned by exactly one manifest even though objects are named by content,
     and deleting a replaced manifest's packs can never remove another's.
+
+    ``salt``: derive those bytes from it instead (a version sent to a hub, keyed by
+    the version and its base): coding the same transfer again gives the same objects,
+    so a push cut short resends only what did not arrive.
     """
 
-    def __init__(self, objects: ObjectStore):
+    def __init__(self, objects: ObjectStore, salt: bytes | None = None):
         self.objects = objects
         self.writers: list[ObjectWriter | None] = []
+        self.salt = salt
 
     def _writer(self, plane: int) -> ObjectWriter:
         while len(self.writers) <= plane:
@@ -35,7 +41,8 @@ class PackSet:
         w = self.writers[plane]
         if w is None:
             w = self.writers[plane] = self.objects.writer()
-            w.write(os.urandom(PACK_SALT_BYTES))
+            w.write(os.urandom(PACK_SALT_BYTES) if self.salt is None else
+                    blake3.blake3(self.salt + plane.to_bytes(2, "big"), max_threads=1).digest(PACK_SALT_BYTES))
         return w
 
     def add(

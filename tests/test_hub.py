@@ -205,10 +205,34 @@ def test_a_forged_manifest_never_becomes_visible(tmp_path: Path, ckpts: list[dic
         assert [v.ref for v in hub.versions()] == ["mlp@v1"]
         assert_bit_equal(hub.load("mlp@v1"), ckpts[0])
         assert hub.verify() == []
-        # the real push then goes through (its objects were already there: only the manifest moves)
+        # the real push then goes through
         r = src.push(url, storage_options={"token": write})
         assert r.versions == ["mlp@v2"]
         assert_bit_equal(Repository(server).load("mlp@v2"), ckpts[1])
+
+
+def test_a_push_cut_short_resends_only_what_did_not_arrive(tmp_path: Path, ckpts: list[dict],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    src = make_source(tmp_path / "src", ckpts, count=3)
+    monkeypatch.setenv("MODELHUB_TOKEN", token(tmp_path / "hub", "write"))
+    with running_hub(tmp_path / "hub", web=False) as url:
+        src.push(url, ["mlp@v1", "mlp@v2"])
+        sent_before = objects_in(tmp_path / "hub")
+
+        def cut(self, manifest: bytes) -> None:  # the connection dies after the objects went
+            raise HubRequestError("connection reset", 0)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(HubClient, "send_version", cut)
+            with pytest.raises(HubRequestError, match="connection reset"):
+                src.push(url)
+        uploaded = objects_in(tmp_path / "hub") - sent_before
+        assert uploaded and [v.ref for v in Repository(tmp_path / "hub").versions()] == ["mlp@v1", "mlp@v2"]
+        r = src.push(url)
+        assert r.versions == ["mlp@v3"] and r.skipped == ["mlp@v1", "mlp@v2"]
+        manifest = Repository(tmp_path / "hub").refs.manifest_of(src.resolve("mlp@v3"))
+        assert r.bytes == (tmp_path / "hub" / "objects" / manifest[:2] / manifest[2:]).stat().st_size
+        assert_bit_equal(Repository(url).load("mlp@v3"), ckpts[2])
 
 
 def test_requests_over_the_rate_get_429_and_the_client_waits(tmp_path: Path, ckpts: list[dict]) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from modelhub_torch import __version__
 from modelhub_torch.errors import (
@@ -72,6 +73,7 @@ class Hub:
         self.limits = limits or Limits()
         self.tokens = TokenStore(loc)
         self.rates = RateLimiter(self.limits.rate, self.limits.burst)
+        self.page_not_found: Any = None  # set by web.py: the HTML 404 for browsers
 
     # ----------------------------------------------------------------- auth
     def grant(self, request: Request) -> Grant | None:
@@ -128,8 +130,12 @@ def create_app(location: str, storage_options: dict[str, Any] | None = None, *, 
                   description="A modelhub_torch repository: push, pull, search and browse model versions.")
     app.state.hub = hub
 
-    @app.exception_handler(HTTPException)
-    async def _http_error(request: Request, exc: HTTPException) -> Response:
+    @app.exception_handler(StarletteHTTPException)  # FastAPI's and the router's own (404, 405)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        page = hub.page_not_found
+        if (exc.status_code == 404 and page is not None and not request.url.path.startswith(API)
+                and "text/html" in request.headers.get("accept", "")):
+            return page(request)  # a browser at an unknown address gets a page, not JSON
         return JSONResponse({"error": exc.detail, "status": exc.status_code}, exc.status_code,
                             headers=getattr(exc, "headers", None))
 

@@ -30,7 +30,7 @@ class Landed:
 
     ref: str
     raw_bytes: int
-    manifest_bytes: int  # 0 when the destination held it already (a racing sender)
+    moved: int  # bytes written to the destination: frames the hub lacked, and the manifest
 
 
 Encode = Callable[[Any], ThinVersion]  # codes the version into a target (.settings, .objects)
@@ -52,7 +52,7 @@ class StoreSink:
                 for oid in thin.manifest.objects():
                     dst.objects.delete(oid)
                 raise
-        return thin, Landed(stored.ref, stored.raw_bytes, manifest_bytes)
+        return thin, Landed(stored.ref, stored.raw_bytes, thin.bytes + manifest_bytes)
 
     def move_tag(self, model: str, alias: str, vid: str, before: str | None) -> None:
         """Compare-and-swap an alias: one moved at the destination since the plan is
@@ -67,7 +67,11 @@ class StoreSink:
 
 
 class _Staging:
-    """What encode_thin writes into for a hub: the hub's settings, objects in memory."""
+    """What encode_thin writes into for a hub: the hub's settings, objects in memory,
+    packs salted by version and base (the same transfer coded again is the same
+    objects: a push cut short resends only what did not arrive)."""
+
+    stable_packs = True
 
     def __init__(self, settings: dict[str, Any]):
         self.settings = settings
@@ -82,12 +86,12 @@ class _Staging:
 
 
 class HubSink:
-    """A hub: objects uploaded, then the manifest, which the hub checks and publishes."""
+    """A hub: the objects it lacks uploaded (so a push cut short resends only what did
+    not arrive), then the manifest, which the hub checks and publishes."""
 
     def __init__(self, dst: RepoStore):
         self.dst = dst
         self.client = dst.loc.fs.client
-        self.bytes_sent = 0
 
     def put_version(self, encode: Encode, what: str) -> tuple[ThinVersion, Landed]:
         staging = _Staging(self.dst.settings)
@@ -96,7 +100,7 @@ class HubSink:
             m = thin.manifest
             wanted = sorted(m.objects())
             missing = set(self.client.missing(m.model, wanted))
-            self.bytes_sent += self.client.upload(
+            sent = self.client.upload(
                 m.model,
                 [(oid, staging.objects.size(oid)) for oid in wanted if oid in missing],
                 lambda oid: staging.objects.get(oid, verify=False),
@@ -108,11 +112,10 @@ class HubSink:
                 if exc.status == 409:
                     raise DivergedError(str(exc)) from None
                 raise
-            self.bytes_sent += len(doc)
         finally:
             staging.drop()
         self.dst.invalidate(m.id)
-        return thin, Landed(str(landed["ref"]), int(landed["raw_bytes"]), int(landed["manifest_bytes"]))
+        return thin, Landed(str(landed["ref"]), int(landed["raw_bytes"]), sent + len(doc))
 
     def move_tag(self, model: str, alias: str, vid: str, before: str | None) -> None:
         resp = self.client.set_tag(model, check_alias(alias), vid, before)

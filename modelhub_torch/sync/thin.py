@@ -115,8 +115,11 @@ def encode_thin(
     m = src.manifest(vid)
     coded = _code(src, reader, dst, m, base, linkable, planes)
     if base is not None and planes is None and fits is not None and not fits(_provisional(m, coded)):
-        coded = _code(src, reader, dst, m, None, linkable, planes)
-    packs = PackSet(dst.objects)
+        base = None
+        coded = _code(src, reader, dst, m, base, linkable, planes)
+    stable = getattr(dst, "stable_packs", False)  # a hub's staging store (sync/sinks.py)
+    salt = f"thin:{vid}:{base}:{planes}".encode() if stable else None
+    packs = PackSet(dst.objects, salt=salt)
     hashed = HashedPackSet() if planes is not None else None
     records = []
     try:

@@ -76,7 +76,7 @@ def transfer(
             if thin.partial:
                 report.partial.append(landed.ref)
             report.objects += thin.objects + 1
-            report.bytes += thin.bytes + landed.manifest_bytes
+            report.bytes += landed.moved
             bar.update(landed.raw_bytes)
         if todo.tags:
             for model, alias, vid, before in todo.tags:
