@@ -274,25 +274,13 @@ def test_cli_serve_login_publish_search_clone(tmp_path: Path, ckpts: list[dict],
     """Two processes: ``modelhub serve`` in one folder, the CLI in another."""
     server, work = tmp_path / "server", tmp_path / "work"
     work.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
     assert main(["init", str(server)]) == 0
     capsys.readouterr()
     assert main(["token", "create", "--scope", "write", "--repo", str(server), "--json"]) == 0
     tok = json.loads(capsys.readouterr().out)["token"]
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "modelhub_torch.cli", "serve", str(server), "--port", str(port)],
-                            env=env, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
+    proc, url = _serve(str(server))
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(url + "/api/v1/info").status_code == 401:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
-            time.sleep(0.2)
+        _wait_until_up(proc, url)
         repo = str(work / "repo")
         assert main(["init", repo]) == 0
         for i in range(2):
@@ -320,3 +308,80 @@ def test_cli_serve_login_publish_search_clone(tmp_path: Path, ckpts: list[dict],
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def _serve(location: str, *extra: str) -> tuple[subprocess.Popen, str]:
+    """``modelhub serve`` in its own process; returns it and its URL once it answers."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    proc = subprocess.Popen([sys.executable, "-m", "modelhub_torch.cli", "serve", location, "--port", str(port),
+                             *extra], env=env, stderr=subprocess.PIPE, text=True)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def _wait_until_up(proc: subprocess.Popen, url: str) -> None:
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            if httpx.get(url + "/api/v1/info").status_code in (200, 401):
+                return
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.2)
+
+
+def test_two_hub_processes_over_one_s3_repository_lose_no_push(s3_repo_url, tmp_path: Path,
+                                                               ckpts: list[dict],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    url, options = s3_repo_url
+    Repository.init(url, storage_options=options)
+    monkeypatch.setenv("MODELHUB_TOKEN", TokenStore(Location(url, options)).create("write"))
+    endpoint = f"endpoint_url={options['endpoint_url']}"
+    hubs = [_serve(url, "--storage-option", endpoint) for _ in range(2)]
+    sources = {}
+    for name, seed in (("alpha", 1), ("beta", 2), ("gamma", 3)):
+        repo = Repository.init(tmp_path / name)
+        for i, c in enumerate(trajectory(3, seed=seed, steps=5)):
+            repo.commit(c, name, message=f"{name} {i}")
+        sources[name] = repo
+    try:
+        for proc, hub in hubs:
+            _wait_until_up(proc, hub)
+        (_, one), (_, two) = hubs
+        jobs = [(sources["alpha"], one), (sources["beta"], two), (sources["gamma"], one), (sources["gamma"], two)]
+        errors: list[BaseException] = []
+
+        def push(src: Repository, hub: str) -> None:
+            try:
+                src.push(hub)
+            except DivergedError as exc:  # the loser of a race on one version's number says so
+                assert "during the transfer" in str(exc) or "another version" in str(exc), exc
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=push, args=job) for job in jobs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+        assert not errors, errors
+        for src, hub in jobs[:3]:  # whatever raced, every version is there once pushing again is a no-op
+            src.push(hub)
+            assert src.push(two).versions == []
+        shared = Repository(url, storage_options=options)
+        for name, src in sources.items():
+            assert [v.ref for v in shared.versions(name)] == [f"{name}@v{n}" for n in (1, 2, 3)]
+            for v in src.versions():
+                assert shared.resolve(v.ref) == v.id
+                assert_bit_equal(shared.load(v.ref), src.load(v.ref))
+        assert shared.verify() == []
+        # both hubs see every push, whichever hub took it
+        for _, hub in hubs:
+            assert HubClient(hub).search("")["total"] == 9
+    finally:
+        for proc, _ in hubs:
+            proc.terminate()
+            proc.wait(timeout=30)
