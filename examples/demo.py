@@ -14,6 +14,8 @@
    there; a full load fetches the rest from the source; pull the rest.
 8. Archive: re-plan storage within a load-time budget, low-order planes to a second
    tier; store one old version lossily, checking its accuracy; verify.
+9. A hub: serve a folder over HTTP in another process, publish to it, search it with
+   DQL and load from it.
 
 Run it with ``make demo``; the repository is left in ./demo-hub/repo for you to explore
 (``.venv/bin/modelhub --repo demo-hub/repo list``).
@@ -67,6 +69,45 @@ def bits_equal(a: dict, b: dict) -> bool:
         a[k].dtype == b[k].dtype and torch.equal(a[k].reshape(-1).view(torch.uint8), b[k].reshape(-1).view(torch.uint8))
         for k in a
     )
+
+
+def hub_step(repo: modelhub_torch.Repository) -> bool:
+    """Serve a hub folder, publish digits-cnn to it, search it, load its best version."""
+    import socket
+    import time
+    import urllib.error
+    import urllib.request
+
+    hub_dir = WORK / "hub"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    modelhub("init", str(hub_dir), repo=hub_dir)
+    token = subprocess.run([sys.executable, "-m", "modelhub_torch.cli", "token", "create", "--scope", "write",
+                            "--repo", str(hub_dir)], check=True, capture_output=True, text=True).stdout.split()[0]
+    print("$ modelhub token create --scope write   # printed once; clients set MODELHUB_TOKEN or 'modelhub login'")
+    os.environ["MODELHUB_TOKEN"] = token
+    print(f"$ modelhub serve {hub_dir.relative_to(ROOT)} --port {port} &")
+    server = subprocess.Popen([sys.executable, "-m", "modelhub_torch.cli", "serve", str(hub_dir), "--port", str(port)])
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(f"{url}/api/v1/info", timeout=1)
+            except urllib.error.HTTPError:
+                break  # it answers (401 without a token)
+            except OSError:
+                time.sleep(0.2)
+        modelhub("publish", url, "digits-cnn")
+        modelhub("search", "select m where m.metrics.val_acc > 0.9", "--hub", url)
+        remote = modelhub_torch.Repository(url)
+        same_hub = bits_equal(remote.load_state_dict("digits-cnn@best"), repo.load_state_dict("digits-cnn@best"))
+        print(f"Repository({url!r}).load_state_dict('digits-cnn@best'): bit-identical: {same_hub}")
+        return same_hub
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        os.environ.pop("MODELHUB_TOKEN", None)
 
 
 def main() -> int:
@@ -162,6 +203,9 @@ def main() -> int:
     modelhub("archive", "--lossy", "quant:4", "--versions", "digits-cnn@v5", "--data", str(data),
              "--module", "digits:DigitsCNN")
     modelhub("verify")
+    step("9. a hub: 'modelhub serve' in another process, publish to it over HTTP, search it, "
+         "load from it (and browse it: http://127.0.0.1:PORT/)")
+    same = hub_step(repo) and same
     print(f"\nDone. Explore it yourself: .venv/bin/modelhub --repo {REPO.relative_to(ROOT)} list")
     print("(eval builds the network's class you name: --module examples.digits:DigitsCNN from the"
           " repository root; modelhub never imports a class a repository names)")

@@ -24,7 +24,13 @@ def free_port() -> int:
 @contextlib.contextmanager
 def running_hub(location: str, **app_options: Any) -> Iterator[str]:
     """Serve ``create_app(location, **app_options)``; yields the hub's URL."""
-    app = create_app(str(location), **app_options)
+    with running_app(create_app(str(location), **app_options)) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def running_app(app: Any) -> Iterator[str]:
+    """Serve any ASGI app; yields its URL."""
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)

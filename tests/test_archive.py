@@ -217,6 +217,18 @@ def test_cold_tier_holds_low_planes_and_reads_are_transparent(built, tmp_path) -
         again.archive(2.0, cold=str(tmp_path / "elsewhere"))
 
 
+def test_a_repository_opened_before_an_archive_elsewhere_finds_the_cold_tier(built, tmp_path) -> None:
+    """A long-lived Repository (a server, a notebook) keeps reading when another process
+    archives and moves low planes to a new cold tier (seen in the demo)."""
+    repo, expect = built
+    opened_before = Repository(repo.url)
+    _check_all(opened_before, {ref: expect[ref] for ref in list(expect)[:1]})  # manifests cached
+    Repository(repo.url).archive(4.0, cold=str(tmp_path / "cold"), cold_price=0.05)
+    assert opened_before.store.objects.cold is None
+    _check_all(opened_before, expect)
+    assert opened_before.store.objects.cold is not None
+
+
 def test_progressive_reads_high_planes_of_a_cold_tiered_version(tmp_path) -> None:
     from modelhub_torch.progressive import ProgressiveModel
 

@@ -14,10 +14,11 @@ import httpx
 import pytest
 import torch
 from conftest import assert_bit_equal
-from hub_server import free_port, running_hub
+from hub_server import free_port, running_app, running_hub
 from test_progressive import MLP, digits
 from test_sync import make_source, same_versions, trajectory
 
+import modelhub_torch
 from modelhub_torch import Repository
 from modelhub_torch.cli import main
 from modelhub_torch.errors import DivergedError, HubAuthError, HubRequestError, ReadOnlyError
@@ -67,6 +68,7 @@ def test_push_pull_clone_and_read_only_repository(tmp_path: Path, ckpts: list[di
         assert [v.ref for v in remote.versions()] == report.versions
         assert remote.tags("mlp") == {"best": "mlp@v2"}
         assert_bit_equal(remote.load("mlp@best"), ckpts[1])
+        assert_bit_equal(modelhub_torch.load(url, "mlp@v3"), ckpts[2])
         found = remote.query("select m where m.name = \"mlp\" and m.metrics.val_acc > 0.52")
         assert found.refs == ["mlp@v2", "mlp@v3"] and found[0].metrics["val_acc"] == 0.55
         with pytest.raises(ReadOnlyError, match="push versions to it"):
@@ -385,3 +387,25 @@ def test_two_hub_processes_over_one_s3_repository_lose_no_push(s3_repo_url, tmp_
         for proc, _ in hubs:
             proc.terminate()
             proc.wait(timeout=30)
+
+
+def test_a_hub_mounted_under_a_path_in_another_app(tmp_path: Path, ckpts: list[dict]) -> None:
+    """``create_app`` in an app of one's own: the API, its docs, the pages and the client
+    all work under the mount's path."""
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    from modelhub_torch.hub.server import create_app
+
+    make_source(tmp_path / "hub", ckpts, count=2)
+    outer = Starlette(routes=[Mount("/models-hub", app=create_app(str(tmp_path / "hub"), public=True))])
+    with running_app(outer) as root:
+        url = f"{root}/models-hub"
+        spec = httpx.get(f"{url}/openapi.json").json()
+        assert {"/api/v1/files/{path}", "/api/v1/versions", "/api/v1/objects", "/api/v1/search"} <= set(spec["paths"])
+        assert httpx.get(f"{url}/docs").status_code == 200
+        page = httpx.get(f"{url}/models/mlp", headers={"Accept": "text/html"})
+        assert page.status_code == 200 and 'href="/models-hub/models/mlp/v/2"' in page.text
+        clone = Repository.clone(url, tmp_path / "clone")
+        assert clone.last_sync.versions == ["mlp@v1", "mlp@v2"]
+        assert_bit_equal(clone.load("mlp@best"), ckpts[1])

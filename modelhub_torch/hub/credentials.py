@@ -12,12 +12,13 @@ from modelhub_torch.errors import ModelHubError
 
 
 def hub_origin(url: str) -> str:
-    """``scheme://host:port`` of a hub URL: the key its token is saved under."""
+    """``scheme://host:port[/path]`` of a hub URL (a hub may be mounted under a path):
+    the key its token is saved under."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ModelHubError(f"{url!r} is not a hub URL (http://HOST[:PORT] or https://...)")
     port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{parts.hostname.lower()}{port}"
+    return f"{parts.scheme}://{parts.hostname.lower()}{port}{parts.path.rstrip('/')}"
 
 
 def config_file() -> Path:

@@ -161,6 +161,9 @@ class ObjectStore:
     def __init__(self, loc: Location, cold: Location | None = None):
         self.loc = loc
         self.cold = ObjectStore(cold) if cold is not None else None
+        # where a cold tier set up since this store was opened (an archive in another
+        # process) is found: called when an object is missing and there is no cold tier
+        self.find_cold: Any = None
 
     @staticmethod
     def rel(oid: str) -> str:
@@ -168,6 +171,15 @@ class ObjectStore:
         name read from a repository can never point outside ``objects/``."""
         check_object_id(oid, "object name")
         return os.path.join(OBJECTS, oid[:2], oid[2:])
+
+    def _cold(self) -> ObjectStore | None:
+        """The cold tier, looked for again when there was none (a reader opened before
+        another process archived finds the objects that archive moved)."""
+        if self.cold is None and self.find_cold is not None:
+            found = self.find_cold()
+            if found is not None:
+                self.cold = ObjectStore(found)
+        return self.cold
 
     def writer(self) -> ObjectWriter:
         return ObjectWriter(self)
@@ -194,7 +206,7 @@ class ObjectStore:
         try:
             return self.loc.size(self.rel(oid))
         except FileNotFoundError:
-            if self.cold is not None:
+            if self._cold() is not None:
                 return self.cold.size(oid)
             raise self._missing(oid) from None
 
@@ -203,7 +215,7 @@ class ObjectStore:
         try:
             data = self.loc.read(rel)
         except FileNotFoundError:
-            if self.cold is not None:
+            if self._cold() is not None:
                 return self.cold.get(oid, verify)
             raise self._missing(oid) from None
         except (IsADirectoryError, NotADirectoryError):
@@ -243,7 +255,7 @@ class ObjectStore:
                 self._check_ranges(oid, rel, ranges)
                 parts = list(self.loc.read_ranges(rel, ranges))
         except FileNotFoundError:
-            if self.cold is not None:
+            if self._cold() is not None:
                 return self.cold.get_ranges(oid, ranges, mapped, whole_hint)
             raise self._missing(oid) from None
         except (IsADirectoryError, NotADirectoryError):

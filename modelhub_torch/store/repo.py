@@ -59,6 +59,7 @@ class RepoStore:
         self.settings = parse_settings(raw)
         cold = self.settings.get("cold")
         self.objects = ObjectStore(self.loc, self.location_for(cold) if cold else None)
+        self.objects.find_cold = self._cold_tier_now
         self.refs = RefStore(self.loc)
         self.lock = RepoLock(self.loc)
         self._manifests: dict[str, tuple[str, Manifest]] = {}
@@ -90,6 +91,14 @@ class RepoStore:
             loc.makedirs(part)
         if loc.create_exclusive(CONFIG_FILE, json.dumps(config, indent=2).encode()) is None:
             raise RepositoryExistsError(f"a modelhub repository already exists at {loc.url}")
+
+    def _cold_tier_now(self) -> Location | None:
+        """The cold tier modelhub.json names now (None if none, or unreadable)."""
+        try:
+            cold = parse_settings(self.loc.read(CONFIG_FILE)).get("cold")
+        except (OSError, ModelHubError):
+            return None
+        return self.location_for(cold) if cold else None
 
     def location_for(self, url: str) -> Location:
         """Another location (the cold tier) with this one's storage options when it is
