@@ -11,10 +11,13 @@ through the push protocol (sync/sinks.py), never through this filesystem.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import tempfile
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,7 @@ from modelhub_torch.hub.client import HubClient, client_for
 from modelhub_torch.store.objects import hash_bytes
 from modelhub_torch.validate import is_object_id
 
+REFS_SECONDS = 1.0  # how long a snapshot of a hub's refs answers reads (see HubFileSystem._refs)
 _READ_ONLY = ("{what}: a hub URL is read-only as a repository; push versions to it "
               "('modelhub push URL' or repo.push(URL))")
 
@@ -45,14 +49,21 @@ class ObjectCache:
     def path(self, oid: str) -> Path:
         return self.root / oid[:2] / oid[2:]
 
-    def get(self, oid: str) -> bytes | None:
+    def read(self, oid: str, start: int | None = None, end: int | None = None, verify: bool = True) -> bytes | None:
+        """The cached object (``verify``: checked against its name; a damaged copy is
+        dropped), or a range of it (unchecked: readers check the tensors they decode);
+        None when it is not cached."""
         try:
             with open(self.path(oid), "rb") as fh:
-                data = fh.read()
+                if start is None and end is None:
+                    data = fh.read()
+                else:
+                    fh.seek(start or 0)
+                    data = fh.read(-1 if end is None else max(0, end - (start or 0)))
         except FileNotFoundError:
             return None
-        if hash_bytes(data) != oid:  # damaged on this disk: fetch again
-            self.path(oid).unlink(missing_ok=True)
+        if verify and start is None and end is None and hash_bytes(data) != oid:
+            self.path(oid).unlink(missing_ok=True)  # damaged on this disk: fetch again
             return None
         return data
 
@@ -85,6 +96,21 @@ class ObjectCache:
 
 
 _CACHE: ObjectCache | None = None
+_FETCHING: dict[str, threading.Lock] = {}
+_FETCHING_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def _fetching(oid: str) -> Iterator[None]:
+    """Held while object ``oid`` is fetched: another thread wanting it waits, then
+    finds it cached (a load decodes tensors on a pool; each would fetch it otherwise)."""
+    with _FETCHING_GUARD:
+        lock = _FETCHING.setdefault(oid, threading.Lock())
+    with lock:
+        yield
+    with _FETCHING_GUARD:
+        if not lock.locked():
+            _FETCHING.pop(oid, None)
 
 
 def object_cache() -> ObjectCache:
@@ -93,6 +119,10 @@ def object_cache() -> ObjectCache:
     if _CACHE is None or _CACHE.root != root:
         _CACHE = ObjectCache(root, int(os.environ.get("MODELHUB_HUB_CACHE_BYTES", 8 << 30)))
     return _CACHE
+
+
+def _is_ref(rel: str) -> bool:
+    return rel == "refs" or rel.startswith("refs/")
 
 
 def _object_id(path: str) -> str | None:
@@ -114,6 +144,29 @@ class HubFileSystem(AbstractFileSystem):
         super().__init__()
         self.url = url.rstrip("/")
         self.client: HubClient = client_for(self.url, token)
+        self._snapshot: tuple[float, dict[str, bytes]] | None = None
+        self._snapshot_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ refs
+    def _refs(self) -> dict[str, bytes]:
+        """Every ref file of the hub, read in one request and kept REFS_SECONDS: opening
+        a repository reads a few refs per version. Older than that, or after this
+        process wrote to the hub (forget_refs), they are read again; the hub checks
+        every write against its own refs anyway."""
+        with self._snapshot_lock:
+            now = time.monotonic()
+            if self._snapshot is None or now - self._snapshot[0] > REFS_SECONDS:
+                files = self.client.get_json("/refs", "reading the hub's refs")["files"]
+                self._snapshot = (now, {str(k): str(v).encode() for k, v in files.items()})
+            return self._snapshot[1]
+
+    def forget_refs(self) -> None:
+        with self._snapshot_lock:
+            self._snapshot = None
+
+    def _refs_below(self, rel: str) -> list[str]:
+        prefix = rel + "/" if rel else ""
+        return [name for name in self._refs() if name.startswith(prefix)]
 
     # ------------------------------------------------------------ plumbing
     @staticmethod
@@ -129,11 +182,15 @@ class HubFileSystem(AbstractFileSystem):
     # --------------------------------------------------------------- reads
     def ls(self, path: str, detail: bool = False, **kwargs: Any) -> list[Any]:
         rel = self._rel(path)
-        resp = self.client.request("GET", f"/list/{rel}")
-        if resp.status_code == 404:
-            raise FileNotFoundError(path)
-        names = self.client.check(resp, f"listing {rel or '/'}").json()["names"]
-        full = [f"{rel}/{n}" if rel else n for n in names]
+        if _is_ref(rel):
+            depth = rel.count("/") + 1
+            full = sorted({"/".join(f.split("/")[:depth + 1]) for f in self._refs_below(rel)})
+        else:
+            resp = self.client.request("GET", f"/list/{rel}")
+            if resp.status_code == 404:
+                raise FileNotFoundError(path)
+            names = self.client.check(resp, f"listing {rel or '/'}").json()["names"]
+            full = [f"{rel}/{n}" if rel else n for n in names]
         if detail:
             return [{"name": f, "type": "file" if "." in f.rsplit("/", 1)[-1] else "directory", "size": None}
                     for f in full]
@@ -142,8 +199,11 @@ class HubFileSystem(AbstractFileSystem):
     def find(self, path: str, maxdepth: int | None = None, withdirs: bool = False, detail: bool = False,
              **kwargs: Any) -> Any:
         rel = self._rel(path)
-        resp = self.client.request("GET", f"/list/{rel}", params={"recursive": "true"})
-        files = self.client.check(resp, f"listing {rel or '/'}").json()["files"]
+        if _is_ref(rel):
+            files = self._refs_below(rel)
+        else:
+            resp = self.client.request("GET", f"/list/{rel}", params={"recursive": "true"})
+            files = self.client.check(resp, f"listing {rel or '/'}").json()["files"]
         if detail:
             return {f: {"name": f, "type": "file", "size": None} for f in files}
         return files
@@ -161,6 +221,13 @@ class HubFileSystem(AbstractFileSystem):
             self.client.check(resp, f"reading {rel}")
             total = resp.headers.get("content-range", "").rpartition("/")[2]
             return {"name": rel, "type": "file", "size": int(total) if total.isdigit() else len(resp.content)}
+        if _is_ref(rel):
+            refs = self._refs()
+            if rel in refs:
+                return {"name": rel, "type": "file", "size": len(refs[rel])}
+            if self._refs_below(rel):
+                return {"name": rel, "type": "directory", "size": 0}
+            raise FileNotFoundError(path)
         try:
             return {"name": rel, "type": "file", "size": len(self._get(rel))}
         except FileNotFoundError:
@@ -180,18 +247,37 @@ class HubFileSystem(AbstractFileSystem):
     def cat_file(self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any) -> bytes:
         rel = self._rel(path)
         oid = _object_id(rel)
-        data = self._object(oid, rel) if oid is not None else self._get(rel)
-        if start is None and end is None:
-            return data
-        return data[start or 0:end]
+        if oid is None:
+            if _is_ref(rel):
+                found = self._refs().get(rel)
+                if found is None:
+                    raise FileNotFoundError(path)
+                data = found
+            else:
+                data = self._get(rel)
+            return data if start is None and end is None else data[start or 0:end]
+        return self._object(oid, rel, start, end)
 
     def cat_ranges(self, paths: list[str], starts: Any, ends: Any, **kwargs: Any) -> list[bytes]:
         return [self.cat_file(p, s, e) for p, s, e in zip(paths, starts, ends)]
 
-    def _object(self, oid: str, rel: str) -> bytes:
+    def _object(self, oid: str, rel: str, start: int | None, end: int | None) -> bytes:
+        """Bytes of object ``oid`` (a range of it): from the cache, else fetched whole
+        once — one fetch per object however many threads ask — and cached; an object
+        too big for the cache is read by ranged requests instead."""
         cache = object_cache()
-        data = cache.get(oid)
-        if data is None:
+        whole = start is None and end is None
+        hit = cache.read(oid, start, end, verify=whole)
+        if hit is not None:
+            return hit
+        with _fetching(oid):
+            hit = cache.read(oid, start, end, verify=whole)
+            if hit is not None:
+                return hit
+            if not whole and int(self.info(rel)["size"]) > cache.limit:
+                lo, hi = start or 0, end
+                rng = f"bytes={lo}-{'' if hi is None else hi - 1}"
+                return self._get(rel, {"Range": rng}) if hi is None or hi > lo else b""
             data = self._get(rel)
             if hash_bytes(data) != oid:
                 raise CorruptObjectError(
@@ -199,7 +285,7 @@ class HubFileSystem(AbstractFileSystem):
                     "(tell its admin to run 'modelhub verify' there) or the connection altered it"
                 )
             cache.put(oid, data)
-        return data
+        return data if whole else data[start or 0:end]
 
     def _open(self, path: str, mode: str = "rb", **kwargs: Any) -> Any:
         if "r" not in mode or "+" in mode:

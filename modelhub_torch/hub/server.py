@@ -21,12 +21,13 @@ meet at the conditional refs, never in memory.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from modelhub_torch import __version__
@@ -209,6 +210,9 @@ def api_router(hub: Hub) -> APIRouter:
                 raise HubError(404, f"no such object: {path}")
             if not store.objects.exists(oid):
                 raise HubError(404, f"no object {oid[:12]} here")
+            local = store.loc.path(store.objects.rel(oid)) if store.loc.is_local else None
+            if local is not None and os.path.isfile(local):  # streamed from disk, ranges by Starlette
+                return FileResponse(local, media_type="application/octet-stream")
             data_size = store.objects.size(oid)
             rng = _range(request.headers.get("range"), data_size)
             if rng is None:
@@ -222,6 +226,20 @@ def api_router(hub: Hub) -> APIRouter:
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise HubError(404, f"no file {rel} here") from None
         return Response(data, media_type="application/octet-stream")
+
+    @r.get("/refs")
+    def refs(grant: Grant = Depends(read)) -> dict[str, Any]:
+        """Every file under refs/ with its content (ids and newlines): what a client
+        reads to open the repository, in one request instead of several per version."""
+        out: dict[str, str] = {}
+        for rel in store.loc.walk_files("refs"):
+            rel = rel.replace("\\", "/")
+            try:
+                served_path(rel)  # a name no ref could have is left out
+                out[rel] = store.loc.read(rel).decode("utf-8", "replace")[:256]
+            except (BadPathError, FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                continue
+        return {"files": out}
 
     @r.get("/list/{path:path}")
     def listing(path: str, recursive: bool = False, grant: Grant = Depends(read)) -> dict[str, Any]:

@@ -114,11 +114,13 @@ class HubSink:
                 raise
         finally:
             staging.drop()
+            self.dst.loc.fs.forget_refs()  # this process changed them
         self.dst.invalidate(m.id)
         return thin, Landed(str(landed["ref"]), int(landed["raw_bytes"]), sent + len(doc))
 
     def move_tag(self, model: str, alias: str, vid: str, before: str | None) -> None:
         resp = self.client.set_tag(model, check_alias(alias), vid, before)
+        self.dst.loc.fs.forget_refs()
         if resp.status_code == 409:
             if self.dst.refs.tags(model).get(alias) != vid:
                 raise _moved(model, alias, self.dst.url)
