@@ -385,7 +385,7 @@ def warm_up(folder: Path) -> None:
         repo.commit(pushed_version(99, n), "warm-up")
     repo.wait()
     repo.load("warm-up@v1")
-    repo.push(folder / "b")
+    Repository.clone(folder / "a", folder / "b").wait()  # its background repack ends before the folder goes
     shutil.rmtree(folder, ignore_errors=True)
 
 

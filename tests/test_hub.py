@@ -280,7 +280,7 @@ def test_cli_serve_login_publish_search_clone(tmp_path: Path, ckpts: list[dict],
     capsys.readouterr()
     assert main(["token", "create", "--scope", "write", "--repo", str(server), "--json"]) == 0
     tok = json.loads(capsys.readouterr().out)["token"]
-    proc, url = _serve(str(server))
+    proc, url = _serve(str(server), "--workers", "2")  # two worker processes behind one port
     try:
         _wait_until_up(proc, url)
         repo = str(work / "repo")

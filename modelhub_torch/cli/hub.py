@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
+import os
 import sys
 
 from modelhub_torch.cli.output import Output, human_size, table
@@ -16,7 +18,7 @@ def cmd_serve(args: argparse.Namespace, out: Output) -> int:
         import uvicorn
 
         from modelhub_torch.hub.limits import Limits
-        from modelhub_torch.hub.server import create_app
+        from modelhub_torch.hub.server import CONFIG_ENV, create_app
     except ImportError as exc:
         raise ModelHubError(f"serving a hub needs the hub extra ({exc.name} is missing): "
                             "pip install 'modelhub_torch[hub]'") from None
@@ -24,9 +26,16 @@ def cmd_serve(args: argparse.Namespace, out: Output) -> int:
     limits = Limits(max_body=args.max_body, rate=args.rate, burst=max(1, int(2 * args.rate)))
     app = create_app(location, args.storage_options, public=args.public, limits=limits)
     where = f"http://{args.host}:{args.port}"
-    print(f"serving {app.state.hub.repo.url} at {where} ({'anyone may read' if args.public else 'tokens only'}; "
-          f"API docs at {where}/docs); Ctrl-C stops", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    print(f"serving {app.state.hub.repo.url} at {where} ({'anyone may read' if args.public else 'tokens only'}"
+          f"{f'; {args.workers} worker processes' if args.workers > 1 else ''}; API docs at {where}/docs); "
+          "Ctrl-C stops", file=sys.stderr, flush=True)
+    if args.workers > 1:  # each worker builds the same app from the environment (server.app_from_environment)
+        os.environ[CONFIG_ENV] = json.dumps({"location": location, "storage_options": args.storage_options,
+                                             "public": args.public, "max_body": args.max_body, "rate": args.rate})
+        uvicorn.run(f"{create_app.__module__}:app_from_environment", factory=True, workers=args.workers,
+                    host=args.host, port=args.port, log_level="warning")
+    else:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
 

@@ -188,7 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--max-body", type=int, default=512 << 20, metavar="BYTES",
                    help="largest request body accepted (default 512 MiB)")
     c.add_argument("--rate", type=float, default=200.0, metavar="N",
-                   help="requests per second per token (per address when anonymous; default 200)")
+                   help="requests per second per token (per address when anonymous; default 200), per worker")
+    c.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="worker processes (default 1; more use more cores, each with its own rate counts)")
 
     c = cmd("token", "create, list or revoke the hub's access tokens (run where the hub's repository is)")
     tsub = c.add_subparsers(dest="action", metavar="ACTION", required=True)

@@ -25,6 +25,7 @@ from fsspec.spec import AbstractFileSystem
 
 from modelhub_torch.errors import CorruptObjectError, HubRequestError, ReadOnlyError
 from modelhub_torch.hub.client import HubClient, client_for
+from modelhub_torch.hub.paths import CONFIG, SWITCH
 from modelhub_torch.store.objects import hash_bytes
 from modelhub_torch.validate import is_object_id
 
@@ -122,7 +123,8 @@ def object_cache() -> ObjectCache:
 
 
 def _is_ref(rel: str) -> bool:
-    return rel == "refs" or rel.startswith("refs/")
+    """Whether ``rel`` is answered from the hub's refs snapshot (GET refs)."""
+    return rel in (CONFIG, SWITCH) or rel == "refs" or rel.startswith("refs/")
 
 
 def _object_id(path: str) -> str | None:

@@ -42,7 +42,7 @@ from modelhub_torch.errors import (
 from modelhub_torch.hub import bundle
 from modelhub_torch.hub.limits import Limits, RateLimiter
 from modelhub_torch.hub.packs import PackMaker
-from modelhub_torch.hub.paths import CONFIG, BadPathError, served_path
+from modelhub_torch.hub.paths import CONFIG, SWITCH, BadPathError, served_path
 from modelhub_torch.hub.search import search as run_search
 from modelhub_torch.hub.tokens import ANONYMOUS_READ, Grant, TokenStore
 from modelhub_torch.manifest import Manifest
@@ -156,6 +156,18 @@ def create_app(location: str, storage_options: dict[str, Any] | None = None, *, 
     return app
 
 
+CONFIG_ENV = "MODELHUB_SERVE_CONFIG"  # how 'modelhub serve --workers N' hands its options to each worker
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one worker process of ``modelhub serve --workers N`` (uvicorn's
+    factory): the same location and options in every worker; rate limits count per
+    worker; pushes meet at the location's conditional refs as between any two hubs."""
+    doc = json.loads(os.environ[CONFIG_ENV])
+    limits = Limits(max_body=int(doc["max_body"]), rate=float(doc["rate"]), burst=max(1, int(2 * float(doc["rate"]))))
+    return create_app(doc["location"], doc.get("storage_options"), public=bool(doc["public"]), limits=limits)
+
+
 async def _read_body(request: Request, limit: int) -> Any:
     """The request body, spooled to disk past 64 MiB; 413 past ``limit``."""
     spool = tempfile.SpooledTemporaryFile(max_size=64 << 20)  # noqa: SIM115 - the caller closes it
@@ -186,6 +198,12 @@ def api_router(hub: Hub) -> APIRouter:
     store = hub.repo.store
     packs = PackMaker(store)
 
+    def _settings_for_clients() -> bytes:
+        doc = json.loads(store.loc.read(CONFIG))
+        for key in _SERVER_SETTINGS:
+            doc.pop(key, None)
+        return json.dumps(doc, indent=2).encode()
+
     @r.get("/info")
     def info(grant: Grant = Depends(read)) -> dict[str, Any]:
         return {"hub": "modelhub_torch", "version": __version__, "public": hub.public,
@@ -200,10 +218,7 @@ def api_router(hub: Hub) -> APIRouter:
     def files(path: str, request: Request, grant: Grant = Depends(read)) -> Response:
         rel = _served(path)
         if rel == CONFIG:
-            doc = json.loads(store.loc.read(CONFIG))
-            for key in _SERVER_SETTINGS:
-                doc.pop(key, None)
-            return Response(json.dumps(doc, indent=2).encode(), media_type="application/json")
+            return Response(_settings_for_clients(), media_type="application/json")
         if rel.startswith("objects/"):
             oid = rel.replace("/", "")[len("objects"):]
             if not is_object_id(oid):
@@ -229,9 +244,14 @@ def api_router(hub: Hub) -> APIRouter:
 
     @r.get("/refs")
     def refs(grant: Grant = Depends(read)) -> dict[str, Any]:
-        """Every file under refs/ with its content (ids and newlines): what a client
-        reads to open the repository, in one request instead of several per version."""
-        out: dict[str, str] = {}
+        """Every file under refs/ with its content (ids and newlines), modelhub.json and
+        an archive's switch.json if there is one: what a client reads to open the
+        repository, in one request instead of several per version."""
+        out: dict[str, str] = {CONFIG: _settings_for_clients().decode()}
+        try:
+            out[SWITCH] = store.loc.read(SWITCH).decode("utf-8", "replace")
+        except FileNotFoundError:
+            pass
         for rel in store.loc.walk_files("refs"):
             rel = rel.replace("\\", "/")
             try:
