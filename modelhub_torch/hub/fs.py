@@ -24,9 +24,9 @@ from typing import Any
 from fsspec.spec import AbstractFileSystem
 
 from modelhub_torch.errors import CorruptObjectError, HubRequestError, ReadOnlyError
+from modelhub_torch.hub.bundle import hash_bytes
 from modelhub_torch.hub.client import HubClient, client_for
 from modelhub_torch.hub.paths import CONFIG, SWITCH
-from modelhub_torch.store.objects import hash_bytes
 from modelhub_torch.validate import is_object_id
 
 REFS_SECONDS = 1.0  # how long a snapshot of a hub's refs answers reads (see HubFileSystem._refs)

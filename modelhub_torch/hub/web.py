@@ -36,7 +36,7 @@ from modelhub_torch.errors import ModelHubError, RefNotFoundError
 from modelhub_torch.hub import svg
 from modelhub_torch.hub.search import MAX_PER_PAGE, is_dql
 from modelhub_torch.hub.search import search as run_search
-from modelhub_torch.hub.server import COOKIE, Hub
+from modelhub_torch.hub.state import COOKIE, Hub, client_address
 from modelhub_torch.hub.tokens import Grant
 from modelhub_torch.records import Version
 from modelhub_torch.store.refs import check_name
@@ -275,7 +275,7 @@ def router(hub: Hub) -> APIRouter:
             answer = to_login(request, "expired")
             answer.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
             return None, answer
-        key = grant.token_id if grant is not None and grant.token_id else f"ip:{_client(request)}"
+        key = grant.token_id if grant is not None and grant.token_id else f"ip:{client_address(request)}"
         wait = hub.rates.take(key)
         if wait > 0:
             page = error_page(request, grant, 429, "Too many requests",
@@ -341,7 +341,7 @@ def router(hub: Hub) -> APIRouter:
             fields = {}
         token = (fields.get("token") or [""])[0].strip()
         target = _local_path((fields.get("next") or [""])[0], _root(request))
-        wait = hub.rates.take(f"login:{_client(request)}")
+        wait = hub.rates.take(f"login:{client_address(request)}")
         if wait > 0:
             return error_page(request, None, 429, "Too many requests", f"Wait {wait:.1f} s and try again.")
         grant = await run_in_threadpool(hub.tokens.check, token) if token else None
@@ -505,7 +505,3 @@ def router(hub: Hub) -> APIRouter:
         return download(request, model, number, ".safetensors")
 
     return r
-
-
-def _client(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
