@@ -111,10 +111,21 @@ def test_partial_pull_from_a_hub_reads_only_the_top_planes(tmp_path: Path, ckpts
         assert part.manifest(part.resolve("mlp@v4")).extra["partial"]["source"] == url
         res = progressive_matches_full(part, ckpts[3], start_planes=2)
         assert int(res.planes.min()) == 2
-        # a full load fetches the rest from the hub, by version id
-        assert_bit_equal(part.load("mlp@v2"), ckpts[1])
-        assert not part.manifest(part.resolve("mlp@v2")).partial
+        # a full load fetches the rest from the hub, by version id: only the planes the
+        # copy lacks (the packs its cold_packs name), the top planes it holds kept
+        # (a version leaning on one held partially here comes whole instead: mlp@v2
+        # after mlp@v1, not before)
+        assert part.manifest(part.resolve("mlp@v2")).extra["partial"]["base"] == part.resolve("mlp@v1")
+        for n in (1, 2):
+            before = part.manifest(part.resolve(f"mlp@v{n}"))
+            assert_bit_equal(part.load(f"mlp@v{n}"), ckpts[n - 1])
+            after = part.manifest(part.resolve(f"mlp@v{n}"))
+            assert not after.partial and (after.packs, after.cold_packs) == (before.packs, before.cold_packs)
+            assert {o for o in before.cold_packs if o} <= objects_in(tmp_path / "part")
         assert part.verify() == []
+        for n, ckpt in enumerate(ckpts, 1):  # and every other version too
+            assert_bit_equal(part.load(f"mlp@v{n}"), ckpt)
+        assert part.verify() == [] and not any(part.manifest(v.id).partial for v in part.versions())
 
 
 def test_progressive_over_the_network_fetches_only_the_planes_it_needs(tmp_path: Path, ckpts: list[dict]) -> None:

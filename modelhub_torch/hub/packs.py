@@ -42,6 +42,9 @@ class PackMaker:
 
     def make(self, doc: dict[str, Any]) -> Iterator[bytes]:
         vid, base, planes, have = doc.get("version"), doc.get("base"), doc.get("planes"), doc.get("have", [])
+        rest = doc.get("rest", False)
+        if not isinstance(rest, bool):
+            raise ModelHubError("pack: 'rest' must be true or false")
         if not is_version_id(vid) or (base is not None and not is_version_id(base)):
             raise ModelHubError("pack: 'version' (and 'base', when given) must be version ids")
         if not isinstance(planes, int) or isinstance(planes, bool) or not 1 <= planes <= MAX_PLANES:
@@ -58,13 +61,13 @@ class PackMaker:
             with self._lock:
                 if self._reader is None:
                     self._reader = open_reader(store, cache_bytes=256 << 20)
-                thin = encode_thin(store, self._reader, staging, vid, base, lambda v: v in held, planes)
+                thin = encode_thin(store, self._reader, staging, vid, base, lambda v: v in held, planes,
+                                   rest=rest)
             doc_bytes = thin.manifest.to_bytes()
             parts = [len(doc_bytes).to_bytes(8, "big"), doc_bytes]
-            for oid in sorted(thin.manifest.packs):
-                if oid:
-                    data = staging.objects.get(oid, verify=False)
-                    parts += [bundle.frame(oid, data), data]
+            for oid in sorted(o for o in (thin.manifest.cold_packs if rest else thin.manifest.packs) if o):
+                data = staging.objects.get(oid, verify=False)
+                parts += [bundle.frame(oid, data), data]
         finally:
             staging.drop()
         return iter(parts)
@@ -93,5 +96,51 @@ def fetch_pack(client: Any, source_url: str, target: Any, vid: str, model: str, 
         target.objects.put(data)
         written, total = written + 1, total + len(data)
     if m.partial:  # where the rest comes from is this client's business, not the hub's
-        m = Manifest(**{**m.__dict__, "extra": {**m.extra, "partial": {**m.extra["partial"], "source": source_url}}})
+        used = m.extra["partial"].get("base")
+        partial = {"planes": planes, "source": source_url, "base": used if used == base else None}
+        m = Manifest(**{**m.__dict__, "extra": {**m.extra, "partial": partial}})
     return ThinVersion(m, written, total, m.partial, checked=False)
+
+
+def links_of(m: Manifest) -> set[str]:
+    """The versions a manifest's records lean on (``same`` links and delta bases)."""
+    out = set()
+    for rec in m.tensors:
+        data = rec["data"]
+        if data["kind"] == "same":
+            out.add(data["version"])
+        elif data.get("base"):
+            out.add(data["base"]["version"])
+    return out - {m.id}
+
+
+def fetch_rest(client: Any, source_url: str, dst: RepoStore, m: Manifest) -> Manifest | None:
+    """The lower planes of partial version ``m`` from the hub it came from: the hub
+    codes the version again exactly as it did for the partial pull (same base, the
+    versions ``m`` links to as what this side holds, the same planes) and sends only
+    the packs ``m.cold_packs`` names, which are stored here. Returns ``m`` complete (for
+    the receiver to check and publish), or None when the hub's coding no longer
+    matches (its settings changed): then the caller fetches the whole version."""
+    part = m.extra.get("partial") or {}
+    ask = {"version": m.id, "base": part.get("base"), "planes": part.get("planes"),
+           "have": sorted(links_of(m) | ({part["base"]} if part.get("base") else set())), "rest": True}
+    resp = client.request("POST", "/pack", json=ask)
+    if resp.status_code == 400:
+        return None
+    fh = io.BytesIO(client.check(resp, f"fetching the rest of {m.ref}").content)
+    size = int.from_bytes(fh.read(8), "big")
+    again = Manifest.from_bytes(fh.read(size), f"{m.ref} from {source_url}")
+    if (again.id, again.packs, again.cold_packs, again.tensors) != (m.id, m.packs, m.cold_packs, m.tensors):
+        return None
+    wanted = {oid for oid in m.cold_packs if oid}
+    got = set()
+    for oid, data in bundle.decode(fh, 1 << 40):
+        if oid not in wanted:
+            raise CorruptObjectError(f"{source_url} sent object {oid[:12]}, which {m.ref} does not use")
+        dst.objects.put(data)
+        got.add(oid)
+    if got != wanted:
+        raise CorruptObjectError(f"{source_url} sent {len(got)} of the {len(wanted)} packs {m.ref} lacks; "
+                                 "run the command again")
+    extra = {k: v for k, v in m.extra.items() if k != "partial"}
+    return Manifest(**{**m.__dict__, "extra": extra})

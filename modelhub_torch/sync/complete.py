@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from modelhub_torch.errors import ModelHubError, PartialVersionError
+from modelhub_torch.manifest import Manifest
 from modelhub_torch.store.repo import RepoStore
 
 _LOCK = threading.Lock()  # one completion at a time per process (a load decodes on a pool)
@@ -42,7 +43,8 @@ def complete_version(dst: RepoStore, vid: str,
             src = open_store(source, options_for(source) if options_for else None)
             if src.refs.manifest_of(vid) is None:
                 raise ModelHubError(f"{source} no longer holds {m.ref}")
-            transfer(src, dst, [vid])
+            if not _rest_from_hub(src, dst, m):
+                transfer(src, dst, [vid])
         except PartialVersionError:
             raise
         except (ModelHubError, OSError) as exc:
@@ -53,3 +55,24 @@ def complete_version(dst: RepoStore, vid: str,
             ) from exc
         dst.invalidate(vid)
         return True
+
+
+def _rest_from_hub(src: RepoStore, dst: RepoStore, m: Manifest) -> bool:
+    """From a hub, only the planes ``m`` lacks (hub/packs.py), checked and published
+    as any received version; False when the source is no hub, when ``m`` leans on
+    versions held partially here, or when the hub's coding changed."""
+    from modelhub_torch.hub.packs import fetch_rest, links_of
+    from modelhub_torch.hub.remote_query import is_hub
+    from modelhub_torch.sync.receive import receive
+
+    if not is_hub(src):
+        return False
+    for vid in links_of(m):  # decoding it in full needs every version it leans on in full
+        if dst.refs.manifest_of(vid) is None or dst.manifest(vid).partial:
+            return False  # (a chain of partial deltas: one whole version costs less than its rest)
+    with dst.lock, dst.writes(f"completing {m.ref}"):
+        complete = fetch_rest(src.loc.fs.client, src.url, dst, m)
+        if complete is None:
+            return False
+        receive(dst, complete, checked=False)
+    return True

@@ -71,6 +71,18 @@ class HashedPackSet(PackSet):
         return self.writers[plane]
 
 
+class PlainPackSet(PackSet):
+    """Plane packs stored as HashedPackSet names them: the frames alone, unsalted (the
+    objects a partial version's ``cold_packs`` name)."""
+
+    def _writer(self, plane: int) -> Any:
+        while len(self.writers) <= plane:
+            self.writers.append(None)
+        if self.writers[plane] is None:
+            self.writers[plane] = self.objects.writer()
+        return self.writers[plane]
+
+
 @dataclass
 class ThinVersion:
     """A version encoded for one destination: its manifest (frames in packs already
@@ -102,6 +114,7 @@ def encode_thin(
     linkable: Callable[[str], bool],
     planes: int | None = None,
     fits: Callable[[Manifest], bool] | None = None,
+    rest: bool = False,
 ) -> ThinVersion:
     """Encode version ``vid`` of ``src`` for ``dst``: deltas against ``base`` (a
     version ``dst`` holds), ``same`` links to tensors of versions ``linkable`` says
@@ -111,7 +124,9 @@ def encode_thin(
     Every coded tensor is decoded again in memory and checked against its digest
     before a byte is written. ``fits``: whether the destination's layout (its
     recreation budget) takes the thin version; when it does not, the version is sent
-    whole instead, so nothing is written twice."""
+    whole instead, so nothing is written twice. ``rest`` (with ``planes``): write the
+    planes a partial transfer leaves behind as well, as the very objects its
+    ``cold_packs`` name (a hub completing a partial copy, hub/packs.py)."""
     m = src.manifest(vid)
     coded = _code(src, reader, dst, m, base, linkable, planes)
     if base is not None and planes is None and fits is not None and not fits(_provisional(m, coded)):
@@ -120,7 +135,7 @@ def encode_thin(
     stable = getattr(dst, "stable_packs", False)  # a hub's staging store (sync/sinks.py)
     salt = f"thin:{vid}:{base}:{planes}".encode() if stable else None
     packs = PackSet(dst.objects, salt=salt)
-    hashed = HashedPackSet() if planes is not None else None
+    hashed = (PlainPackSet(dst.objects) if rest else HashedPackSet()) if planes is not None else None
     records = []
     try:
         for rec, data, chunks, keep in coded:
@@ -134,12 +149,14 @@ def encode_thin(
         pack_ids = packs.commit()
     except BaseException:
         packs.abort()
+        if hashed is not None:
+            hashed.abort()
         raise
     any_partial = any(keep is not None for *_, keep in coded)
     cold = hashed.commit() if hashed is not None and any_partial else []
     extra = {k: v for k, v in m.extra.items() if k != "partial"}
     if any_partial:
-        extra["partial"] = {"planes": planes, "source": src.url}
+        extra["partial"] = {"planes": planes, "source": src.url, "base": base}
     wire = Manifest(**{**m.__dict__, "tensors": records, "packs": pack_ids, "cold_packs": cold, "extra": extra})
     return ThinVersion(wire, len(written), sizes, any_partial)
 
@@ -242,4 +259,4 @@ def _sent_size(chunks: list, planes: int) -> int:
     return sum(len(payload) for _, frames in chunks for _, payload in frames[:planes])
 
 
-__all__ = ["HashedPackSet", "ThinVersion", "encode_thin", "top_planes"]
+__all__ = ["HashedPackSet", "PlainPackSet", "ThinVersion", "encode_thin", "top_planes"]
