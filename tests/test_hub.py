@@ -182,6 +182,14 @@ def test_refusals_store_nothing(tmp_path: Path, ckpts: list[dict]) -> None:
         resp = client.request("POST", "/objects", content=b"".join(bundle.encode([(hash_bytes(big), big)])),
                               params={"model": "mlp"})
         assert resp.status_code == 413 and "limit" in resp.json()["error"]
+        # a chunked JSON body (no Content-Length for the middleware) is bounded too
+        import modelhub_torch.hub.server as server_module
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(server_module, "JSON_BODY", 4096)
+            chunks = (b'{"ids": [' + b'"' + b"a" * 64 + b'",' for _ in range(100))
+            resp = client.request("POST", "/objects/missing", content=chunks, params={"model": "mlp"})
+            assert resp.status_code == 413 and "limit" in resp.json()["error"]
         assert objects_in(server) == before  # nothing of any of it was stored
         assert Repository(server).versions() == []
 
@@ -420,3 +428,23 @@ def test_a_hub_mounted_under_a_path_in_another_app(tmp_path: Path, ckpts: list[d
         clone = Repository.clone(url, tmp_path / "clone")
         assert clone.last_sync.versions == ["mlp@v1", "mlp@v2"]
         assert_bit_equal(clone.load("mlp@best"), ckpts[1])
+
+
+def test_the_object_cache_is_bounded_and_drops_damaged_copies(tmp_path: Path) -> None:
+    from modelhub_torch.hub.fs import ObjectCache
+
+    cache = ObjectCache(tmp_path / "c", limit=10_000)
+    blobs = [os.urandom(3_000) for _ in range(6)]
+    for i, blob in enumerate(blobs):
+        cache.put(hash_bytes(blob), blob)
+        os.utime(cache.path(hash_bytes(blob)), (i, i))  # read in this order
+    held = sum(p.stat().st_size for p in (tmp_path / "c").rglob("*") if p.is_file())
+    assert held <= 10_000
+    assert cache.read(hash_bytes(blobs[-1])) == blobs[-1]  # the newest stay
+    assert cache.read(hash_bytes(blobs[0])) is None  # the oldest went
+    assert cache.read(hash_bytes(blobs[-1]), 10, 20) == blobs[-1][10:20]
+    cache.path(hash_bytes(blobs[-1])).write_bytes(b"x" * 3_000)  # damaged on disk
+    assert cache.read(hash_bytes(blobs[-1])) is None and not cache.path(hash_bytes(blobs[-1])).exists()
+    big = os.urandom(20_000)
+    cache.put(hash_bytes(big), big)  # over the whole limit: never kept
+    assert cache.read(hash_bytes(big)) is None

@@ -396,3 +396,28 @@ def test_a_receiver_that_did_not_code_the_frames_checks_them(tmp_path: Path, ckp
     assert size > 0 and all(r["data"].get("base") is None for r in stored.tensors if r["data"]["kind"] == "planes")
     assert_bit_equal(dst.load("mlp@v2"), ckpts[1])
     assert dst.verify() == []
+
+
+def test_a_version_arriving_twice_keeps_the_first_manifest(tmp_path: Path, ckpts: list[dict]) -> None:
+    """Two senders of the same versions code them each their own way. The slower one,
+    which planned before the faster published, must not switch in its own manifest of a
+    version already there: coded when the destination held newer versions, it links
+    into them, while theirs link back into it — a cycle (seen once in a fresh clone's
+    make test, two processes pushing to S3)."""
+    from modelhub_torch.reader import open_reader
+    from modelhub_torch.sync.receive import receive
+    from modelhub_torch.sync.thin import encode_thin
+
+    src = make_source(tmp_path / "src", ckpts, count=3)
+    dst = Repository.init(tmp_path / "dst")
+    src.push(dst)  # the faster sender
+    store, before = dst.store, {v.id: dst.store.refs.manifest_of(v.id) for v in dst.versions()}
+    for ref in ("mlp@v1", "mlp@v2", "mlp@v3"):  # the slower one, its plan made before any arrived
+        vid = src.resolve(ref)
+        with store.lock:
+            thin = encode_thin(src.store, open_reader(src.store), store, vid, None, lambda v: True)
+            receive(store, thin.manifest, checked=True)
+    assert {v.id: store.refs.manifest_of(v.id) for v in dst.versions()} == before
+    for i in range(3):
+        assert_bit_equal(dst.load(f"mlp@v{i + 1}"), ckpts[i])
+    assert dst.verify() == [] and dst.gc()["objects_removed"] == 0  # nothing of the second left behind

@@ -79,14 +79,27 @@ class ObjectCache:
         os.replace(tmp, target)
         with self._lock:
             if self._held is None:
-                self._held = sum(f.stat().st_size for f in self.root.rglob("*") if f.is_file())
+                self._held = sum(size for _, size, _ in self._files())
             else:
                 self._held += len(data)
             if self._held > self.limit:
                 self._evict()
 
+    def _files(self) -> list[tuple[float, int, Path]]:
+        """(last read, size, path) of every cached object; other processes share the
+        cache and may remove files meanwhile."""
+        out = []
+        for f in self.root.rglob("*"):
+            try:
+                st = f.stat()
+            except FileNotFoundError:
+                continue
+            if f.is_file():
+                out.append((st.st_atime, st.st_size, f))
+        return sorted(out)
+
     def _evict(self) -> None:
-        files = sorted((f.stat().st_atime, f.stat().st_size, f) for f in self.root.rglob("*") if f.is_file())
+        files = self._files()
         held = sum(size for _, size, _ in files)
         for _, size, f in files:
             if held <= self.limit * 0.8:

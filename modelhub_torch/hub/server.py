@@ -4,7 +4,9 @@ app a user can run with ``modelhub serve`` or mount in an app of their own.
 The API (``/api/v1``, OpenAPI docs at ``/docs``):
 
 - reads, as files: ``GET files/{path}`` (with ``Range``) and ``GET list/{path}`` over
-  modelhub.json, objects/ and refs/ — what a client's ``Repository(URL)`` reads;
+  modelhub.json, objects/ and refs/, and ``GET refs`` (every ref in one answer) — what
+  a client's ``Repository(URL)`` reads; ``POST pack``: a version cut to its top planes
+  (hub/packs.py);
 - pushes, in two steps: ``POST objects/missing`` then ``POST objects`` (a batch,
   each object checked against its name before any is stored), then ``POST versions``
   with the manifest, which the server checks as any receiver does (sync/receive.py:
@@ -113,6 +115,19 @@ async def _read_body(request: Request, limit: int) -> Any:
     return spool
 
 
+JSON_BODY = 64 << 20  # a JSON request (object ids, a have-list, a query): far below any upload
+
+
+async def _json_body(request: Request, what: str) -> dict[str, Any]:
+    """A JSON object from the request body, read up to JSON_BODY bytes (a chunked
+    request has no Content-Length for the middleware to refuse early)."""
+    body = await _read_body(request, JSON_BODY)
+    try:
+        return _json(body.read(), what)
+    finally:
+        body.close()
+
+
 def _json(raw: bytes, what: str) -> dict[str, Any]:
     try:
         doc = json.loads(raw)
@@ -215,7 +230,7 @@ def api_router(hub: Hub) -> APIRouter:
     @r.post("/objects/missing")
     async def missing(request: Request, model: str, grant: Grant = Depends(write)) -> dict[str, Any]:
         writes_model(grant, model)
-        doc = _json(await request.body(), "objects/missing")
+        doc = await _json_body(request, "objects/missing")
         ids = doc.get("ids")
         if not isinstance(ids, list) or len(ids) > 100_000 or not all(is_object_id(i) for i in ids):
             raise HubError(400, "objects/missing: 'ids' must be a list of at most 100000 object ids")
@@ -273,7 +288,7 @@ def api_router(hub: Hub) -> APIRouter:
         except ModelHubError as exc:
             raise HubError(400, str(exc)) from None
         hub.may_write(grant, model)
-        doc = _json(await request.body(), "tags")
+        doc = await _json_body(request, "tags")
         vid, expect = doc.get("version"), doc.get("expect")
         if not is_version_id(vid) or (expect is not None and not is_version_id(expect)):
             raise HubError(400, "tags: 'version' (and 'expect', when given) must be version ids")
@@ -293,7 +308,7 @@ def api_router(hub: Hub) -> APIRouter:
     async def pack(request: Request, grant: Grant = Depends(read)) -> Response:
         """A version cut to its top byte planes, coded against what the client holds
         (hub/packs.py): partial pulls read only what they keep."""
-        doc = _json(await request.body(), "pack")
+        doc = await _json_body(request, "pack")
         try:
             parts = await _in_thread(lambda: list(packs.make(doc)))
         except ModelHubError as exc:
@@ -302,7 +317,7 @@ def api_router(hub: Hub) -> APIRouter:
 
     @r.post("/query")
     async def query(request: Request, grant: Grant = Depends(read)) -> dict[str, Any]:
-        doc = _json(await request.body(), "query")
+        doc = await _json_body(request, "query")
         text = doc.get("text")
         if not isinstance(text, str) or len(text) > 10_000:
             raise HubError(400, "query: 'text' must be a DQL statement of at most 10000 characters")
@@ -370,4 +385,4 @@ async def _in_thread(fn, *args):
     return await run_in_threadpool(fn, *args)
 
 
-__all__ = ["API", "COOKIE", "Hub", "HubError", "StreamingResponse", "create_app"]
+__all__ = ["API", "COOKIE", "Hub", "HubError", "app_from_environment", "create_app"]

@@ -100,6 +100,14 @@ class RefStore:
     def set_manifest(self, version_id: str, manifest_oid: str) -> None:
         self._write(manifest_oid, "versions", version_id)
 
+    def create_manifest(self, version_id: str, manifest_oid: str) -> bool:
+        """Name the manifest of a version arriving from elsewhere only if no process
+        named one first: True if this call did. Two senders of one version each code
+        it their own way; the first one's stays (a second, switched in, could link
+        into the first's versions in a cycle)."""
+        rel = f"refs/versions/{version_id}"
+        return self.loc.create_exclusive(rel, (manifest_oid + "\n").encode()) is not None
+
     def version_ids(self) -> list[str]:
         return [n for n in self.loc.listdir("refs", "versions") if is_version_id(n)]
 

@@ -93,10 +93,26 @@ def _whole(dst: RepoStore, wire: Manifest) -> Manifest:
         raise
 
 
+def _keep_theirs(dst: RepoStore, m: Manifest, moid: str | None, theirs: Manifest, theirs_moid: str | None) -> int:
+    """``m`` arrived complete here already (another sender published it first): that
+    manifest stays; what only this one wrote goes. Its numbered ref is claimed in case
+    the other sender stopped before it. Returns 0: nothing of this one was kept."""
+    keep = {*theirs.objects(), theirs_moid}
+    for oid in [*m.objects(), moid]:
+        if oid and oid not in keep and not dst.catalog.object_users(oid):
+            dst.objects.delete(oid)
+    if dst.refs.version_at_or_none(m.model, m.number) is None:
+        dst.refs.create_number(m.model, m.number, m.id)
+    dst.invalidate(m.id)
+    dst.index(m.id, slot=(m.model, m.number))
+    return 0
+
+
 def _publish(dst: RepoStore, m: Manifest) -> int:
-    """Manifest, then the version's manifest ref, then its numbered ref (the commit
-    point; refused when another version took that number meanwhile). Returns the
-    manifest object's size."""
+    """Manifest, then the version's manifest ref (created only if absent: a version
+    that arrived complete from another sender meanwhile keeps its manifest), then its
+    numbered ref (the commit point; refused when another version took that number
+    meanwhile). Returns the manifest object's size (0 when it was already there)."""
     there = dst.refs.version_at_or_none(m.model, m.number)
     if there is not None and there != m.id:
         raise DivergedError(
@@ -106,9 +122,20 @@ def _publish(dst: RepoStore, m: Manifest) -> int:
     dst.record_features([m])
     old_moid = dst.refs.manifest_of(m.id)
     old = dst.manifest(m.id) if old_moid else None
+    if old is not None and not old.partial:
+        return _keep_theirs(dst, m, None, old, old_moid)
     doc = m.to_bytes()
     moid = dst.objects.put(doc)
-    dst.refs.set_manifest(m.id, moid)
+    if old is None:
+        if not dst.refs.create_manifest(m.id, moid):  # another sender of this version was first
+            dst.invalidate(m.id)
+            theirs_moid = dst.refs.manifest_of(m.id)
+            theirs = dst.manifest(m.id)
+            if not theirs.partial:
+                return _keep_theirs(dst, m, moid, theirs, theirs_moid)
+            dst.refs.set_manifest(m.id, moid)  # theirs is partial: this complete one replaces it
+    else:  # a partial version completed: same id and number, the complete manifest
+        dst.refs.set_manifest(m.id, moid)
     dst.invalidate(m.id)
     if (there is None and not dst.refs.create_number(m.model, m.number, m.id)
             and dst.refs.version_at_or_none(m.model, m.number) != m.id):
