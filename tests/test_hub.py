@@ -325,6 +325,14 @@ def test_cli_serve_login_publish_search_clone(tmp_path: Path, ckpts: list[dict],
         capsys.readouterr()
         assert main(["export", "digits@v2", str(work / "out.pt"), "--repo", str(work / "copy")]) == 0
         assert_bit_equal(torch.load(work / "out.pt", weights_only=True), ckpts[1])
+        torch.save(ckpts[2], work / "e2.pt")  # a new version published, then pulled by the copy
+        assert main(["commit", str(work / "e2.pt"), "--model", "digits", "-m", "epoch 2", "--repo", repo]) == 0
+        assert main(["publish", url, "digits", "--repo", repo]) == 0
+        capsys.readouterr()
+        assert main(["pull", url, "--repo", str(work / "copy"), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["versions"] == ["digits@v3"]
+        assert main(["export", "digits@v3", str(work / "v3.pt"), "--repo", str(work / "copy")]) == 0
+        assert_bit_equal(torch.load(work / "v3.pt", weights_only=True), ckpts[2])
         assert main(["logout", url]) == 0
     finally:
         proc.terminate()

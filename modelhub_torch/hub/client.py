@@ -69,8 +69,12 @@ class HubClient:
         if resp.status_code < 400:
             return resp
         try:
-            message = resp.json().get("error") or resp.text
+            doc = resp.json()
         except ValueError:
+            doc = None
+        if isinstance(doc, dict) and (doc.get("error") or doc.get("detail")):
+            message = str(doc.get("error") or doc.get("detail"))  # ours, or FastAPI's validation
+        else:
             message = resp.text[:500] or resp.reason_phrase
         text = f"{what}: the hub at {self.url} answered {resp.status_code}: {message}"
         if resp.status_code in (401, 403):
