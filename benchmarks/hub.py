@@ -65,7 +65,7 @@ from sync import fmt, save_bytes, table
 
 from modelhub_torch import Repository
 
-MODEL = "minilm"
+MODEL = "minilm"  # the model's name in the hub ("digits-mlp" with --quick)
 PUSH_MODEL = "pusher"  # pusher i pushes versions of pusher-i, with a token for that name only
 
 
@@ -652,7 +652,9 @@ def main(argv: list[str] | None = None) -> int:
     count_hub_requests()
     what = "a small MLP on digits (--quick)" if args.quick else "the MiniLM fine-tune trajectory"
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs; building {what} ...", flush=True)
+    global MODEL
     if args.quick:
+        MODEL = "digits-mlp"
         versions = mlp_trajectory(args.versions)
         module, k = MLP(), 1
         x = digits()[0]
