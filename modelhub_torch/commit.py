@@ -128,6 +128,7 @@ class CommitRequest:
     graph: dict[str, Any] | None
     expect_number: int | None = None
     progress: bool = False
+    architecture: dict[str, Any] | None = None  # architecture.capture_architecture's record
 
 
 def commit_version(store: RepoStore, req: CommitRequest) -> Version:
@@ -155,6 +156,8 @@ def commit_version(store: RepoStore, req: CommitRequest) -> Version:
             manifest.extra["info"] = req.info
         if req.graph:
             manifest.extra["graph"] = req.graph
+        if req.architecture:
+            manifest.extra["architecture"] = req.architecture
         if racing:
             return publish_racing(store, manifest, lambda m: _renumber(store, req, m))
         return publish(store, manifest, replaced)

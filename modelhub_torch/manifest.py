@@ -268,6 +268,8 @@ def _check_extra(extra: dict[str, Any], where: str) -> None:
         raise _fail(where, "lossy is not a list of scheme names")
     if extra.get("graph") is not None:
         _check_graph(extra["graph"], f"{where}.graph")
+    if not isinstance(extra.get("architecture", {}), dict):  # checked in full when built
+        raise _fail(where, "architecture is not a JSON object")
 
 
 _NODE_FIELDS = (("name", str), ("op", str), ("type", str), ("category", str))

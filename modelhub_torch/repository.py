@@ -227,6 +227,7 @@ class Repository:
         allow_pickle: bool = False,
         progress: bool = False,
         expect_number: int | None = None,
+        architecture: dict[str, Any] | None = None,
     ) -> Version:
         """Store ``obj`` (state_dict, checkpoint dict or nn.Module) as a new version
         (``progress=True`` shows a tqdm bar of tensor bytes on stderr).
@@ -237,7 +238,10 @@ class Repository:
         commit fails instead of taking another number if someone else committed first.
         ``graph``: the network (an ``nn.Module`` to capture, or a graph already captured
         by ``modelhub_torch.graph.capture_graph``) for structural queries; committing an
-        ``nn.Module`` records its graph by itself. NaN and infinite metrics are kept.
+        ``nn.Module`` records its graph by itself, and its rebuildable architecture
+        (``load_module``; ``architecture``: one already captured by
+        ``modelhub_torch.architecture.capture_architecture``). NaN and infinite metrics
+        are kept.
         """
         import torch
 
@@ -249,15 +253,17 @@ class Repository:
             graph = obj if graph is None else graph
             obj = obj.state_dict()
         if isinstance(graph, torch.nn.Module):
+            from modelhub_torch.architecture import capture_architecture
             from modelhub_torch.graph import capture_graph
 
+            architecture = architecture or capture_architecture(graph)
             graph = capture_graph(graph)
         request = CommitRequest(
             flat=flatten(obj, allow_pickle=allow_pickle), model=model,
             parent=parent,
             metrics=jsonable(metrics, "metrics"), hparams=jsonable(hparams, "hparams"),
             message=message, info=jsonable(info, "info"), graph=graph or None,
-            expect_number=expect_number, progress=progress,
+            expect_number=expect_number, progress=progress, architecture=architecture,
         )
         store = self.store
         version = commit_version(store, request)
@@ -320,6 +326,7 @@ class Repository:
             weights, new_model, parent=src.id, hparams=src.hparams,
             message=message or f"copy of {src.ref}", info={"copied_from": src.ref},
             graph=self.manifest(src.id).extra.get("graph"), expect_number=1,
+            architecture=self.manifest(src.id).extra.get("architecture"),
         )
 
     # ------------------------------------------------------------------ prune
@@ -390,6 +397,25 @@ class Repository:
         from modelhub_torch.reader import load_version
 
         return load_version(self.store, self.resolve(ref), map_location, weights_only, progress)
+
+    def load_module(self, ref: str | Version) -> torch.nn.Module:
+        """The network of version ``ref`` rebuilt from its recorded architecture, with its
+        weights, in eval mode — without the user's class and without unpickling or
+        running anything stored: only allow-listed ``torch.nn`` layers, torch functions
+        and tensor methods are built (modelhub_torch/architecture.py)."""
+        from modelhub_torch.architecture import build_module
+
+        v = self.version(ref)
+        arch = self.manifest(v.id).extra.get("architecture")
+        if arch is None:
+            raise ModelHubError(
+                f"{v.ref} was committed without its network (a state_dict or a checkpoint file): "
+                "commit the nn.Module itself (or pass graph=module) to record one, or load its "
+                "weights into your own class with load_state_dict"
+            )
+        module = build_module(arch)
+        module.load_state_dict(self.load_state_dict(v.ref))
+        return module.eval()
 
     def load_tensors(self, ref: str | Version, progress: bool = False) -> list[torch.Tensor]:
         """Every tensor a version stores, decoded and checked, without its skeleton: what

@@ -66,6 +66,13 @@ def test_three_epochs_make_three_versions_with_metadata(tmp_path) -> None:
     assert cb.best_model_path == make_url(repo.url, best.ref)
     assert cb.last_model_ref == "mlp@v3"
     assert set(cb.best_k_models) == {make_url(repo.url, f"mlp@v{n}") for n in (1, 2, 3)}
+    # the network is rebuilt from the repository alone, with the version's weights
+    rebuilt = repo.load_module("mlp@best")
+    original = TinyMLP()
+    original.load_state_dict(repo.load_state_dict(best.ref))
+    x = torch.randn(7, 64)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), original.eval()(x))
     # Lightning opens the paths the callback exposes, and its "best"/"last" shortcuts
     loaded = TinyMLP.load_from_checkpoint(cb.best_model_path)
     assert_bit_equal(dict(loaded.state_dict()), dict(repo.load_state_dict(best.ref)))

@@ -162,6 +162,7 @@ class ModelHubCheckpoint(ModelCheckpoint):
         self._lock = threading.Lock()
         self._resumed_from: str | None = None
         self._graph: dict[str, Any] | None = None  # the network, captured at the first save
+        self._architecture: dict[str, Any] | None = None  # and how to rebuild it (load_module)
         self._refusal: ModelHubError | None = None  # why this fit cannot resume (raised once)
 
     # ---------------------------------------------------------------- refs
@@ -359,10 +360,12 @@ class ModelHubCheckpoint(ModelCheckpoint):
             message += f" {self.monitor}={metrics[self.monitor]:.6g}"
         hparams = _plain_hparams(getattr(module, "hparams", {}))
         if self._graph is None:  # the architecture does not change during a run
+            from modelhub_torch.architecture import capture_architecture
             from modelhub_torch.graph import capture_graph
 
             self._graph = capture_graph(module)
-        graph = self._graph
+            self._architecture = capture_architecture(module)
+        graph, architecture = self._graph, self._architecture
         best = self.best_model_path
         keep = self._keep_state_urls()
         precision_key = type(trainer.precision_plugin).__qualname__
@@ -370,7 +373,8 @@ class ModelHubCheckpoint(ModelCheckpoint):
         def job(ckpt: dict[str, Any]) -> None:
             assert self.repo is not None
             v = self.repo.commit(ckpt, self.model, parent=parent, metrics=metrics, hparams=hparams,
-                                 message=message, info=info, graph=graph, expect_number=number)
+                                 message=message, info=info, graph=graph, expect_number=number,
+                                 architecture=architecture)
             if best:
                 self.repo.tag(self.ref_of(best), "best")
             if self.trainer_state == "latest":
