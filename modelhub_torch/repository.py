@@ -284,7 +284,8 @@ class Repository:
         network predicates use the recorded graphs, never the weights. On a hub URL
         the hub runs it (select only)."""
         from modelhub_torch.dql.engine import execute
-        from modelhub_torch.hub.remote_query import is_hub, query_hub
+        from modelhub_torch.hub.fs import is_hub
+        from modelhub_torch.hub.remote_query import query_hub
 
         if is_hub(self.store):  # runs on the hub's own catalog
             return query_hub(self.store, text)  # type: ignore[return-value]

@@ -9,10 +9,17 @@ from __future__ import annotations
 
 import re
 
+import blake3
+
 from modelhub_torch.errors import FormatError
 
 _OBJECT_ID = re.compile(r"[0-9a-f]{64}")
 _VERSION_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def object_id_of(data: bytes | memoryview) -> str:
+    """The name an object's bytes give it: BLAKE3-256, hex."""
+    return blake3.blake3(data, max_threads=1).hexdigest()
 
 
 def is_object_id(s: object) -> bool:

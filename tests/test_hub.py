@@ -173,7 +173,7 @@ def test_refusals_store_nothing(tmp_path: Path, ckpts: list[dict]) -> None:
         for path in ("/files/..%2F..%2Fetc%2Fpasswd", "/files/refs/..%2F..%2Fx", "/files/hub/tokens",
                      "/files/tmp/x", "/list/..%2Fx"):
             resp = client.request("GET", path)
-            assert resp.status_code in (400, 404) and resp.status_code != 200, path
+            assert resp.status_code in (400, 404), path
             assert "invalid path" in resp.json()["error"] or resp.status_code == 404
         resp = client.request("PUT", "/tags/..%2Fx/best", json={"version": "0" * 32})
         assert resp.status_code in (400, 404)

@@ -10,18 +10,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import IO
 
-import blake3
-
 from modelhub_torch.errors import ModelHubError
 from modelhub_torch.validate import is_object_id
+from modelhub_torch.validate import object_id_of as hash_bytes
 
 HEADER = 72
-
-
-def hash_bytes(data: bytes | memoryview) -> str:
-    """An object's name: BLAKE3-256 of its bytes, as store/objects.py names them (kept
-    here so the client side imports nothing of the store, which imports it)."""
-    return blake3.blake3(data, max_threads=1).hexdigest()
 
 
 class BadBundleError(ModelHubError, ValueError):

@@ -24,10 +24,10 @@ from typing import Any
 from fsspec.spec import AbstractFileSystem
 
 from modelhub_torch.errors import CorruptObjectError, HubRequestError, ReadOnlyError
-from modelhub_torch.hub.bundle import hash_bytes
 from modelhub_torch.hub.client import HubClient, client_for
 from modelhub_torch.hub.paths import CONFIG, SWITCH
 from modelhub_torch.validate import is_object_id
+from modelhub_torch.validate import object_id_of as hash_bytes
 
 REFS_SECONDS = 1.0  # how long a snapshot of a hub's refs answers reads (see HubFileSystem._refs)
 _READ_ONLY = ("{what}: a hub URL is read-only as a repository; push versions to it "
@@ -133,6 +133,11 @@ def object_cache() -> ObjectCache:
     if _CACHE is None or _CACHE.root != root:
         _CACHE = ObjectCache(root, int(os.environ.get("MODELHUB_HUB_CACHE_BYTES", 8 << 30)))
     return _CACHE
+
+
+def is_hub(store: Any) -> bool:
+    """Whether a store (RepoStore) is a hub reached over HTTP."""
+    return isinstance(store.loc.fs, HubFileSystem)
 
 
 def _is_ref(rel: str) -> bool:

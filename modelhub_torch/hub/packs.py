@@ -24,7 +24,7 @@ from modelhub_torch.hub import bundle
 from modelhub_torch.manifest import Manifest
 from modelhub_torch.reader import open_reader
 from modelhub_torch.store.repo import RepoStore
-from modelhub_torch.sync.sinks import _Staging
+from modelhub_torch.sync.sinks import Staging
 from modelhub_torch.sync.thin import ThinVersion, encode_thin
 from modelhub_torch.validate import is_version_id
 
@@ -56,7 +56,7 @@ class PackMaker:
             raise ModelHubError(f"no version {vid[:12]} here")
         if base is not None and (base not in held or store.refs.manifest_of(base) is None):
             base = None
-        staging = _Staging(store.settings)
+        staging = Staging(store.settings)
         try:
             with self._lock:
                 if self._reader is None:

@@ -35,11 +35,5 @@ class RemoteQueryResult:
         return [dict(r) for r in self._rows]
 
 
-def is_hub(store: Any) -> bool:
-    from modelhub_torch.hub.fs import HubFileSystem
-
-    return isinstance(store.loc.fs, HubFileSystem)
-
-
 def query_hub(store: Any, text: str) -> RemoteQueryResult:
     return RemoteQueryResult(store.loc.fs.client.query(text))

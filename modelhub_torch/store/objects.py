@@ -20,7 +20,7 @@ import blake3
 
 from modelhub_torch.errors import CorruptObjectError
 from modelhub_torch.store.location import Location
-from modelhub_torch.validate import check_object_id, is_object_id
+from modelhub_torch.validate import check_object_id, is_object_id, object_id_of
 
 OBJECTS = "objects"
 # ranges ending below this are read without asking the object's size first; a longer
@@ -34,8 +34,7 @@ SPOOL_BYTES = 16 << 20
 WHOLE_READ_BYTES = 32 << 20
 
 
-def hash_bytes(data: bytes | memoryview) -> str:
-    return blake3.blake3(data, max_threads=1).hexdigest()
+hash_bytes = object_id_of  # an object's name from its bytes (validate.py)
 
 
 class ObjectWriter:

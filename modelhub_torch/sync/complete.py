@@ -61,8 +61,8 @@ def _rest_from_hub(src: RepoStore, dst: RepoStore, m: Manifest) -> bool:
     """From a hub, only the planes ``m`` lacks (hub/packs.py), checked and published
     as any received version; False when the source is no hub, when ``m`` leans on
     versions held partially here, or when the hub's coding changed."""
+    from modelhub_torch.hub.fs import is_hub
     from modelhub_torch.hub.packs import fetch_rest, links_of
-    from modelhub_torch.hub.remote_query import is_hub
     from modelhub_torch.sync.receive import receive
 
     if not is_hub(src):

@@ -66,7 +66,7 @@ class StoreSink:
                     raise _moved(model, alias, dst.url) from None
 
 
-class _Staging:
+class Staging:
     """What encode_thin writes into for a hub: the hub's settings, objects in memory,
     packs salted by version and base (the same transfer coded again is the same
     objects: a push cut short resends only what did not arrive)."""
@@ -94,7 +94,7 @@ class HubSink:
         self.client = dst.loc.fs.client
 
     def put_version(self, encode: Encode, what: str) -> tuple[ThinVersion, Landed]:
-        staging = _Staging(self.dst.settings)
+        staging = Staging(self.dst.settings)
         try:
             thin = encode(staging)
             m = thin.manifest
@@ -136,6 +136,6 @@ def _moved(model: str, alias: str, url: str) -> DivergedError:
 
 
 def sink_for(dst: RepoStore) -> StoreSink | HubSink:
-    from modelhub_torch.hub.fs import HubFileSystem
+    from modelhub_torch.hub.fs import is_hub
 
-    return HubSink(dst) if isinstance(dst.loc.fs, HubFileSystem) else StoreSink(dst)
+    return HubSink(dst) if is_hub(dst) else StoreSink(dst)

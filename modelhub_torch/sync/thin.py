@@ -132,7 +132,7 @@ def encode_thin(
     if base is not None and planes is None and fits is not None and not fits(_provisional(m, coded)):
         base = None
         coded = _code(src, reader, dst, m, base, linkable, planes)
-    stable = getattr(dst, "stable_packs", False)  # a hub's staging store (sync/sinks.py)
+    stable = getattr(dst, "stable_packs", False)  # a hub's staging store (sinks.Staging)
     salt = f"thin:{vid}:{base}:{planes}".encode() if stable else None
     packs = PackSet(dst.objects, salt=salt)
     hashed = (PlainPackSet(dst.objects) if rest else HashedPackSet()) if planes is not None else None

@@ -49,10 +49,11 @@ def transfer(
     reader = open_reader(src, cache_bytes=256 << 20)  # a parent decoded as base is reused as the next version
     state = Destination(dst)
     sink = sink_for(dst)
+    from modelhub_torch.hub.fs import is_hub
     from modelhub_torch.hub.packs import fetch_pack
-    from modelhub_torch.hub.remote_query import is_hub
 
     packer = src.loc.fs.client if planes is not None and is_hub(src) else None
+    held = set(dst.refs.version_ids()) if packer is not None else set()  # what a partial may lean on
     sent: set[str] = set()
     raw = sum(src.manifest(w.vid).raw_bytes for w in todo.wants)
     bar = byte_bar(raw, f"{'pull' if dst.loc.is_local else 'push'} to {dst.url}", progress)
@@ -64,9 +65,8 @@ def transfer(
 
             def encode(target, want=want, linkable=linkable):
                 if packer is not None:  # a hub cuts the planes where the data is (hub/packs.py)
-                    have = sent | set(dst.refs.version_ids())
                     return fetch_pack(packer, src.url, target, want.vid, want.model, want.number,
-                                      want.base, have, planes)
+                                      want.base, sent | held, planes)
                 return encode_thin(src, reader, target, want.vid, want.base, linkable, planes,
                                    fits=lambda wire: fits(dst, wire))
 
