@@ -108,6 +108,11 @@ def _decode(value: Any, nodes: dict[str, fx.Node]) -> Any:
     raise ModelHubError(f"the recorded architecture holds an unknown value {value!r}")
 
 
+def decode_value(value: Any) -> Any:
+    """A recorded constructor argument as Python (no node references)."""
+    return _decode(value, {})
+
+
 def _constructor_args(module: nn.Module) -> dict[str, Any]:
     cls = type(module)
     out: dict[str, Any] = {}
@@ -225,4 +230,5 @@ def build_module(arch: Any) -> fx.GraphModule:
     return fx.GraphModule(root, graph)
 
 
-__all__ = ["ALLOWED_FUNCTIONS", "ALLOWED_METHODS", "ALLOWED_MODULES", "build_module", "capture_architecture"]
+__all__ = ["ALLOWED_FUNCTIONS", "ALLOWED_METHODS", "ALLOWED_MODULES", "build_module", "capture_architecture",
+           "decode_value"]

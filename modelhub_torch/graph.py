@@ -24,7 +24,7 @@ from torch.fx.operator_schemas import normalize_function
 from modelhub_torch.errors import ModelHubError
 from modelhub_torch.graph_view import describe_graph, diff_graphs, graph_digest
 
-__all__ = ["capture_graph", "describe_graph", "diff_graphs", "graph_digest"]
+__all__ = ["capture_graph", "describe_graph", "diff_graphs", "display_names", "graph_digest"]
 
 _DROP = object()  # marks a value that has no JSON form
 
@@ -346,19 +346,27 @@ def _call_node(name: str, node: fx.Node) -> dict[str, Any]:
     return _node(name, op, type_name, category, kind, _clean_attrs(attrs, base, category))
 
 
+def display_names(nodes: list[tuple[str, str, str]]) -> list[str]:
+    """The names queries use for traced nodes given as ``(op, fx name, target)``:
+    layers keep their qualified names (``features.0``; a second call ``drop#2``),
+    other nodes their fx names, moved aside (``x`` -> ``x_1``) where a layer has it.
+    The rebuildable architecture (``architecture.py``) names nodes the same way."""
+    calls = [i for i, (op, _, _) in enumerate(nodes) if op == "call_module"]
+    names: dict[int, str] = dict(zip(calls, _call_names([nodes[i][2] for i in calls])))
+    preferred = {i: "output" if op == "output" else name for i, (op, name, _) in enumerate(nodes) if i not in names}
+    claimed = set(names.values())
+    taken = claimed | set(preferred.values())
+    for i, base in preferred.items():
+        names[i] = _unique(base, taken) if base in claimed else base
+        claimed.add(names[i])
+    return [names[i] for i in range(len(nodes))]
+
+
 def _fx_graph(module: nn.Module) -> dict[str, Any]:
     """The traced data flow; get_attr nodes are left out, with their edges."""
     graph = fx.Tracer().trace(module)
     kept = [n for n in graph.nodes if n.op != "get_attr"]
-    calls = [n for n in kept if n.op == "call_module"]
-    names: dict[fx.Node, str] = dict(zip(calls, _call_names([str(n.target) for n in calls])))
-    # Layers keep their qualified names; a clashing fx name moves aside (``x`` -> ``x_1``).
-    preferred = {n: "output" if n.op == "output" else n.name for n in kept if n not in names}
-    claimed = set(names.values())
-    taken = claimed | set(preferred.values())
-    for n, base in preferred.items():
-        names[n] = _unique(base, taken) if base in claimed else base
-        claimed.add(names[n])
+    names: dict[fx.Node, str] = dict(zip(kept, display_names([(n.op, n.name, str(n.target)) for n in kept])))
     nodes: list[dict[str, Any]] = []
     for n in kept:
         name = names[n]

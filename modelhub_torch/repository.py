@@ -279,11 +279,23 @@ class Repository:
         return version
 
     # ------------------------------------------------------------------ query
-    def query(self, text: str) -> QueryResult:
-        """Run a DQL statement (``select m where ...``, see docs/DQL.md) on the catalog;
-        network predicates use the recorded graphs, never the weights. On a hub URL
-        the hub runs it (select only)."""
-        from modelhub_torch.dql.engine import execute
+    def query(
+        self,
+        text: str,
+        *,
+        executor: str = "embedded",
+        workers: int = 1,
+        imports: Iterable[str] = (),
+        dry_run: bool = False,
+    ) -> QueryResult:
+        """Run a DQL statement (docs/DQL.md): ``select`` finds versions (network
+        predicates use the recorded graphs, never the weights); ``slice`` and
+        ``construct`` commit derived networks as new versions; ``evaluate`` trains
+        trials over a grid and keeps the best (``executor`` "embedded", on ``workers``
+        processes, or "ray"; ``imports``: modules a config's ``class_path`` may name;
+        ``dry_run``: list the trials, train nothing). On a hub URL the hub runs it
+        (select only)."""
+        from modelhub_torch.dql.run import Options, run_statement
         from modelhub_torch.hub.fs import is_hub
         from modelhub_torch.hub.remote_query import query_hub
 
@@ -296,8 +308,10 @@ class Repository:
                 for alias, vid in self.refs.tags(model).items():
                     yield vid, alias
 
+        options = Options(executor, int(workers), tuple(imports), bool(dry_run))
+
         def run() -> QueryResult:
-            return execute(self.catalog.connection(), text, self.resolve, tags, self.store.version_of_row)
+            return run_statement(self.store, text, tags, options)
 
         try:
             return run()
@@ -309,6 +323,19 @@ class Repository:
             damage = exc.__cause__
         self.catalog.recover(damage)  # set aside, re-indexed from the refs: ask again
         return run()
+
+    def save_query(self, name: str, text: str) -> None:
+        """Save a DQL statement as ``name`` (checked first), so other statements can run on
+        its results: ``evaluate m from "name" ...``."""
+        from modelhub_torch.dql.saved import save_query
+
+        save_query(self.store, name, text)
+
+    def saved_queries(self) -> dict[str, str]:
+        """The statements saved in this repository, by name."""
+        from modelhub_torch.dql.saved import load_query, saved_queries
+
+        return {name: load_query(self.store, name) for name in saved_queries(self.store)}
 
     # ------------------------------------------------------------------- copy
     def copy(self, ref: str | Version, new_model: str, message: str = "") -> Version:

@@ -101,8 +101,6 @@ def test_semantic_errors(repo: Repository) -> None:
         repo.query('select m where m.tags = "best"')
     with pytest.raises(DQLError, match="like compares text"):
         repo.query('select m where m.version like "1%"')
-    with pytest.raises(DQLError, match="only 'select'"):
-        repo.query('slice m2 from m1 mutate m2.input = m1["conv1"]')
     with pytest.raises(DQLError, match=r"needs one key"):
         repo.query("select m where m.metrics > 1")
 
@@ -115,7 +113,12 @@ def test_enumeration_statements_parse() -> None:
     e = parse('evaluate m from "q" vary config.base_lr in [0.1, 0.01] and config.net["conv*"].lr auto '
               'keep top(5, m["loss"], 100)')
     assert e.vary[0].values == (0.1, 0.01) and e.vary[1].values is None
-    assert e.vary[1].path == ("config", "net", "conv*", "lr") and e.keep[0] == "top"
+    assert e.vary[1].path == ("config", "net", "conv*", "lr") and e.keep[0].call == "top"
+    assert e.keep[0].args[0] == 5 and e.keep[0].args[1].pattern == "loss" and e.keep[0].args[2] == 100
+    assert e.source.saved == "q" and e.vary[0].pos == len('evaluate m from "q" vary ')
+    t = parse('evaluate m from (select m1 where m1.name = "a") keep top(2, m["val_loss"], 5) and m["acc"] >= 0.9 as "x"')
+    assert t.source.statement.var == "m1" and t.name == "x"
+    assert (t.keep[1].metric.pattern, t.keep[1].op, t.keep[1].value) == ("acc", ">=", 0.9)
 
 
 def test_versions_without_graph_and_new_commits(tmp_path) -> None:

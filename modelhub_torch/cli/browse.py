@@ -169,16 +169,36 @@ def cmd_desc(args: argparse.Namespace, out: Output) -> int:
 
 def cmd_query(args: argparse.Namespace, out: Output) -> int:
     repo = open_repo(args)
-    result = repo.query(args.text)
+    if args.list:
+        saved = repo.saved_queries()
+        out.emit(saved, "\n".join(f"{name}: {text}" for name, text in saved.items()) or "no saved statements")
+        return 0
+    if args.text is None:
+        raise CliError("give a DQL statement, e.g. modelhub query 'select m where m.metrics.val_acc > 0.9'")
+    if args.save:
+        repo.save_query(args.save, args.text)
+        out.emit({"saved": args.save, "text": args.text},
+                 f"saved as {args.save!r}; run it from another statement with: from \"{args.save}\"")
+        return 0
+    result = repo.query(args.text, executor=args.executor, workers=args.workers, imports=args.imports,
+                        dry_run=args.dry_run)
     docs = result.to_dicts()
     extra = [c for c in result.columns if c not in ("ref", "name", "version", "created", "params", "size")]
+    if result.statement == "evaluate" and args.dry_run:
+        text = table([c.upper() for c in extra], [[fmt_cell(d[c]) for c in extra] for d in docs])
+        text += f"\n{len(docs)} trial{'s' if len(docs) != 1 else ''} (dry run: nothing trained)"
+        out.emit({"columns": extra, "rows": docs}, text)
+        return 0
     rows = [
-        [d["ref"], *(fmt_cell(d[c]) for c in extra), f"{d['params']:,}", human_size(d["size"]), d["created"][:16].replace("T", " ")]
+        [d["ref"] or "-", *(fmt_cell(d[c]) for c in extra), f"{d['params']:,}" if d["params"] is not None else "-",
+         human_size(d["size"]) if d["size"] is not None else "-",
+         d["created"][:16].replace("T", " ") if d["created"] else "-"]
         for d in docs
     ]
     text = table(["VERSION", *(c.upper() for c in extra), "PARAMS", "STORED", "CREATED (UTC)"], rows,
                  right=set(range(1, len(extra) + 3)))
-    text += f"\n{len(docs)} version{'s' if len(docs) != 1 else ''}"
+    noun = "trial" if result.statement == "evaluate" else "version"
+    text += f"\n{len(docs)} {noun}{'s' if len(docs) != 1 else ''}"
     out.emit({"columns": result.columns, "rows": docs}, text)
     return 0
 

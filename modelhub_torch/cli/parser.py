@@ -122,8 +122,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--module", metavar="PKG.MOD:CLASS",
                    help="the architecture (default: the class the version recorded, built from its hparams)")
 
-    c = cmd("query", "run a DQL statement, e.g. 'select m where m.metrics.val_acc > 0.9' (docs/DQL.md)")
-    c.add_argument("text", metavar="DQL")
+    c = cmd("query", "run a DQL statement: select, slice, construct or evaluate, e.g. "
+            "'select m where m.metrics.val_acc > 0.9' (docs/DQL.md)")
+    c.add_argument("text", metavar="DQL", nargs="?", help="the statement (omit with --list)")
+    c.add_argument("--save", metavar="NAME", help="save the statement as NAME (run it with ... from \"NAME\"); "
+                   "runs nothing")
+    c.add_argument("--list", action="store_true", help="list the saved statements")
+    c.add_argument("--dry-run", action="store_true", help="evaluate: print the trial grid, train nothing")
+    c.add_argument("--executor", choices=("embedded", "ray"), default="embedded",
+                   help="where evaluate trains its trials: on this machine (default) or on Ray Tune")
+    c.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="evaluate, embedded: train N trials at a time in worker processes (default 1)")
+    c.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="evaluate: a module the config's class_path may name (repeat for more)")
 
     c = cmd("copy", "start a new model from a version's weights (REF becomes its parent)")
     c.add_argument("ref", metavar="REF")

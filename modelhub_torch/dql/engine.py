@@ -38,48 +38,60 @@ def prepare_connection(conn: sqlite3.Connection) -> None:
 
 
 class QueryResult:
-    """The versions a ``select`` found, in order. Iterating yields ``Version`` objects
-    (built on demand); ``columns`` names what ``to_dicts()`` reports for each: the
-    version's ref, name, number, creation time, parameter count and stored size, plus
-    every metric/hparam/info field the query mentioned."""
+    """What a statement gave, in order: for ``select`` the versions found, for
+    ``slice`` / ``construct`` the versions derived, for ``evaluate`` one row per trial.
+    Iterating yields ``Version`` objects (built on demand; ``None`` for a trial that
+    failed before committing any); ``columns`` names what ``to_dicts()`` reports for
+    each: the version's ref, name, number, creation time, parameter count and stored
+    size, plus every metric/hparam/info field a select mentioned, or what the statement
+    adds (``source`` and ``status`` of a derived version; trial, status, the varied
+    values and the kept metrics of a trial)."""
 
-    def __init__(self, rows: list[sqlite3.Row], columns: list[str], to_version: Callable[[Any], Version]):
+    def __init__(self, rows: list[sqlite3.Row | None], columns: list[str], to_version: Callable[[Any], Version],
+                 values: list[dict[str, Any]] | None = None, statement: str = "select"):
         self._rows = rows
         self._extra = columns
         self._to_version = to_version
+        self._values = values
+        self.statement = statement  # select | slice | construct | evaluate
         self.columns = BASE_COLUMNS + [c for c in columns if c not in BASE_COLUMNS]
 
     def __len__(self) -> int:
         return len(self._rows)
 
     def __iter__(self) -> Iterator[Version]:
-        return (self._to_version(r) for r in self._rows)
+        return (self._version(r) for r in self._rows)
 
     def __getitem__(self, i: int) -> Version:
-        return self._to_version(self._rows[i])
+        return self._version(self._rows[i])
+
+    def _version(self, row: sqlite3.Row | None) -> Version:
+        return None if row is None else self._to_version(row)  # type: ignore[return-value]
 
     @property
     def refs(self) -> list[str]:
-        return [f"{r['model']}@v{r['number']}" for r in self._rows]
+        return [f"{r['model']}@v{r['number']}" if r is not None else None for r in self._rows]  # type: ignore[misc]
 
     def to_dicts(self) -> list[dict[str, Any]]:
         out = []
-        for r in self._rows:
-            d = {
-                "ref": f"{r['model']}@v{r['number']}",
-                "name": r["model"],
-                "version": r["number"],
-                "created": r["created_at"],
-                "params": r["params"],
-                "size": r["stored_bytes"],
+        for i, r in enumerate(self._rows):
+            d: dict[str, Any] = {
+                "ref": f"{r['model']}@v{r['number']}" if r is not None else None,
+                "name": r["model"] if r is not None else None,
+                "version": r["number"] if r is not None else None,
+                "created": r["created_at"] if r is not None else None,
+                "params": r["params"] if r is not None else None,
+                "size": r["stored_bytes"] if r is not None else None,
             }
+            extra = self._values[i] if self._values is not None else {}
             for c in self._extra:
-                d[c] = _value(r[c])
+                d[c] = extra[c] if c in extra or r is None else _value(r[c])
             out.append(d)
         return out
 
     def __repr__(self) -> str:
-        return f"QueryResult({len(self)} versions: {', '.join(self.refs[:5])}{' ...' if len(self) > 5 else ''})"
+        refs = [str(r) for r in self.refs]
+        return f"QueryResult({len(self)} rows: {', '.join(refs[:5])}{' ...' if len(self) > 5 else ''})"
 
 
 def _value(v: Any) -> Any:
@@ -106,12 +118,20 @@ def execute(
     stmt = parse(text)
     if isinstance(stmt, (Derive, Evaluate)):
         kind = stmt.kind if isinstance(stmt, Derive) else "evaluate"
-        raise caret_error(
-            text, stmt.pos,
-            f"'{kind}' statements parse, but this version of modelhub_torch runs only 'select' "
-            "(enumeration — slice, construct, evaluate — is not implemented yet; see docs/DQL.md)",
-        )
-    assert isinstance(stmt, Select)
+        raise caret_error(text, stmt.pos, f"only 'select' runs here, not '{kind}' (it commits new versions: "
+                          "run it with Repository.query or modelhub query on the repository itself)")
+    return execute_select(conn, stmt, text, resolve, tags, to_version)
+
+
+def execute_select(
+    conn: sqlite3.Connection,
+    stmt: Select,
+    text: str,
+    resolve: Callable[[str], str],
+    tags: Callable[[], Iterable[tuple[str, str]]],
+    to_version: Callable[[Any], Version],
+) -> QueryResult:
+    """Run a parsed ``select`` (``text``: the whole query, for errors)."""
     compiled = compile_select(stmt, text, resolve)
     _check_literal_count(conn, len(compiled.params))
     prepare_connection(conn)

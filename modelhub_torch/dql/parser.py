@@ -168,14 +168,25 @@ class Mutation(Node):
 
 
 @dataclass(frozen=True)
+class Source(Node):
+    """What a statement works on: ``from m1`` (every version, as ``m1``), ``from (<statement>)``
+    (its results) or ``from "name"`` (a saved statement's results)."""
+
+    var: str | None = None
+    statement: Any = None
+    saved: str | None = None
+
+
+@dataclass(frozen=True)
 class Derive(Node):
-    """slice / construct: a new model ``new`` derived from the models ``source`` matches."""
+    """slice / construct: a new model ``new`` derived from the versions ``source`` yields."""
 
     kind: str
     new: str
-    source: str
+    source: Source
     where: Any
     mutations: tuple[Mutation, ...]
+    name: str | None = None  # as "name": the model the results are committed to
 
 
 @dataclass(frozen=True)
@@ -185,12 +196,26 @@ class VaryItem(Node):
 
 
 @dataclass(frozen=True)
+class KeepRule(Node):
+    """``top(k, m["metric"], n)`` (``call`` = "top", ``args``) or a threshold
+    ``m["metric"] > 0.9`` (``call`` = None, ``metric``, ``op``, ``value``)."""
+
+    call: str | None
+    args: tuple[Any, ...] = ()
+    metric: NodeSet | None = None
+    op: str | None = None
+    value: Any = None
+
+
+@dataclass(frozen=True)
 class Evaluate(Node):
     var: str
-    source: str
+    source: Source
     config: tuple[str, str] | None
     vary: tuple[VaryItem, ...]
-    keep: tuple[str, tuple[Any, ...]] | None
+    keep: tuple[KeepRule, ...]
+    where: Any = None
+    name: str | None = None
 
 
 # SQLite's integers are 64-bit: a larger integer literal is a REAL there, and here
@@ -404,10 +429,22 @@ class _ToTree(Transformer):
     def mutations(self, *items: Any) -> tuple[Mutation, ...]:
         return tuple(i for i in items if isinstance(i, Mutation))
 
-    def _derive(self, kind: str, kw: Token, new: Token, _from: Token, source: Token, *rest: Any) -> Derive:
-        where = next((r[1] for r in rest if isinstance(r, tuple) and r and r[0] == "where"), None)
-        mutations = rest[-1]
-        return Derive(kind, str(new), str(source), where, mutations, pos=_pos(kw))
+    def source_all(self, var: Token) -> Source:
+        return Source(var=str(var), pos=_pos(var))
+
+    def source_nested(self, stmt: Any) -> Source:
+        return Source(statement=stmt, pos=stmt.pos)
+
+    def source_saved(self, tok: Token) -> Source:
+        return Source(saved=self._unquote(tok), pos=_pos(tok))
+
+    def as_clause(self, _kw: Token, name: Token) -> tuple[str, Any]:
+        return ("as", self._unquote(name))
+
+    def _derive(self, kind: str, kw: Token, new: Token, _from: Token, source: Source, *rest: Any) -> Derive:
+        c = dict(r for r in rest if isinstance(r, tuple) and len(r) == 2 and isinstance(r[0], str))
+        mutations = next(r for r in rest if isinstance(r, tuple) and (not r or isinstance(r[0], Mutation)))
+        return Derive(kind, str(new), source, c.get("where"), mutations, c.get("as"), pos=_pos(kw))
 
     def slice_stmt(self, *items: Any) -> Derive:
         return self._derive("slice", *items)
@@ -418,24 +455,32 @@ class _ToTree(Transformer):
     def config_clause(self, _kw: Token, name: Token, value: Token) -> tuple[str, Any]:
         return ("config", (str(name), self._unquote(value)))
 
-    def config_path(self, *parts: Token) -> tuple[str, ...]:
-        return tuple(self._unquote(p) if p.type == "STRING" else str(p) for p in parts)
+    def config_path(self, *parts: Token) -> tuple[tuple[str, ...], int]:
+        return tuple(self._unquote(p) if p.type == "STRING" else str(p) for p in parts), _pos(parts[0])
 
-    def vary_values(self, path: tuple[str, ...], _in: Token, *values: Literal) -> VaryItem:
-        return VaryItem(path, tuple(v.value for v in values))
+    def vary_values(self, path: Any, _in: Token, *values: Literal) -> VaryItem:
+        return VaryItem(path[0], tuple(v.value for v in values), pos=path[1])
 
-    def vary_auto(self, path: tuple[str, ...], _auto: Token) -> VaryItem:
-        return VaryItem(path, None)
+    def vary_auto(self, path: Any, _auto: Token) -> VaryItem:
+        return VaryItem(path[0], None, pos=path[1])
 
     def vary_clause(self, _kw: Token, *items: Any) -> tuple[str, Any]:
         return ("vary", tuple(i for i in items if isinstance(i, VaryItem)))
 
-    def keep_clause(self, _kw: Token, name: Token, *args: Any) -> tuple[str, Any]:
-        return ("keep", (str(name), tuple(a.value if isinstance(a, Literal) else a for a in args)))
+    def keep_call(self, name: Token, *args: Any) -> KeepRule:
+        return KeepRule(str(name), tuple(a.value if isinstance(a, Literal) else a for a in args), pos=_pos(name))
 
-    def evaluate_stmt(self, kw: Token, var: Token, _from: Token, source: Token, *clauses: Any) -> Evaluate:
+    def keep_threshold(self, metric: NodeSet, op: Token, value: Literal) -> KeepRule:
+        return KeepRule(None, metric=metric, op="!=" if str(op) == "<>" else str(op), value=value.value,
+                        pos=metric.pos)
+
+    def keep_clause(self, _kw: Token, *rules: Any) -> tuple[str, Any]:
+        return ("keep", tuple(r for r in rules if isinstance(r, KeepRule)))
+
+    def evaluate_stmt(self, kw: Token, var: Token, _from: Token, source: Source, *clauses: Any) -> Evaluate:
         c = dict(clauses)
-        return Evaluate(str(var), self._unquote(source), c.get("config"), c.get("vary", ()), c.get("keep"), pos=_pos(kw))
+        return Evaluate(str(var), source, c.get("config"), c.get("vary", ()), c.get("keep", ()),
+                        c.get("where"), c.get("as"), pos=_pos(kw))
 
 
 @functools.cache
