@@ -64,6 +64,21 @@ class AlexNetLike(nn.Module):
         return self.fc8(x)
 
 
+class LeNetDigits(nn.Module):
+    """A LeNet for 8x8 digits (evaluate's tests train it): two convs, two linear layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 8, 3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+        self.fc1, self.fc2 = nn.Linear(32, 16), nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(F.relu(self.conv1(x)))
+        x = self.pool(F.relu(self.conv2(x)))
+        return self.fc2(F.relu(self.fc1(torch.flatten(x, 1))))
+
+
 def build(path) -> Repository:
     """alexnet_a v1-v3 (max pools, v3 tagged best), alexnet_b v1 (avg pools),
     lenet_max v1-v2, lenet_avg v1, and alexnet_ft v1-v2 fine-tuned from alexnet_a@v3."""

@@ -237,6 +237,9 @@ def test_library_source_has_no_path_from_stored_bytes_to_code():
         # a local file the user passed with --allow-pickle; the user's --module (eval, archive)
         ("checkpoint_files.py", 'torch.load(str(path), map_location="cpu", weights_only=False)'),
         ("evaluation.py", "importlib.import_module(mod_name)"),
+        # evaluate's config class_path, from the user's YAML, after the allow-list check
+        # (torch.optim.*, modelhub_torch.trials.*, modules the user names with --import)
+        ("trials/plan.py", "importlib.import_module(module)"),
         # loading a version's $pickle nodes only when the caller passed weights_only=False
         ("skeleton.py", "pickle.loads("),
         # lazy imports of the package's own submodules by fixed names

@@ -157,7 +157,7 @@ def test_nested_and_saved_statements(repo, tmp_path) -> None:
     repo.save_query("b", 'construct m from "a" mutate m["x"].delete')  # replaces b
     with pytest.raises(DQLError, match=r"circle \(a -> b -> a\)"):
         repo.query('slice n from "a" mutate n.input = m["x"] and n.output = m["y"]')
-    with pytest.raises(DQLError, match="no statement is saved as 'nope'.*saved: a, b, lenets"):
+    with pytest.raises(DQLError, match=r"no statement is saved as 'nope'.*saved: a, b, lenets"):
         repo.query('slice n from "nope" mutate n.input = m["x"] and n.output = m["y"]')
     with pytest.raises(DQLError, match="unexpected"):
         repo.save_query("bad", "select m where")
@@ -213,3 +213,26 @@ def test_cli_runs_and_saves_statements(repo, capsys) -> None:
     out = capsys.readouterr().out
     assert code == 0 and "alexnet_b-construct@v1" in out and "alexnet_b@v1" in out and "created" in out
     assert "1 version" in out
+
+
+def test_booby_trapped_architectures_build_nothing(tmp_path) -> None:
+    """A repository is untrusted: records no capture writes are refused by name."""
+    from dql_fixture import LeNet
+
+    from modelhub_torch.architecture import capture_architecture
+
+    repo = Repository.init(tmp_path / "r")
+    good = capture_architecture(LeNet())
+    traps = {
+        "evil-type": {**good, "modules": {**good["modules"], "conv1": {"type": "os.system", "args": {}}}},
+        "dangling": {**good, "nodes": [n for n in good["nodes"] if n["name"] != "conv1"]},
+        "no-module": {**good, "modules": {k: v for k, v in good["modules"].items() if k != "conv2"}},
+        "bad-node": {**good, "nodes": [{**n, "args": {"tuple": [{"node": 5}]}} for n in good["nodes"]]},
+    }
+    for name, arch in traps.items():
+        repo.commit(LeNet().state_dict(), name, architecture=arch, graph=LeNet())
+    for name in traps:
+        with pytest.raises(ModelHubError) as exc:
+            repo.query(f'construct m2 from m1 where m1.name = "{name}" mutate m1["conv2"].insert = BN("bn")')
+        assert name in str(exc.value)
+    assert sorted(repo.models()) == sorted(traps)

@@ -34,6 +34,7 @@ from modelhub_torch.dql.parser import (
     Template,
     caret_error,
 )
+from modelhub_torch.node_patterns import node_pattern
 
 # field -> (SQL over the versions row "v", type); JSON maps are handled apart
 COLUMNS: dict[str, tuple[str, str]] = {
@@ -67,37 +68,6 @@ TEMPLATES: dict[str, str] = {
     "OUTPUT": "output",
 }
 POOL_KINDS = {"MAX": "max", "AVG": "avg", "AVERAGE": "avg", "MEAN": "avg"}
-
-
-def node_pattern(pattern: str) -> str:
-    """The paper's node-name patterns as an anchored regular expression: ``*`` any run
-    of characters, ``?`` one character, ``[1,3,5]`` one of the listed alternatives (an
-    alternative ``a-c`` of single characters is a range), ``($1)`` marks a capture for
-    construct and matches nothing by itself; everything else is literal."""
-    out, i = [], 0
-    while i < len(pattern):
-        c = pattern[i]
-        if c == "*":
-            out.append("(.*)")
-        elif c == "?":
-            out.append("(.)")
-        elif c == "(" and re.match(r"\(\$\d+\)", pattern[i:]):
-            i = pattern.index(")", i)
-        elif c == "[" and "]" in pattern[i:]:
-            end = pattern.index("]", i)
-            alts = []
-            for alt in pattern[i + 1 : end].split(","):
-                alt = alt.strip()
-                if re.fullmatch(r"\w-\w", alt):
-                    alts.append(f"[{re.escape(alt[0])}-{re.escape(alt[2])}]")
-                elif alt:
-                    alts.append(re.escape(alt))
-            out.append("(" + "|".join(alts) + ")")
-            i = end
-        else:
-            out.append(re.escape(c))
-        i += 1
-    return "^" + "".join(out) + "$"
 
 
 @dataclass

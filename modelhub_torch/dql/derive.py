@@ -20,7 +20,6 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from modelhub_torch.dql.compiler import node_pattern
 from modelhub_torch.dql.parser import (
     BoolOp,
     Derive,
@@ -30,6 +29,7 @@ from modelhub_torch.dql.parser import (
     caret_error,
 )
 from modelhub_torch.errors import DQLError, ModelHubError
+from modelhub_torch.node_patterns import capture_regex, node_pattern
 from modelhub_torch.records import Version
 from modelhub_torch.store.repo import RepoStore
 
@@ -42,29 +42,6 @@ class Derived:
     source: str  # the source's ref
     status: str  # "created" | "exists"
     edits: list[str]
-
-
-def capture_regex(pattern: str) -> tuple[re.Pattern[str], dict[str, int]]:
-    """The node pattern as a regex, and for each ``($k)`` the group that captures what
-    the wildcard (or alternative) just before it matched."""
-    regex = node_pattern(pattern)
-    captures: dict[str, int] = {}
-    group = 0
-    i = 0
-    while i < len(pattern):
-        c = pattern[i]
-        if c in "*?":
-            group += 1
-        elif c == "[" and "]" in pattern[i:]:
-            group += 1
-            i = pattern.index("]", i)
-        elif c == "(":
-            m = re.match(r"\(\$(\d+)\)", pattern[i:])
-            if m:
-                captures[m.group(1)] = group
-                i += len(m.group(0)) - 1
-        i += 1
-    return re.compile(regex), captures
 
 
 def model_name(stmt: Derive, source: Version) -> str:
@@ -301,6 +278,10 @@ def _derive_one(store: RepoStore, stmt: Derive, text: str, source: Version, var:
         if isinstance(exc, DQLError):
             raise
         raise ModelHubError(f"{stmt.kind} on {source.ref}: {exc}") from None
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, StopIteration) as exc:
+        # a record no capture writes (hand-edited, damaged): refused, nothing built
+        raise ModelHubError(f"{stmt.kind} on {source.ref}: its recorded architecture is damaged "
+                            f"({type(exc).__name__}: {exc}); commit the nn.Module again") from None
     if not edits:
         return None  # the pattern matched no node of this version
     model = model_name(stmt, source)
@@ -312,7 +293,10 @@ def _derive_one(store: RepoStore, stmt: Derive, text: str, source: Version, var:
     seed = int.from_bytes(hashlib.sha256(f"{key}\0{source.id}".encode()).digest()[:8], "little") >> 1
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        module = build_module(net.record())
+        try:
+            module = build_module(net.record())
+        except ModelHubError as exc:
+            raise ModelHubError(f"{stmt.kind} on {source.ref}: {exc}") from None
     weights = load_weights(store, source.id)
     own = module.state_dict()
     kept = {k: v for k, v in weights.items() if k in own}
@@ -330,4 +314,4 @@ def _derive_one(store: RepoStore, stmt: Derive, text: str, source: Version, var:
     return Derived(version.id, source.ref, "created", edits)
 
 
-__all__ = ["Derived", "capture_regex", "derive", "model_name"]
+__all__ = ["Derived", "derivation_key", "derive", "model_name"]

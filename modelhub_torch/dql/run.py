@@ -143,9 +143,10 @@ class Runner:
                 columns = [c for c in rows[0] if c not in ("ref",)] if rows else []
                 return QueryResult([None] * len(rows), columns, self.store.version_of_row, rows, "evaluate")
             rows = run_evaluation(self.store, plan, executor=self.options.executor, workers=self.options.workers)
-        except EvaluationError as exc:
+        except EvaluationError as exc:  # points at the vary item or keep rule it is about
+            items = {"vary": stmt.vary, "keep": stmt.keep}.get(getattr(exc, "part", None) or "", ())
             index = getattr(exc, "index", None)
-            pos = stmt.vary[index].pos if isinstance(index, int) and 0 <= index < len(stmt.vary) else stmt.pos
+            pos = items[index].pos if isinstance(index, int) and 0 <= index < len(items) else stmt.pos
             raise caret_error(text, pos, str(exc)) from None
         columns = [c for c in rows[0] if c != "ref"] if rows else []
         ids = [resolve(self.store, r["ref"]) if r.get("ref") else None for r in rows]

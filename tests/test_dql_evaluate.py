@@ -1,0 +1,152 @@
+"""DQL evaluate, end to end: the paper's query 3 (construct) saved and evaluated over a
+grid with successive halving, on AlexNet- and LeNet-like digits networks; the dry run,
+errors at their column, and the Ray Tune executor giving the embedded rows."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from dql_fixture import LeNetDigits
+from torch import nn
+from torch.nn import functional as F
+
+from modelhub_torch import Repository
+from modelhub_torch.cli import main
+from modelhub_torch.errors import DQLError
+
+CONFIG = """
+seed_everything: 0
+trainer: {max_steps: 8}
+data: {class_path: modelhub_torch.trials.digits.DigitsDataModule, init_args: {batch_size: 32}}
+optimizer: {class_path: torch.optim.SGD, init_args: {lr: 0.05, momentum: 0.9}}
+"""
+QUERY3 = ('construct m2 from m1 where m1.name like "alexnet-avgv1%" and m1["conv*($1)"].next has POOL("AVG") '
+          'mutate m1["conv*($1)"].insert = RELU("relu$1")')
+
+
+class AlexNetDigits(nn.Module):
+    """AlexNet-like for 8x8 digits; conv1 and conv3 go straight into an average pool
+    (the paper's "alexnet-avgv1"), conv2 has its ReLU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.pool1 = nn.Conv2d(1, 8, 3, padding=1), nn.AvgPool2d(2)
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.conv3, self.pool3 = nn.Conv2d(16, 16, 3, padding=1), nn.AvgPool2d(2)
+        self.fc6, self.fc7, self.fc8 = nn.Linear(64, 32), nn.Linear(32, 32), nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool1(self.conv1(x))
+        x = self.pool3(self.conv3(F.relu(self.conv2(x))))
+        x = F.relu(self.fc6(torch.flatten(x, 1)))
+        return self.fc8(F.relu(self.fc7(x)))
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluate")
+    torch.manual_seed(0)
+    repo = Repository.init(root / "hub")
+    repo.commit(AlexNetDigits(), "alexnet-avgv1")
+    repo.commit(LeNetDigits(), "lenet")
+    repo.save_query("query3", QUERY3)
+    cfg = root / "cfg.yaml"
+    cfg.write_text(CONFIG)
+    return repo, str(cfg)
+
+
+def test_paper_evaluate_keeps_the_best_at_the_rung(lab) -> None:
+    repo, cfg = lab
+    q = (f'evaluate m from "query3" with config = "{cfg}" '
+         'vary config.optimizer.lr in [0.1, 0.01, 0.001] and config.net["conv*"].lr auto '
+         'and config.data.batch_size in [32, 64] keep top(5, m["val_loss"], 4)')
+    res = repo.query(q)
+    assert res.statement == "evaluate" and len(res) == 18  # 3 lr x 3 auto x 2 batch sizes
+    rows = res.to_dicts()
+    assert [r["trial"] for r in rows] == list(range(1, 19))
+    assert {r["source"] for r in rows} == {"alexnet-avgv1-construct@v1"}
+    # auto: the configured lr (0.05, the optimizer's) over 10, itself, times 10 (docs/DQL.md)
+    assert [r['config.net["conv*"].lr'] for r in rows[0:6:2]] == pytest.approx([0.005, 0.05, 0.5])
+    kept = [r for r in rows if r["status"] == "kept"]
+    stopped = [r for r in rows if r["status"] == "stopped at step 4"]
+    assert len(kept) == 5 and len(stopped) == 13
+    assert all(r["steps"] == 8 for r in kept) and all(r["steps"] == 4 for r in stopped)
+    at_rung = {r["trial"]: repo.version(f"alexnet-avgv1-construct-eval-trial{r['trial']}@v1").metrics["val_loss"]
+               for r in rows}
+    assert sorted(r["trial"] for r in kept) == sorted(sorted(at_rung, key=lambda n: (at_rung[n], n))[:5])
+    for r in stopped:  # a stopped trial's last version is its rung version
+        assert repo.version(r["ref"]).info["step"] == 4 and r["val_loss"] == at_rung[r["trial"]]
+    best = repo.version(kept[0]["ref"])
+    first = repo.version(best.parent)
+    assert best.info["step"] == 8 and first.info["step"] == 4 and first.parent == "alexnet-avgv1-construct@v1"
+    assert repo.version(first.parent).parent == "alexnet-avgv1@v1"  # construct's lineage, then the source
+    assert first.info["dql"] == q and first.hparams["config.data.batch_size"] == kept[0]["config.data.batch_size"]
+    # iterating gives each trial's last version; a select finds them by their metrics
+    assert [v.ref for v in res] == [r["ref"] for r in rows]
+    found = repo.query('select m where m.name like "alexnet-avgv1-construct-eval-%" and m.info.step = 8')
+    assert sorted(found.refs) == sorted(r["ref"] for r in kept)
+
+
+def test_nested_construct_threshold_and_dry_run(lab, capsys) -> None:
+    repo, cfg = lab
+    q = (f'evaluate m from (construct m2 from m1 where m1.name = "lenet" mutate m1["conv1"].insert = BN("bn1")) '
+         f'with config = "{cfg}" vary config.optimizer.lr in [0.2, 0.05] '
+         'keep top(1, m["val_loss"], 4) and m["val_acc"] >= 0 as "lenet-bn-tune"')
+    models = set(repo.models())
+    assert main(["--repo", repo.url, "query", "--dry-run", q]) == 0
+    out = capsys.readouterr().out
+    assert "lenet-bn-tune-trial1" in out and "lenet-bn-tune-trial2" in out and "2 trials (dry run" in out
+    assert not any(m.startswith("lenet-bn-tune") for m in repo.models())
+    assert set(repo.models()) - models <= {"lenet-construct"}  # the nested construct, idempotent
+    rows = repo.query(q).to_dicts()
+    assert sorted(r["status"] for r in rows) == ["kept", "stopped at step 4"]
+    kept = next(r for r in rows if r["status"] == "kept")
+    assert isinstance(repo.load_module(kept["ref"]).bn1, nn.BatchNorm2d)
+
+
+def test_statement_errors_point_at_their_item(lab) -> None:
+    repo, cfg = lab
+    q = f'evaluate m from "query3" with config = "{cfg}" vary config.optimizer.lr in [0.1] and config.optimizer.lrr in [1]'
+    with pytest.raises(DQLError) as exc:
+        repo.query(q)
+    caret = exc.value.args[0].splitlines()[-1].index("^") - 2
+    assert caret == q.index("config.optimizer.lrr") and "has no argument 'lrr'" in str(exc.value)
+    for bad, message in (("top(0, m[\"val_loss\"], 2)", "k must be a whole number, 1 or more; not 0"),
+                         ("top(1, m[\"val_loss\"], 50)", "past the configured end")):
+        q = f'evaluate m from "query3" with config = "{cfg}" keep top(1, m["val_loss"], 4) and {bad}'
+        with pytest.raises(DQLError, match=message) as exc:
+            repo.query(q)
+        assert exc.value.args[0].splitlines()[-1].index("^") - 2 == q.index(bad)
+    with pytest.raises(DQLError, match="unknown keep rule 'best'"):
+        repo.query(f'evaluate m from "query3" with config = "{cfg}" keep best(1, m["val_loss"], 4)')
+    with pytest.raises(DQLError, match="nothing to evaluate"):
+        repo.query(f'evaluate m from (select m where m.name = "none") with config = "{cfg}"')
+    with pytest.raises(DQLError, match="needs a config"):
+        repo.query('evaluate m from "query3"')
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.tune")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_executor_gives_the_embedded_rows(lab, ray_session) -> None:
+    """Two rungs, so two Tune runs (each new actor imports torch: ~8 s)."""
+    repo, cfg = lab
+    q = (f'evaluate m from (select m1 where m1.name = "lenet") with config = "{cfg}" '
+         'vary config.optimizer.lr in [0.01, 0.2, 0.05] keep top(2, m["val_loss"], 2) and top(1, m["val_loss"], 4) '
+         'as "{}"')
+    embedded = repo.query(q.format("lenet-emb")).to_dicts()
+    remote = repo.query(q.format("lenet-ray"), executor="ray", workers=2).to_dicts()
+    assert sorted(r["status"] for r in remote) == ["kept", "stopped at step 2", "stopped at step 4"]
+
+    def comparable(rows):
+        return [{k: v for k, v in r.items() if k not in ("ref", "name", "created", "size")} for r in rows]
+
+    assert comparable(remote) == comparable(embedded)
+    kept = next(r for r in remote if r["status"] == "kept")
+    assert repo.version(kept["ref"]).info["step"] == 8
