@@ -85,6 +85,9 @@ def test_paper_evaluate_keeps_the_best_at_the_rung(lab) -> None:
     assert [v.ref for v in res] == [r["ref"] for r in rows]
     found = repo.query('select m where m.name like "alexnet-avgv1-construct-eval-%" and m.info.step = 8')
     assert sorted(found.refs) == sorted(r["ref"] for r in kept)
+    # running it again starts new models (as a tuner's next run gets its own directory)
+    again = repo.query(q, dry_run=True).to_dicts()
+    assert len(again) == 18 and again[0]["model"] == "alexnet-avgv1-construct-eval2-trial1"
 
 
 def test_nested_construct_threshold_and_dry_run(lab, capsys) -> None:

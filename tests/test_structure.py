@@ -20,7 +20,8 @@ BELOW_FACADE = (
     "modelhub_torch.commit", "modelhub_torch.prune", "modelhub_torch.archive", "modelhub_torch.maintenance",
     "modelhub_torch.reader", "modelhub_torch.writer", "modelhub_torch.manifest", "modelhub_torch.skeleton",
     "modelhub_torch.skeleton_check", "modelhub_torch.resumable", "modelhub_torch.pas", "modelhub_torch.kernels",
-    "modelhub_torch.dql",
+    "modelhub_torch.dql", "modelhub_torch.trials", "modelhub_torch.netedit", "modelhub_torch.architecture",
+    "modelhub_torch.node_patterns",
 )
 
 

@@ -29,6 +29,7 @@ from modelhub_torch.dql.parser import (
     caret_error,
 )
 from modelhub_torch.errors import DQLError, ModelHubError
+from modelhub_torch.netedit import NetEditError
 from modelhub_torch.node_patterns import capture_regex, node_pattern
 from modelhub_torch.records import Version
 from modelhub_torch.store.repo import RepoStore
@@ -182,7 +183,10 @@ def _apply(net: Any, stmt: Derive, source: Version, store: RepoStore, text: str)
         ends = {m.target.path[0]: m.value for m in stmt.mutations}
         start = _endpoint(net, ends["input"], source, text)
         end = _endpoint(net, ends["output"], source, text)
-        net.slice(start, end)
+        try:
+            net.slice(start, end)
+        except NetEditError as exc:
+            raise caret_error(text, ends["output"].pos, f"slice on {source.ref}: {exc}") from None
         return [f"slice {start} .. {end}"]
     for mut in stmt.mutations:
         target: NodeSet = mut.target
@@ -196,7 +200,11 @@ def _apply(net: Any, stmt: Derive, source: Version, store: RepoStore, text: str)
                 picked.extend((fx_of[at], match) for at in _walk(net, [name], target.steps))
         for fx_name, match in _unique_pairs(picked):
             at = {v: k for k, v in net.names().items()}[fx_name]
-            edits.append(_edit(net, mut, at, match, captures))
+            try:
+                edits.append(_edit(net, mut, at, match, captures))
+            except NetEditError as exc:  # at the layer template, or the node for a delete
+                where = mut.value.pos if mut.value is not None else mut.pos
+                raise caret_error(text, where, f"construct on {source.ref}: {exc}") from None
     return edits
 
 

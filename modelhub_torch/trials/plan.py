@@ -452,6 +452,17 @@ def source_layers(store: RepoStore, version: Version) -> list[str]:
     return list(dict.fromkeys(n.rpartition(".")[0] for n, _ in net.named_parameters()))
 
 
+def _free_prefix(base: str, existing: set[str]) -> str:
+    """``base``, or ``base2``, ``base3``...: the first whose trial models do not exist yet,
+    so running an evaluate again (another grid, more steps) starts new models, as each
+    run of a tuner gets a directory of its own."""
+    prefix, k = base, 1
+    while any(m.startswith(f"{prefix}-trial") for m in existing):
+        k += 1
+        prefix = f"{base}{k}"
+    return prefix
+
+
 def plan_evaluation(
     store: RepoStore,
     sources: list[Version],
@@ -515,7 +526,7 @@ def plan_evaluation(
             if keys[0] == "net" and not matching(keys[1], layers):
                 raise EvaluationError(f'vary {column(v.path)}: the pattern matches no layer with parameters of '
                                       f'{source.ref} (its layers: {", ".join(layers) or "none"})', v.index, "vary")
-        prefix = name if name is not None else f"{source.model}-eval"
+        prefix = name if name is not None else _free_prefix(f"{source.model}-eval", existing)
         for combo in itertools.product(*grids):
             number = len(trials) + 1
             model = check_name("model", f"{prefix}-trial{number}")
