@@ -7,7 +7,10 @@
 3. Restore the best version bit for bit and evaluate it.
 4. Resume training from it with ``ckpt_path="modelhub://..."`` and start a fine-tune
    with ``modelhub copy``.
-5. Query the repository with DQL: metrics, lineage and the recorded network.
+5. Query the repository with DQL: metrics, lineage and the recorded network; slice
+   the best network's feature extractor, construct a batch-norm variant of it and
+   evaluate the variant over a grid of learning rates, keeping the best by successive
+   halving.
 6. Predict progressively: the high-order bytes first, the rest only where unsure
    (one batch, then single requests, which is where reading less pays).
 7. Share: clone the top 2 byte planes into a second repository, predict progressively
@@ -148,10 +151,23 @@ def main() -> int:
     modelhub("copy", "digits-cnn@best", "digits-finetune", "-m", "start of a fine-tune")
     modelhub("list")
 
-    step("5. query the repository with DQL (metadata, lineage and the recorded network)")
+    step("5. query the repository with DQL: find versions, derive networks, train a grid and keep the best")
     modelhub("query", 'select m where m.name like "digits%" and m.metrics.val_acc > 0.97 '
              'and m["conv*"].next has RELU order by m.metrics.val_acc desc limit 3')
     modelhub("query", f'select m where m.ancestors has "{best.ref}"')
+    print("# derive networks from the best version: its feature extractor, and a variant with batch norm")
+    modelhub("query", 'slice m2 from m1 where m1.name = "digits-cnn" and m1.tags has "best" '
+             'mutate m2.input = m1["conv1"] and m2.output = m1["max_pool2d"] as "digits-features"')
+    modelhub("query", 'construct m2 from m1 where m1.name = "digits-cnn" and m1.tags has "best" '
+             'mutate m1["conv[1,2]($1)"].insert = BN("bn$1") as "digits-cnn-bn"')
+    print("# train the variant over a grid; keep the best 2 after 30 steps (every rung a version)")
+    config = WORK / "tune.yaml"
+    config.write_text("seed_everything: 0\ntrainer: {max_steps: 90}\n"
+                      "data: {class_path: modelhub_torch.trials.digits.DigitsDataModule, init_args: {batch_size: 64}}\n"
+                      "optimizer: {class_path: torch.optim.Adam, init_args: {lr: 0.001}}\n")
+    modelhub("query", "--save", "bn-variant", 'select m where m.name = "digits-cnn-bn"')
+    modelhub("query", "--workers", "2", f'evaluate m from "bn-variant" with config = "{config}" '
+             'vary config.optimizer.lr in [0.01, 0.001] and config.net["bn*"].lr auto keep top(2, m["val_loss"], 30)')
 
     step("6. progressive predict: decide from the high-order bytes, read the rest only when unsure")
     from digits import digits_tensors

@@ -659,9 +659,9 @@ def test_query_on_an_index_damaged_under_it_is_answered_from_a_rebuilt_one(four,
     """Damage the open/list paths did not touch, found by a query: rebuilt, asked again."""
     root, _ = four
     repo = Repository(root)
-    import modelhub_torch.dql.engine as engine
+    import modelhub_torch.dql.run as engine  # where Repository.query runs a select
 
-    real, calls = engine.execute, {"n": 0}
+    real, calls = engine.execute_select, {"n": 0}
 
     def damaged_once(conn, *a, **k):
         calls["n"] += 1
@@ -669,7 +669,7 @@ def test_query_on_an_index_damaged_under_it_is_answered_from_a_rebuilt_one(four,
             raise sqlite3.DatabaseError("database disk image is malformed")
         return real(conn, *a, **k)
 
-    monkeypatch.setattr(engine, "execute", damaged_once)
+    monkeypatch.setattr(engine, "execute_select", damaged_once)
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         refs = repo.query("select m where m.metrics.k >= 2").refs

@@ -236,11 +236,3 @@ def test_booby_trapped_architectures_build_nothing(tmp_path) -> None:
             repo.query(f'construct m2 from m1 where m1.name = "{name}" mutate m1["conv2"].insert = BN("bn")')
         assert name in str(exc.value)
     assert sorted(repo.models()) == sorted(traps)
-
-
-def test_cli_errors_keep_the_caret(repo, capsys) -> None:
-    q = 'construct m2 from m1 mutate m1["conv1"].insert = NOPE("x")'
-    assert main(["--repo", repo.url, "query", q]) == 2
-    err = capsys.readouterr().err.splitlines()
-    assert err[0].startswith("modelhub: error: ") and err[1] == f"  {q}"
-    assert err[2].index("^") - 2 == q.index("NOPE")

@@ -137,19 +137,41 @@ def ray_session():
     ray.shutdown()
 
 
-def test_ray_executor_gives_the_embedded_rows(lab, ray_session) -> None:
-    """Two rungs, so two Tune runs (each new actor imports torch: ~8 s)."""
-    repo, cfg = lab
+def test_ray_executor_gives_the_embedded_rows(lab, ray_session, tmp_path) -> None:
+    """One rung at the configured end, so one Tune run (each new actor imports torch:
+    ~8 s); the rung loop is the embedded executor's (tests/test_trials.py checks two
+    rungs, and worker processes, against it)."""
+    repo, _ = lab
+    cfg = tmp_path / "cfg4.yaml"
+    cfg.write_text(CONFIG.replace("max_steps: 8", "max_steps: 4"))
     q = (f'evaluate m from (select m1 where m1.name = "lenet") with config = "{cfg}" '
-         'vary config.optimizer.lr in [0.01, 0.2, 0.05] keep top(2, m["val_loss"], 2) and top(1, m["val_loss"], 4) '
-         'as "{}"')
-    embedded = repo.query(q.format("lenet-emb")).to_dicts()
-    remote = repo.query(q.format("lenet-ray"), executor="ray", workers=2).to_dicts()
-    assert sorted(r["status"] for r in remote) == ["kept", "stopped at step 2", "stopped at step 4"]
+         'vary config.optimizer.lr in [0.01, 0.2, 0.05] keep top(1, m["val_loss"], 4) as "{}"')
+    embedded = repo.query(q.replace("{}", "lenet-emb")).to_dicts()
+    remote = repo.query(q.replace("{}", "lenet-ray"), executor="ray", workers=2).to_dicts()
+    assert sorted(r["status"] for r in remote) == ["kept", "stopped at step 4", "stopped at step 4"]
 
     def comparable(rows):
         return [{k: v for k, v in r.items() if k not in ("ref", "name", "created", "size")} for r in rows]
 
     assert comparable(remote) == comparable(embedded)
     kept = next(r for r in remote if r["status"] == "kept")
-    assert repo.version(kept["ref"]).info["step"] == 8
+    assert repo.version(kept["ref"]).info["step"] == 4 and repo.version(kept["ref"]).parent == "lenet@v1"
+
+
+def test_configs_a_saved_statement_could_name_are_read_safely(lab, tmp_path) -> None:
+    """A saved statement comes with the repository and may name any path: devices,
+    FIFOs, huge or binary files are refused before anything reads them whole."""
+    import os
+
+    repo, cfg = lab
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    big = tmp_path / "big.yaml"
+    big.write_bytes(b"#" * (2 << 20))
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"\xff\xfe\x00trainer")
+    for path, message in (("/dev/zero", "not a regular file"), (fifo, "not a regular file"),
+                          (big, "larger than"), (binary, "does not parse")):
+        repo.save_query("trap", f'evaluate m from "query3" with config = "{path}"')
+        with pytest.raises(DQLError, match=message):  # the user's statement runs the saved one first
+            repo.query(f'evaluate m from "trap" with config = "{cfg}"')

@@ -227,10 +227,5 @@ def warn(message: str) -> None:
 
 
 def error(message: str) -> None:
-    """One line on stderr; a DQL error keeps its query line and caret under it."""
-    lines = str(message).splitlines()
-    caret: list[str] = []
-    if len(lines) >= 3 and lines[-1].strip() == "^":
-        lines, caret = lines[:-2], lines[-2:]
-    text = " ".join(" ".join(lines).split()) or "unknown error"
-    print("\n".join([f"{PROG}: error: {text}", *caret]), file=sys.stderr)
+    text = " ".join(str(message).split()) or "unknown error"
+    print(f"{PROG}: error: {text}", file=sys.stderr)

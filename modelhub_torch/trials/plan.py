@@ -64,6 +64,7 @@ FORCED_TRAINER = {"enable_checkpointing": False, "logger": False, "enable_progre
 DEFAULT_OPTIMIZER = {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.01}}
 ALLOWED_PREFIXES = ("torch.optim.", "modelhub_torch.trials.")
 CLASS_SECTIONS = ("data", "optimizer", "lr_scheduler")
+MAX_CONFIG_BYTES = 1 << 20
 
 
 class EvaluationError(ModelHubError, ValueError):
@@ -182,13 +183,17 @@ def load_config(config_path: str | None) -> dict[str, Any]:
     import yaml
 
     path = os.path.expanduser(str(config_path))
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise EvaluationError(f"config file {config_path!r} does not exist (paths are on this machine, "
                               f"relative to {os.getcwd()})")
+    if not os.path.isfile(path):  # a FIFO or device (a saved statement may name any path) is never read
+        raise EvaluationError(f"config {config_path!r} is not a regular file")
+    if os.path.getsize(path) > MAX_CONFIG_BYTES:
+        raise EvaluationError(f"config file {config_path!r} is larger than {MAX_CONFIG_BYTES} bytes: not a config")
     try:
         with open(path, encoding="utf-8") as f:
             raw = yaml.safe_load(f)
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise EvaluationError(f"config file {config_path!r} does not parse as YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise EvaluationError(f"config file {config_path!r} must be a mapping (trainer:, data:, optimizer:...)")
