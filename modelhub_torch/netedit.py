@@ -183,24 +183,29 @@ class Network:
         self.nodes.remove(node)
 
     def replace(self, at: str, layer: tuple[str, dict[str, Any]], name: str | None) -> str:
-        """A new layer in ``at``'s place, reading ``at``'s first input."""
+        """A new layer in ``at``'s place, reading ``at``'s first input; named ``name``,
+        else as the node was (``drop#2`` becomes ``drop_2``)."""
         fx = self.fx_name(at)
         node = self.node(fx)
         feeds = self.inputs(node)
         if node["op"] in ("placeholder", "output") or not feeds:
             raise NetEditError(f"{at!r} cannot be replaced: it is not a layer")
-        path = self._new_module_path(name) if name else self._new_module_path(at.replace("#", "_"), reuse=node)
+        path = name or at.replace("#", "_")
+        if not all(p.isidentifier() or p.isdigit() for p in path.split(".")):
+            raise NetEditError(f"{path!r} cannot name a layer: use letters, digits and underscores")
+        others = {d for d, f in self.names().items() if f != fx}
+        shared = {n.get("target") for n in self.nodes if n["op"] == "call_module" and n is not node}
+        if path in others or path in shared:
+            raise NetEditError(f"the network already has a layer named {path!r}; name the new one differently")
         node.update({"op": "call_module", "target": path, "args": {"tuple": [{"node": feeds[0]}]},
                      "kwargs": {"dict": {}}})
         self.modules[path] = {"type": layer[0], "args": layer[1]}
         return path
 
-    def _new_module_path(self, name: str, reuse: dict[str, Any] | None = None) -> str:
+    def _new_module_path(self, name: str) -> str:
         if not name or not all(p.isidentifier() or p.isdigit() for p in name.split(".")):
             raise NetEditError(f"{name!r} cannot name a layer: use letters, digits and underscores")
-        shared = reuse is not None and sum(
-            1 for n in self.nodes if n["op"] == "call_module" and n.get("target") == name) == 1
-        if not shared and (name in self.modules or name in self.names()):
+        if name in self.modules or name in self.names():
             raise NetEditError(f"the network already has a layer named {name!r}; name the new one differently")
         return name
 

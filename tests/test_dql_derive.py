@@ -133,6 +133,15 @@ def test_construct_infers_shapes_deletes_and_replaces(repo) -> None:
                for k in (1, 3, 5))
     assert repo.query('select m where m.name = "alexnet-avg" and m["conv1"].next has POOL("AVG")').refs \
         == ["alexnet-avg@v1"]
+    # a functional call and the second call of a shared module are layers' places too
+    res = repo.query('construct m2 from m1 where m1.name = "alexnet_a" and m1.version = 1 '
+                     'mutate m1["relu_1"].replace = GELU and m1["drop#2"].replace = DROPOUT(p=0.1) as "alexnet-gelu"')
+    assert res[0].info["edits"] == ["replace relu_1 with GELU relu_1", "replace drop#2 with Dropout drop_2"]
+    gelu = repo.load_module(res.refs[0])
+    assert isinstance(gelu.relu_1, nn.GELU) and gelu.drop.p == 0.5 and gelu.drop_2.p == 0.1
+    with pytest.raises(DQLError, match="already has a layer named 'drop'"):  # drop#2 still calls it
+        repo.query('construct m2 from m1 where m1.name = "alexnet_a" and m1.version = 1 '
+                   'mutate m1["drop"].replace = DROPOUT(p=0.1)')
 
 
 def test_nested_and_saved_statements(repo, tmp_path) -> None:
