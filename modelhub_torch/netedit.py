@@ -108,6 +108,9 @@ class Network:
         """Keep the nodes on a path from ``start`` to ``end`` (both included); what
         ``start`` reads becomes the network's input."""
         first, last = self.fx_name(start), self.fx_name(end)
+        returned = self.inputs(self.node(last)) if self.node(last)["op"] == "output" else []
+        if len(returned) == 1:  # to the output: to what the network returns
+            last = returned[0]
         order = [n["name"] for n in self.nodes]
         after: set[str] = {first}
         for n in self.nodes:

@@ -70,6 +70,10 @@ def test_paper_slice_is_bit_equal_to_the_source_between_its_nodes(repo) -> None:
     middle = repo.load_module("lenet-middle@v1")
     assert torch.equal(middle(seen["pool1"]), seen["fc2"])
     assert [n for n, _ in middle.named_children()] == ["conv2", "relu2", "pool2", "flatten", "fc1", "relu3", "fc2"]
+    # from the input node to the output node: the whole network again
+    res = repo.query('slice m2 from m1 where m1.name = "lenet_max" and m1.version = 2 '
+                     'mutate m2.input = m1["x"] and m2.output = m1["output"] as "lenet-whole"')
+    assert torch.equal(repo.load_module(res.refs[0])(x), lenet(x))
 
 
 def test_paper_construct_inserts_exactly_where_the_pattern_says(repo) -> None:
