@@ -55,6 +55,30 @@ def lab(tmp_path_factory):
     return repo, str(cfg)
 
 
+def test_paper_slice_and_construct_on_the_digits_networks(lab) -> None:
+    """The paper's slice and query 3 on the digits-sized AlexNet and LeNet, on real digits."""
+    from modelhub_torch.trials.digits import DigitsDataModule
+
+    repo, _ = lab
+    data = DigitsDataModule(batch_size=64)
+    data.setup()
+    x, _ = next(iter(data.val_dataloader()))
+    for model, start, end in (("alexnet-avgv1", "conv1", "fc7"), ("lenet", "conv2", "fc1")):
+        res = repo.query(f'slice m2 from m1 where m1.name = "{model}" '
+                         f'mutate m2.input = m1["{start}"] and m2.output = m1["{end}"] as "sliced-{model}"')
+        source, sliced = repo.load_module(f"{model}@v1"), repo.load_module(res.refs[0])
+        seen = {}
+        getattr(source, start).register_forward_pre_hook(lambda _m, args, seen=seen: seen.setdefault("in", args[0]))
+        getattr(source, end).register_forward_hook(lambda _m, _a, out, seen=seen: seen.setdefault("out", out))
+        source(x)
+        assert torch.equal(sliced(seen["in"]), seen["out"])  # bit for bit
+    built = repo.query(QUERY3)  # the construct evaluate's tests run on, asserted edge by edge
+    graph = repo.manifest(built[0].id).extra["graph"]
+    after = {src: dst for src, dst in graph["edges"]}
+    assert (after["conv1"], after["relu1"], after["conv3"], after["relu3"]) == ("relu1", "pool1", "relu3", "pool3")
+    assert after["conv2"] == "relu"  # conv2 had its ReLU, and no pool after it: untouched
+
+
 def test_paper_evaluate_keeps_the_best_at_the_rung(lab) -> None:
     repo, cfg = lab
     q = (f'evaluate m from "query3" with config = "{cfg}" '
