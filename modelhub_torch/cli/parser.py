@@ -132,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--executor", choices=("embedded", "ray"), default="embedded",
                    help="where evaluate trains its trials: on this machine (default) or on Ray Tune")
     c.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="evaluate, embedded: train N trials at a time in worker processes (default 1)")
+                   help="evaluate: train N trials at a time (embedded: in N worker processes, default 1; "
+                   "ray: at most N, default as many as the cluster has CPUs for)")
     c.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                    help="evaluate: a module the config's class_path may name (repeat for more)")
 

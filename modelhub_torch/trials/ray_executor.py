@@ -46,7 +46,8 @@ def run_batch(url: str, options: dict[str, Any] | None, jobs: list[dict[str, Any
         tuner = tune.Tuner(
             tune.with_resources(tune.with_parameters(_trainable, jobs=jobs, url=url, options=options), {"cpu": 1}),
             param_space={"index": tune.grid_search(list(range(len(jobs))))},
-            tune_config=tune.TuneConfig(max_concurrent_trials=max(1, workers), reuse_actors=True),
+            # workers > 1 caps the trials at a time; 1 (the default) leaves it to the cluster's CPUs
+            tune_config=tune.TuneConfig(max_concurrent_trials=workers if workers > 1 else None, reuse_actors=True),
             run_config=tune.RunConfig(name="modelhub-evaluate", storage_path=tmp, verbose=0, log_to_file=False),
         )
         grid = tuner.fit()
