@@ -288,6 +288,12 @@ def test_search_text_and_dql(tmp_path: Path, ckpts: list[dict]) -> None:
             client.search("select m where m[")
         with pytest.raises(HubRequestError, match="only DQL 'select'"):
             client.query("delete m")
+        for statement in ('construct m2 from m1 mutate m1["fc1"].delete',  # they would commit on the hub
+                          'slice m2 from m1 mutate m2.input = m1["fc1"] and m2.output = m1["fc2"]',
+                          'evaluate m from "q" with config = "/etc/passwd"'):
+            with pytest.raises(HubRequestError, match="only DQL 'select'"):
+                client.query(statement)
+        assert not [m for m in Repository(tmp_path / "hub").models() if m.endswith(("-construct", "-slice"))]
 
 
 def test_cli_serve_login_publish_search_clone(tmp_path: Path, ckpts: list[dict],
