@@ -54,6 +54,17 @@ def repack_now(store: Any, models: list[str]) -> None:
         _warn_failed(store, models, exc)
 
 
+def after_commit(store: Any, models: list[str]) -> None:
+    """The repository's ``repack`` setting applied after a commit to ``models``:
+    "background" schedules it, "commit" runs it here (remote stores leave their parent
+    to repack), "manual" leaves it to ``modelhub gc --repack``."""
+    mode = store.settings.get("repack", "background")
+    if mode == "background":
+        schedule(store, models)
+    elif mode == "commit" and not store.lock.across_processes:
+        repack_now(store, models)
+
+
 def wait(url: str) -> None:
     """Block until the repacks scheduled on repository ``url`` have run. A thread
     holding that repository's lock returns at once: no repack can be running then

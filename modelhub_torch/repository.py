@@ -267,15 +267,9 @@ class Repository:
         )
         store = self.store
         version = commit_version(store, request)
-        mode = store.settings.get("repack", "background")
-        if mode == "background":
-            from modelhub_torch.background import schedule
+        from modelhub_torch.background import after_commit
 
-            schedule(store, [model])
-        elif mode == "commit" and not store.lock.across_processes:
-            from modelhub_torch.background import repack_now
-
-            repack_now(store, [model])  # remote commits leave their parent to repack
+        after_commit(store, [model])
         return version
 
     # ------------------------------------------------------------------ query

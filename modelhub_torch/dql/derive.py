@@ -20,11 +20,17 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from modelhub_torch.dql.compiler import compile_select
+from modelhub_torch.dql.engine import prepare_connection
 from modelhub_torch.dql.parser import (
     BoolOp,
+    Compare,
     Derive,
+    Field,
     HasLayer,
+    Literal,
     NodeSet,
+    Select,
     Template,
     caret_error,
 )
@@ -53,6 +59,7 @@ def model_name(stmt: Derive, source: Version) -> str:
 def derive(store: RepoStore, stmt: Derive, text: str, sources: list[Version], var: str) -> list[Derived]:
     """Run a slice / construct over ``sources`` (already filtered by its where clause)."""
     _check_mutations(stmt, text, var)
+    prepare_connection(store.catalog.connection())  # for the per-node conditions (_holds)
     out = []
     for source in sources:
         result = _derive_one(store, stmt, text, source, var)
@@ -131,17 +138,11 @@ def _node_conditions(where: Any, target: NodeSet) -> list[HasLayer]:
 def _holds(store: RepoStore, vid: str, node: str, cond: HasLayer, text: str) -> bool:
     """Whether ``cond`` holds for the single node ``node`` of version ``vid`` (the
     select compiler runs it, so templates mean exactly what they mean in a select)."""
-    from modelhub_torch.dql.compiler import compile_select
-    from modelhub_torch.dql.engine import prepare_connection
-    from modelhub_torch.dql.parser import Compare, Field, Literal, Select
-
     exact = "".join(f"[{c}]" if c in "*?[(" else c for c in node)
     one = HasLayer(NodeSet(cond.nodes.var, exact, cond.nodes.steps, pos=cond.pos), cond.template, pos=cond.pos)
     where = BoolOp("and", (Compare("=", Field(cond.nodes.var, ("id",)), Literal(vid)), one))
     compiled = compile_select(Select(cond.nodes.var, where), text, lambda ref: ref)
-    conn = store.catalog.connection()
-    prepare_connection(conn)
-    return bool(conn.execute(compiled.sql, compiled.params).fetchall())
+    return bool(store.catalog.connection().execute(compiled.sql, compiled.params).fetchall())
 
 
 def _endpoint(net: Any, nodes: NodeSet, source: Version, text: str) -> str:
@@ -270,6 +271,7 @@ def _derive_one(store: RepoStore, stmt: Derive, text: str, source: Version, var:
     import torch
 
     from modelhub_torch.architecture import build_module, capture_architecture
+    from modelhub_torch.background import after_commit
     from modelhub_torch.commit import CommitRequest, commit_version
     from modelhub_torch.graph import capture_graph
     from modelhub_torch.netedit import Network
@@ -319,6 +321,7 @@ def _derive_one(store: RepoStore, stmt: Derive, text: str, source: Version, var:
                        "initialised": new_keys}, "info"),
         graph=capture_graph(module), architecture=capture_architecture(module),
     ))
+    after_commit(store, [model])  # as Repository.commit does
     return Derived(version.id, source.ref, "created", edits)
 
 

@@ -123,7 +123,7 @@ class Runner:
 
     # ------------------------------------------------------------------ evaluate
     def _evaluate(self, stmt: Evaluate, text: str, saved: tuple[str, ...]) -> QueryResult:
-        from modelhub_torch.trials import EvaluationError, Vary, plan_evaluation, run_evaluation
+        from modelhub_torch.trials import EvaluationError, plan_evaluation, run_evaluation
 
         _, sources = self._sources(stmt.source, stmt.where, text, saved)
         vary = [self._vary(item, i, text) for i, item in enumerate(stmt.vary)]
@@ -136,8 +136,8 @@ class Runner:
         if not sources:
             raise caret_error(text, stmt.source.pos, "nothing to evaluate: the source gives no versions")
         try:
-            plan = plan_evaluation(self.store, sources, config, [Vary(v[0], v[1], i) for i, v in enumerate(vary)],
-                                   keep, name=stmt.name, statement=text, imports=self.options.imports)
+            plan = plan_evaluation(self.store, sources, config, vary, keep, name=stmt.name, statement=text,
+                                   imports=self.options.imports)
             if self.options.dry_run:
                 rows = plan.describe()
                 columns = [c for c in rows[0] if c not in ("ref",)] if rows else []
@@ -153,11 +153,13 @@ class Runner:
         return QueryResult(self._rows(ids), columns, self.store.version_of_row, rows, "evaluate")
 
     @staticmethod
-    def _vary(item: Any, i: int, text: str) -> tuple[tuple[str, ...], tuple[Any, ...] | None]:
+    def _vary(item: Any, i: int, text: str) -> Any:
         if item.path[0] != "config" or len(item.path) < 2:
             raise caret_error(text, item.pos, "vary takes config paths: config.optimizer.lr, "
                               "config.data.batch_size, config.net[\"conv*\"].lr ...")
-        return tuple(item.path), item.values
+        from modelhub_torch.trials import Vary
+
+        return Vary(tuple(item.path), item.values, i)
 
     @staticmethod
     def _keep(rule: KeepRule, var: str, text: str) -> Any:

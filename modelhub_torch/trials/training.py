@@ -216,15 +216,9 @@ def _train(store: Any, trial: Trial, resume: str | None, target: int, statement:
         graph=capture_graph(net), architecture=capture_architecture(net),
     )
     version = commit_version(store, request)
-    mode = store.settings.get("repack", "background")
-    if mode == "background":
-        from modelhub_torch.background import schedule
+    from modelhub_torch.background import after_commit
 
-        schedule(store, [trial.model])
-    elif mode == "commit" and not store.lock.across_processes:
-        from modelhub_torch.background import repack_now
-
-        repack_now(store, [trial.model])
+    after_commit(store, [trial.model])
     out.update(id=version.id, ref=version.ref, step=step, metrics=metrics, status=status)
 
 
